@@ -1,0 +1,1 @@
+"""episodes: a standalone, seeded, random-access episodic sampler (numpy core)."""
