@@ -1,0 +1,153 @@
+"""Embedding networks for few-shot learning: Conv-4 and ResNet-12.
+
+Both map images ``[batch, channels, H, W]`` to flat embeddings ``[batch, dim]``; with
+``normalize=True`` the embeddings are L2-normalised (needed e.g. by distance-weighted mining).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+def _check_input_shape(input_shape: tuple[int, ...], in_channels: int) -> tuple[int, int, int]:
+    if len(input_shape) != 3 or input_shape[0] != in_channels:
+        raise ValueError(
+            f"input_shape must be (channels={in_channels}, height, width), got {tuple(input_shape)}"
+        )
+    return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
+
+
+class Conv4(nn.Module):
+    """Four blocks of [3x3 conv, batch norm, ReLU, 2x2 max-pool], flattened.
+
+    64-d on 28x28 input (Omniglot), 1600-d on 84x84 (miniImageNet) with the default widths.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, hidden: int = 64, out_channels: int = 64, normalize: bool = False
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.normalize = normalize
+        self.encoder = nn.Sequential(
+            _conv_block(in_channels, hidden),
+            _conv_block(hidden, hidden),
+            _conv_block(hidden, hidden),
+            _conv_block(hidden, out_channels),
+        )
+
+    def out_dim(self, input_shape: tuple[int, int, int]) -> int:
+        """Embedding size for images of shape ``(channels, height, width)``."""
+        _, height, width = _check_input_shape(input_shape, self.in_channels)
+        # Each max-pool floors the size by 2, four times: floor(H / 16).
+        if height < 16 or width < 16:
+            raise ValueError(f"Conv4 needs images of at least 16x16, got {height}x{width}")
+        return self.out_channels * (height // 16) * (width // 16)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        embeddings = self.encoder(images).flatten(1)
+        return F.normalize(embeddings, dim=1) if self.normalize else embeddings
+
+
+class ResidualBlock(nn.Module):
+    """ResNet-12 block: three [3x3 conv, BN] with LeakyReLU(0.1), 1x1-conv shortcut, 2x2 max-pool."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.activation = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.activation(self.body(x) + self.shortcut(x)))
+
+
+class ResNet12(nn.Module):
+    """The few-shot ResNet-12: four residual blocks, then global average pooling.
+
+    The embedding size is ``channels[-1]`` (640 by default) whatever the input size.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        channels: tuple[int, int, int, int] = (64, 160, 320, 640),
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 4:
+            raise ValueError(f"ResNet12 needs 4 block widths, got channels={tuple(channels)}")
+        self.in_channels = in_channels
+        self.channels = tuple(channels)
+        self.normalize = normalize
+        widths = (in_channels, *channels)
+        self.blocks = nn.Sequential(*(ResidualBlock(a, b) for a, b in zip(widths[:-1], widths[1:])))
+        self.embedding_dim = channels[-1]
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
+
+    def out_dim(self, input_shape: tuple[int, int, int]) -> int:
+        """Embedding size for images of shape ``(channels, height, width)``."""
+        _, height, width = _check_input_shape(input_shape, self.in_channels)
+        if height < 16 or width < 16:
+            raise ValueError(f"ResNet12 needs images of at least 16x16, got {height}x{width}")
+        return self.embedding_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        embeddings = self.blocks(images).mean(dim=(2, 3))
+        return F.normalize(embeddings, dim=1) if self.normalize else embeddings
+
+
+def embedding_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Embedding size of ``backbone`` for images of shape ``(channels, height, width)``.
+
+    Uses ``backbone.out_dim`` when available, else runs one dummy image through it in eval mode.
+    """
+    if hasattr(backbone, "out_dim"):
+        return int(backbone.out_dim(tuple(input_shape)))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        parameter = next(backbone.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        with torch.no_grad():
+            output = backbone(torch.zeros(1, *input_shape, device=device))
+    finally:
+        backbone.train(was_training)
+    return int(output.flatten(1).shape[1])
+
+
+BACKBONES: dict[str, type[nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
+
+
+def build_backbone(name: str, in_channels: int, normalize: bool = False) -> nn.Module:
+    """Build the backbone called ``name`` (one of ``BACKBONES``) with default widths."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](in_channels=in_channels, normalize=normalize)

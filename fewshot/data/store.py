@@ -1,0 +1,184 @@
+"""Generic data plumbing: where data and caches live, class views over image tensors, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+DATA_ENV = "FEWSHOT_DATA"
+CACHE_ENV = "FEWSHOT_CACHE"
+
+
+def _user_cache_home() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+
+
+def resolve_data_root(root: str | Path | None = None) -> Path:
+    """Return the data root: `root` if given, else $FEWSHOT_DATA, else the user cache (`<cache>/fewshot/data`)."""
+    if root is not None:
+        return Path(root).expanduser()
+    env_root = os.environ.get(DATA_ENV)
+    if env_root:
+        return Path(env_root).expanduser()
+    return _user_cache_home() / "fewshot" / "data"
+
+
+def describe_data_root(root: str | Path | None = None) -> str:
+    """Say which data root `resolve_data_root(root)` picks and why, for error messages."""
+    if root is not None:
+        origin = "the root argument"
+    elif os.environ.get(DATA_ENV):
+        origin = f"${DATA_ENV}"
+    else:
+        origin = f"the default; set ${DATA_ENV} or pass root= to use another folder"
+    return f"{resolve_data_root(root)} (from {origin})"
+
+
+def cache_dir() -> Path:
+    """Return the folder for derived caches: $FEWSHOT_CACHE, else `<user cache>/fewshot`.
+
+    Derived files never go under the data root, which may be read-only (a shared data folder).
+    """
+    env_cache = os.environ.get(CACHE_ENV)
+    if env_cache:
+        return Path(env_cache).expanduser()
+    return _user_cache_home() / "fewshot"
+
+
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def atomic_write(path: str | Path, write_fn: Callable[[BinaryIO], None]) -> Path:
+    """Write `path` through `write_fn(file)` so that readers see either the old file or the complete new one.
+
+    The data goes to a temporary file in the same folder (same filesystem, so the rename is atomic), is
+    fsynced, then renamed over `path`. If `write_fn` raises, the temporary file is removed and `path`
+    is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write_fn(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # persist the rename itself
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """Convert uint8 images [n,H,W] or [n,C,H,W] to float32 [n,1,H,W] or [n,C,H,W] in [0, 1]."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_float expects a uint8 tensor, got {images.dtype}")
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif images.dim() != 4:
+        raise ValueError(f"to_float expects shape [n,H,W] or [n,C,H,W], got {tuple(images.shape)}")
+    return images.float().div_(255.0)
+
+
+class ClassSplit(torch.utils.data.Dataset):
+    """A set of classes viewed over a shared uint8 image tensor; rotations are applied on access, never stored.
+
+    Item `i` is `rot90(images[image_index[i]], rotation[i])` with label `labels[i]`.
+
+    Attributes:
+        images: shared uint8 tensor [N,H,W] or [N,C,H,W].
+        image_index: np.int64 [M], row of `images` for each item.
+        rotation: np.int8 [M], quarter turns k as in `torch.rot90(x, k, dims=(-2, -1))` (counter-clockwise).
+        labels: np.int64 [M], class of each item in 0..num_classes-1.
+        class_names: one name per class, e.g. "Alphabet/character01/rot090".
+        item_ids: np.str_ array [M], a name for each item, unique within the split.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        image_index: np.ndarray,
+        rotation: np.ndarray,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        item_ids: Sequence[str] | np.ndarray,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+            raise ValueError(f"images must be uint8 [N,H,W] or [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+        self.image_index = np.asarray(image_index, dtype=np.int64)
+        self.rotation = np.asarray(rotation, dtype=np.int8)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.item_ids = np.asarray(item_ids, dtype=np.str_)
+        self._validate()
+
+    def _validate(self) -> None:
+        num_items = len(self.image_index)
+
+        def span(values: np.ndarray) -> str:
+            return f"{values.min()}..{values.max()}"
+
+        for name in ("rotation", "labels", "item_ids"):
+            if len(getattr(self, name)) != num_items:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {num_items} (one per item)")
+        if num_items and not (0 <= self.image_index.min() and self.image_index.max() < len(self.images)):
+            raise ValueError(f"image_index must lie in [0, {len(self.images)}), got {span(self.image_index)}")
+        if num_items and not (0 <= self.rotation.min() and self.rotation.max() <= 3):
+            raise ValueError(f"rotation must be quarter turns in 0..3, got {span(self.rotation)}")
+        height, width = self.images.shape[-2:]
+        if height != width and np.any(self.rotation % 2 == 1):
+            raise ValueError(f"quarter-turn rotations need square images, got {height}x{width}")
+        if num_items and not (0 <= self.labels.min() and self.labels.max() < self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got {span(self.labels)}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Return (float image [1,H,W] or [C,H,W] in [0, 1], label)."""
+        image = self.gather(np.array([index]))
+        return to_float(image)[0], int(self.labels[index])
+
+    def gather(self, indices: np.ndarray) -> torch.Tensor:
+        """Return the uint8 images of items `indices`, rotations applied: [n,H,W] (or [n,C,H,W])."""
+        indices = np.asarray(indices, dtype=np.int64)
+        batch = self.images[torch.from_numpy(self.image_index[indices])]
+        turns = self.rotation[indices]
+        for k in (1, 2, 3):
+            rows = np.flatnonzero(turns == k)
+            if len(rows):
+                rows_t = torch.from_numpy(rows)
+                batch[rows_t] = torch.rot90(batch[rows_t], k, dims=(-2, -1))
+        return batch
+
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        """Convert gathered uint8 images to float [n,1,H,W] (or [n,C,H,W]) in [0, 1]."""
+        return to_float(images)
+
+    def __repr__(self) -> str:
+        shape = tuple(self.images.shape[1:])
+        return f"{type(self).__name__}(num_classes={self.num_classes}, items={len(self)}, image_shape={shape})"

@@ -1,0 +1,145 @@
+"""Pairwise distances between embeddings, as modules so that learnable ones train with the model.
+
+Every distance maps ``x: [n, d]`` and ``y: [m, d]`` to ``[n, m]`` (smaller = closer), so
+classification logits are ``-distance(query, prototypes)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Squared distances below this are clamped before the square root, which keeps the gradient
+# finite (zero) for coincident points instead of infinite.
+SQRT_EPS = 1e-12
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"expected x [n, d] and y [m, d] with the same d, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+
+
+def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[n, m]`` matrix of ``||x_i - y_j||^2``."""
+    _check_pair(x, y)
+    # ||x||^2 + ||y||^2 - 2 x.y is one matrix product instead of an [n, m, d] difference tensor;
+    # rounding can make it slightly negative, hence the clamp.
+    squared = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1) - 2.0 * x @ y.T
+    return squared.clamp_min(0.0)
+
+
+def euclidean(x: torch.Tensor, y: torch.Tensor, eps: float = SQRT_EPS) -> torch.Tensor:
+    """``[n, m]`` matrix of ``||x_i - y_j||``, with a finite gradient at zero distance."""
+    return squared_euclidean(x, y).clamp_min(eps).sqrt()
+
+
+class SquaredEuclidean(nn.Module):
+    """``d(x, y) = ||x - y||^2`` (Prototypical Networks)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return squared_euclidean(x, y)
+
+
+class Euclidean(nn.Module):
+    """``d(x, y) = ||x - y||`` (used by the contrastive and triplet losses)."""
+
+    def __init__(self, eps: float = SQRT_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return euclidean(x, y, self.eps)
+
+
+class Cosine(nn.Module):
+    """``-scale * cos(x, y)``: a distance only up to an additive constant.
+
+    Logits ``-d`` are then ``scale * cos``; the scale (inverse temperature) sharpens the softmax
+    over cosines, which otherwise lie in [-1, 1]. It is learned when ``learn_temperature``.
+    """
+
+    def __init__(self, temperature: float = 10.0, learn_temperature: bool = True) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature (the cosine scale) must be positive, got {temperature}")
+        scale = torch.tensor(float(temperature))
+        if learn_temperature:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _check_pair(x, y)
+        return -self.scale * (F.normalize(x, dim=1) @ F.normalize(y, dim=1).T)
+
+
+class Mahalanobis(nn.Module):
+    """Learned Mahalanobis distance ``d(x, y) = ||L (x - y)||^2``, i.e. ``M = L^T L``.
+
+    Implemented as whitening: both sides are mapped by ``L`` (``transform``) and compared with the
+    squared Euclidean distance, which costs one ``[n, d] x [d, k]`` product per side instead of a
+    ``[n, m, d]`` difference tensor. ``L`` is
+
+    - full ``[dim, dim]``, initialised to the identity (the default);
+    - low-rank ``[rank, dim]`` (``rank=k``), initialised to the first ``k`` rows of the identity
+      (deterministic: a projection onto the first ``k`` coordinates, the identity when ``k = dim``);
+    - diagonal (``diagonal=True``): a vector of per-dimension scales, initialised to ones.
+    """
+
+    def __init__(self, dim: int, rank: int | None = None, diagonal: bool = False) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be a positive embedding size, got {dim}")
+        if diagonal and rank is not None:
+            raise ValueError(f"choose a diagonal or a low-rank L, not both (rank={rank})")
+        if rank is not None and not 1 <= rank <= dim:
+            raise ValueError(f"rank must be in [1, dim={dim}], got {rank}")
+        self.dim = dim
+        self.rank = rank
+        self.diagonal = diagonal
+        if diagonal:
+            self.L = nn.Parameter(torch.ones(dim))
+        else:
+            self.L = nn.Parameter(torch.eye(dim)[: rank or dim].clone())
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Map embeddings ``[n, dim]`` to whitened coordinates ``L x`` (``[n, rank or dim]``)."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected embeddings [n, {self.dim}], got {tuple(x.shape)}")
+        return x * self.L if self.diagonal else x @ self.L.T
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return squared_euclidean(self.transform(x), self.transform(y))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, rank={self.rank}, diagonal={self.diagonal}"
+
+
+def _low_rank(dim: int, rank: int | None = None) -> Mahalanobis:
+    # Default rank: a quarter of the embedding size (16 for Conv-4 on Omniglot).
+    return Mahalanobis(dim, rank=max(1, dim // 4) if rank is None else rank)
+
+
+DISTANCES: dict[str, Callable[..., nn.Module]] = {
+    "euclidean": lambda dim, **kw: SquaredEuclidean(**kw),
+    "cosine": lambda dim, **kw: Cosine(**kw),
+    "mahalanobis": lambda dim, **kw: Mahalanobis(dim, **kw),
+    "mahalanobis-diag": lambda dim, **kw: Mahalanobis(dim, diagonal=True, **kw),
+    "mahalanobis-lowrank": _low_rank,
+}
+
+
+def build_distance(name: str, dim: int, **kwargs) -> nn.Module:
+    """Build the distance called ``name`` for ``dim``-dimensional embeddings.
+
+    ``euclidean`` is the *squared* Euclidean distance (Prototypical Networks); ``mahalanobis-lowrank``
+    takes ``rank`` (default ``dim // 4``). Extra keyword arguments go to the distance's constructor.
+    """
+    if name not in DISTANCES:
+        raise ValueError(f"unknown distance {name!r}; valid names: {', '.join(DISTANCES)}")
+    return DISTANCES[name](dim, **kwargs)

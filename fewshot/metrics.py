@@ -1,0 +1,570 @@
+"""Evaluation statistics and embedding metrics.
+
+Three groups of pure functions:
+
+- Episode statistics: :func:`confidence_interval` over per-episode accuracies,
+  :func:`paired_comparison` of two models on identical episodes, :func:`episode_accuracy`.
+- Verification (same / different class pairs): :func:`pair_scores`, :func:`roc_curve`,
+  :func:`roc_auc`, :func:`equal_error_rate`, :func:`tar_at_far`, :func:`choose_threshold`,
+  :func:`verification_accuracy`.
+- Leave-one-out retrieval: :func:`recall_at_k`, :func:`map_at_r` (Musgrave, Belongie & Lim,
+  "A Metric Learning Reality Check", ECCV 2020).
+
+Scores are similarities: higher means "more likely the same class", and a pair is accepted as
+same-class when ``score >= threshold``. Distances follow the opposite convention (smaller is
+closer); :func:`pair_scores` returns ``-distance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import ArrayLike
+from scipy import integrate, stats
+from torch import Tensor
+
+DistanceFn = Callable[[Tensor, Tensor], Tensor]
+"""Pairwise distance: ``(x[m, d], y[n, d]) -> [m, n]``, smaller means closer."""
+
+Distance = Union[str, DistanceFn]
+
+CI_METHODS = ("normal", "t", "bootstrap", "bca")
+THRESHOLD_CRITERIA = ("eer", "accuracy")
+
+
+# --------------------------------------------------------------------------------------------
+# Episode statistics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval for the mean of ``n`` values.
+
+    ``half_width`` is ``(high - low) / 2``; it is exactly the "±" of the normal and t
+    intervals, and a summary of the (possibly asymmetric) bootstrap intervals.
+    """
+
+    mean: float
+    half_width: float
+    low: float
+    high: float
+    method: str
+    n: int
+    confidence: float
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the closed interval ``[low, high]``."""
+        return self.low <= value <= self.high
+
+    def __str__(self) -> str:
+        return (
+            f"{self.mean:.4f} ± {self.half_width:.4f} "
+            f"({self.confidence:.0%} {self.method}, n={self.n})"
+        )
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """Comparison of two models on identical episodes, differences taken as ``a - b``."""
+
+    difference: Interval
+    """Student-t interval of the mean per-episode difference."""
+    t_statistic: float
+    p_value: float
+    """Two-sided paired t-test p-value."""
+    wilcoxon_p_value: float
+    """Two-sided Wilcoxon signed-rank p-value (zero differences ranked, Pratt's method)."""
+
+    @property
+    def mean_difference(self) -> float:
+        """Mean of ``a - b`` over episodes."""
+        return self.difference.mean
+
+    @property
+    def n(self) -> int:
+        """Number of paired episodes."""
+        return self.difference.n
+
+
+def _to_numpy(values: ArrayLike | Tensor) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _as_finite_vector(values: ArrayLike | Tensor, name: str) -> np.ndarray:
+    array = _to_numpy(values).astype(np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {array.shape}")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise ValueError(
+            f"{name} must be finite, got {bad.size} non-finite value(s), first {array[bad[0]]} "
+            f"at index {bad[0]}"
+        )
+    return array
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def confidence_interval(
+    values: ArrayLike | Tensor,
+    method: str = "normal",
+    confidence: float = 0.95,
+    *,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> Interval:
+    """Confidence interval for the mean of per-episode values (e.g. accuracies).
+
+    Methods:
+
+    - ``"normal"``: ``mean ± z * s / sqrt(n)`` with ``z = norm.ppf((1 + confidence) / 2)``
+      (1.96 at 95%) and ``s`` the sample standard deviation (``ddof=1``), the "± 95% CI"
+      reported by few-shot papers (Snell et al.'s code uses torchnet's unbiased std).
+    - ``"t"``: the same with the Student-t quantile on ``n - 1`` degrees of freedom.
+    - ``"bootstrap"``: percentile bootstrap of the mean, ``n_boot`` resamples (scipy).
+    - ``"bca"``: bias-corrected and accelerated bootstrap of the mean (scipy).
+
+    Bootstrap intervals are seeded by ``seed``, so equal inputs give equal intervals. Values
+    that are all equal give the zero-width interval ``[mean, mean]`` for every method.
+    """
+    if method not in CI_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(CI_METHODS)}")
+    _check_confidence(confidence)
+    array = _as_finite_vector(values, "values")
+    n = array.size
+    if n < 2:
+        raise ValueError(f"a confidence interval needs at least 2 values, got {n}")
+    mean = float(array.mean())
+    if np.ptp(array) == 0.0:
+        return Interval(mean, 0.0, mean, mean, method, n, confidence)
+
+    if method in ("normal", "t"):
+        standard_error = float(array.std(ddof=1) / np.sqrt(n))
+        upper_tail = 0.5 + confidence / 2.0
+        if method == "normal":
+            quantile = float(stats.norm.ppf(upper_tail))
+        else:
+            quantile = float(stats.t.ppf(upper_tail, df=n - 1))
+        half_width = quantile * standard_error
+        return Interval(mean, half_width, mean - half_width, mean + half_width, method, n,
+                        confidence)
+
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be a positive number of resamples, got {n_boot}")
+    result = stats.bootstrap(
+        (array,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method="percentile" if method == "bootstrap" else "BCa",
+        rng=np.random.default_rng(seed),
+    )
+    low = float(result.confidence_interval.low)
+    high = float(result.confidence_interval.high)
+    return Interval(mean, (high - low) / 2.0, low, high, method, n, confidence)
+
+
+def paired_comparison(
+    a: ArrayLike | Tensor, b: ArrayLike | Tensor, confidence: float = 0.95
+) -> PairedResult:
+    """Compare per-episode values of two models evaluated on the SAME episodes.
+
+    Returns the t interval of the mean difference ``a - b``, the paired t-test and the
+    Wilcoxon signed-rank p-values (both two-sided). When every difference is zero, both
+    p-values are 1.0 and the interval has zero width; when every difference is the same
+    non-zero constant, the t-test p-value is 0.0 (infinite t statistic).
+    """
+    a_array = _as_finite_vector(a, "a")
+    b_array = _as_finite_vector(b, "b")
+    if a_array.size != b_array.size:
+        raise ValueError(
+            f"paired comparison needs one value per episode from each model, got "
+            f"len(a)={a_array.size} and len(b)={b_array.size}"
+        )
+    differences = a_array - b_array
+    interval = confidence_interval(differences, "t", confidence)
+
+    if np.ptp(differences) == 0.0:
+        # scipy returns NaN for zero-variance differences; the limits are well defined.
+        constant = float(differences[0])
+        if constant == 0.0:
+            return PairedResult(interval, 0.0, 1.0, 1.0)
+        t_statistic, p_value = float(np.copysign(np.inf, constant)), 0.0
+    else:
+        t_test = stats.ttest_rel(a_array, b_array)
+        t_statistic, p_value = float(t_test.statistic), float(t_test.pvalue)
+    # Pratt's method ranks zero differences instead of discarding them: ties between models
+    # are common on easy episodes and are evidence of "no difference".
+    wilcoxon_p_value = float(stats.wilcoxon(differences, zero_method="pratt").pvalue)
+    return PairedResult(interval, t_statistic, p_value, wilcoxon_p_value)
+
+
+def episode_accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Fraction of queries whose arg-max logit is the true label.
+
+    ``logits`` is ``[..., ways]`` and ``labels`` (integers in ``[0, ways)``) has the shape
+    ``logits.shape[:-1]``.
+    """
+    if logits.ndim < 1 or logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"labels must have shape logits.shape[:-1]; got logits {tuple(logits.shape)} and "
+            f"labels {tuple(labels.shape)}"
+        )
+    if labels.numel() == 0:
+        raise ValueError("episode_accuracy needs at least one query, got none")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    ways = logits.shape[-1]
+    if labels.min() < 0 or labels.max() >= ways:
+        raise ValueError(
+            f"labels must lie in [0, {ways}) for {ways}-way logits, got range "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    return (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+# --------------------------------------------------------------------------------------------
+# Distances between embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def _cosine_distance(x: Tensor, y: Tensor) -> Tensor:
+    return 1.0 - F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
+
+
+def _squared_euclidean_distance(x: Tensor, y: Tensor) -> Tensor:
+    return torch.cdist(x, y).square()
+
+
+DISTANCES: dict[str, DistanceFn] = {
+    "euclidean": torch.cdist,
+    "squared_euclidean": _squared_euclidean_distance,
+    "cosine": _cosine_distance,
+}
+
+
+def _resolve_distance(distance: Distance) -> DistanceFn:
+    if callable(distance):
+        return distance
+    if distance not in DISTANCES:
+        raise ValueError(
+            f"unknown distance {distance!r}; expected one of {', '.join(DISTANCES)} or a "
+            f"callable (x[m, d], y[n, d]) -> [m, n]"
+        )
+    return DISTANCES[distance]
+
+
+def _pairwise(distance_fn: DistanceFn, x: Tensor, y: Tensor) -> Tensor:
+    result = distance_fn(x, y)
+    if result.shape != (x.shape[0], y.shape[0]):
+        raise ValueError(
+            f"distance function must return a [{x.shape[0]}, {y.shape[0]}] matrix, got "
+            f"{tuple(result.shape)}"
+        )
+    return result
+
+
+def _check_embeddings(embeddings: Tensor | ArrayLike, labels: Tensor | ArrayLike) -> tuple[
+    Tensor, Tensor
+]:
+    embeddings = torch.as_tensor(embeddings).detach()
+    labels = torch.as_tensor(labels).detach().cpu()
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be [n, d], got shape {tuple(embeddings.shape)}")
+    if not embeddings.dtype.is_floating_point:
+        embeddings = embeddings.float()
+    if labels.shape != (embeddings.shape[0],):
+        raise ValueError(
+            f"labels must be [n] with n={embeddings.shape[0]} embeddings, got shape "
+            f"{tuple(labels.shape)}"
+        )
+    if not torch.isfinite(embeddings).all():
+        raise ValueError("embeddings contain non-finite values (NaN or inf)")
+    if embeddings.shape[0] < 2:
+        raise ValueError(f"need at least 2 embeddings, got {embeddings.shape[0]}")
+    return embeddings, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Verification: same / different class pairs
+# --------------------------------------------------------------------------------------------
+
+
+def pair_scores(
+    embeddings: Tensor,
+    labels: Tensor,
+    distance: Distance = "euclidean",
+    pairs: Tensor | ArrayLike | None = None,
+    *,
+    chunk_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity scores (``-distance``) and same-class flags for pairs of embeddings.
+
+    Without ``pairs``: all ``i < j`` pairs in ``np.triu_indices(n, 1)`` order (``n (n-1) / 2``
+    of them, so 50M for n = 10k: pass a pair list for large sets). With ``pairs``: an integer
+    ``[p, 2]`` array of index pairs, scored in that order. Returns float64 scores and bool flags.
+    """
+    embeddings, labels = _check_embeddings(embeddings, labels)
+    distance_fn = _resolve_distance(distance)
+    n = embeddings.shape[0]
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    score_chunks: list[Tensor] = []
+    same_chunks: list[Tensor] = []
+    with torch.no_grad():
+        if pairs is None:
+            columns = torch.arange(n)
+            for start in range(0, n, chunk_size):
+                rows = torch.arange(start, min(start + chunk_size, n))
+                upper = columns[None, :] > rows[:, None]
+                block = _pairwise(distance_fn, embeddings[rows], embeddings).cpu()
+                score_chunks.append(-block[upper])
+                same_chunks.append((labels[rows][:, None] == labels[None, :])[upper])
+        else:
+            pairs = torch.as_tensor(pairs)
+            if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.dtype.is_floating_point:
+                raise ValueError(
+                    f"pairs must be an integer [p, 2] array, got shape {tuple(pairs.shape)} "
+                    f"and dtype {pairs.dtype}"
+                )
+            if pairs.numel() and (pairs.min() < 0 or pairs.max() >= n):
+                raise ValueError(
+                    f"pair indices must lie in [0, {n}), got range "
+                    f"[{int(pairs.min())}, {int(pairs.max())}]"
+                )
+            for start in range(0, pairs.shape[0], chunk_size):
+                first, second = pairs[start : start + chunk_size].long().unbind(1)
+                block = _pairwise(distance_fn, embeddings[first], embeddings[second])
+                score_chunks.append(-block.diagonal().cpu())
+                same_chunks.append(labels[first] == labels[second])
+    if not score_chunks:
+        return np.empty(0, dtype=np.float64), np.empty(0, dtype=bool)
+    scores = torch.cat(score_chunks).double().numpy()
+    same = torch.cat(same_chunks).numpy()
+    return scores, same
+
+
+def _check_scores(scores: ArrayLike | Tensor, same: ArrayLike | Tensor) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    score_array = _as_finite_vector(scores, "scores")
+    same_array = _to_numpy(same)
+    if same_array.shape != score_array.shape:
+        raise ValueError(
+            f"scores and same must have the same length, got {score_array.shape} and "
+            f"{same_array.shape}"
+        )
+    if same_array.dtype != bool:
+        if not np.isin(same_array, (0, 1)).all():
+            raise ValueError("same must hold booleans (or 0/1), one per score")
+        same_array = same_array.astype(bool)
+    n_same = int(same_array.sum())
+    n_different = same_array.size - n_same
+    if n_same == 0 or n_different == 0:
+        raise ValueError(
+            f"need at least one same-class and one different-class pair, got {n_same} same "
+            f"and {n_different} different"
+        )
+    return score_array, same_array
+
+
+def roc_curve(
+    scores: ArrayLike | Tensor, same: ArrayLike | Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC operating points ``(far, tar, thresholds)``, one per distinct score plus the start.
+
+    At ``thresholds[i]`` a pair is accepted when ``score >= thresholds[i]``; ``far[i]`` is the
+    fraction of different-class pairs accepted (false accept rate) and ``tar[i]`` the fraction
+    of same-class pairs accepted (true accept rate). The first point is ``(0, 0)`` at
+    ``threshold = inf``; tied scores form a single point.
+    """
+    score_array, same_array = _check_scores(scores, same)
+    order = np.argsort(-score_array, kind="stable")
+    sorted_scores = score_array[order]
+    sorted_same = same_array[order]
+    # Last position of each run of equal scores: lowering the threshold past a tied value
+    # accepts the whole run at once.
+    run_ends = np.r_[np.flatnonzero(np.diff(sorted_scores) != 0.0), sorted_scores.size - 1]
+    true_accepts = np.cumsum(sorted_same)[run_ends]
+    false_accepts = np.cumsum(~sorted_same)[run_ends]
+    tar = np.r_[0.0, true_accepts / sorted_same.sum()]
+    far = np.r_[0.0, false_accepts / (~sorted_same).sum()]
+    thresholds = np.r_[np.inf, sorted_scores[run_ends]]
+    return far, tar, thresholds
+
+
+def roc_auc(scores: ArrayLike | Tensor, same: ArrayLike | Tensor) -> float:
+    """Area under the ROC curve: P(score of a same pair > score of a different pair), ties 1/2."""
+    far, tar, _ = roc_curve(scores, same)
+    return float(integrate.trapezoid(tar, far))
+
+
+def equal_error_rate(
+    scores: ArrayLike | Tensor, same: ArrayLike | Tensor
+) -> tuple[float, float]:
+    """Equal error rate and the threshold of the operating point nearest to it.
+
+    The EER is where the false accept rate equals the false reject rate ``1 - tar``, found by
+    linear interpolation between the two ROC points that bracket the crossing. The returned
+    threshold is the ROC point (a real score, or ``inf``) with the smallest ``|far - frr|``;
+    on small sets its own error rates can differ from the interpolated EER.
+    """
+    far, tar, thresholds = roc_curve(scores, same)
+    gap = (1.0 - tar) - far  # frr - far: starts at 1, ends at -1, never increases
+    last_nonnegative = int(np.flatnonzero(gap >= 0.0)[-1])
+    if gap[last_nonnegative] == 0.0:
+        eer = far[last_nonnegative]
+    else:
+        after = last_nonnegative + 1
+        fraction = gap[last_nonnegative] / (gap[last_nonnegative] - gap[after])
+        eer = far[last_nonnegative] + fraction * (far[after] - far[last_nonnegative])
+    return float(eer), float(thresholds[np.argmin(np.abs(gap))])
+
+
+def tar_at_far(
+    scores: ArrayLike | Tensor, same: ArrayLike | Tensor, far: float | Sequence[float]
+) -> float | np.ndarray:
+    """Highest true accept rate among operating points whose false accept rate is <= ``far``.
+
+    A scalar ``far`` gives a float; a sequence gives an array of the same length.
+    """
+    targets = np.asarray(far, dtype=np.float64)
+    if targets.ndim > 1 or not ((targets >= 0.0) & (targets <= 1.0)).all():
+        raise ValueError(f"far must be a rate in [0, 1] or a sequence of them, got {far!r}")
+    curve_far, curve_tar, _ = roc_curve(scores, same)
+    # curve_far is non-decreasing and starts at 0, so every target has at least one point.
+    last_allowed = np.searchsorted(curve_far, targets, side="right") - 1
+    result = curve_tar[last_allowed]
+    return float(result) if targets.ndim == 0 else result
+
+
+def verification_accuracy(
+    scores: ArrayLike | Tensor, same: ArrayLike | Tensor, threshold: float
+) -> float:
+    """Fraction of pairs classified correctly when ``score >= threshold`` means "same"."""
+    score_array, same_array = _check_scores(scores, same)
+    return float(np.mean((score_array >= threshold) == same_array))
+
+
+def choose_threshold(
+    scores: ArrayLike | Tensor, same: ArrayLike | Tensor, criterion: str = "eer"
+) -> float:
+    """Pick a decision threshold on validation pairs, to apply unchanged to test pairs.
+
+    ``"eer"``: the operating point nearest the equal error rate. ``"accuracy"``: the operating
+    point with the highest verification accuracy (the highest such threshold on ties). The
+    threshold is one of the validation scores (or ``inf``, rejecting everything).
+    """
+    if criterion not in THRESHOLD_CRITERIA:
+        raise ValueError(
+            f"unknown criterion {criterion!r}; expected one of {', '.join(THRESHOLD_CRITERIA)}"
+        )
+    if criterion == "eer":
+        return equal_error_rate(scores, same)[1]
+    far, tar, thresholds = roc_curve(scores, same)
+    same_array = _check_scores(scores, same)[1]
+    n_same = same_array.sum()
+    n_different = same_array.size - n_same
+    accuracy = (tar * n_same + (1.0 - far) * n_different) / same_array.size
+    return float(thresholds[np.argmax(accuracy)])
+
+
+# --------------------------------------------------------------------------------------------
+# Leave-one-out retrieval
+# --------------------------------------------------------------------------------------------
+
+
+def _check_retrieval_classes(labels: Tensor) -> Tensor:
+    """Per-item count of OTHER items of the same class (R in MAP@R)."""
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    singletons = classes[counts == 1]
+    if singletons.numel():
+        shown = ", ".join(str(c) for c in singletons[:10].tolist())
+        more = f" and {singletons.numel() - 10} more" if singletons.numel() > 10 else ""
+        raise ValueError(
+            f"leave-one-out retrieval needs at least 2 items per class; classes with a single "
+            f"item: {shown}{more}"
+        )
+    return counts[inverse] - 1
+
+
+def _neighbour_chunks(
+    embeddings: Tensor, k: int, distance: Distance, chunk_size: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(query indices, their k nearest other items)``, nearest first, chunk by chunk.
+
+    Ties in distance are broken by item index (stable sort), so results are deterministic.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    distance_fn = _resolve_distance(distance)
+    n = embeddings.shape[0]
+    with torch.no_grad():
+        for start in range(0, n, chunk_size):
+            queries = torch.arange(start, min(start + chunk_size, n))
+            block = _pairwise(distance_fn, embeddings[queries], embeddings).cpu()
+            block[torch.arange(queries.numel()), queries] = torch.inf  # leave the query out
+            order = torch.sort(block, dim=1, stable=True).indices[:, :k]
+            yield queries, order
+
+
+def recall_at_k(
+    embeddings: Tensor,
+    labels: Tensor,
+    k: int = 1,
+    distance: Distance = "euclidean",
+    *,
+    chunk_size: int = 1024,
+) -> float:
+    """Fraction of items with at least one same-class item among their ``k`` nearest others.
+
+    Leave-one-out over the whole set (each item queries all the others), computed
+    ``chunk_size`` queries at a time. Every class needs at least 2 items.
+    """
+    embeddings, labels = _check_embeddings(embeddings, labels)
+    n = embeddings.shape[0]
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k must be in [1, {n - 1}] for {n} embeddings, got {k}")
+    _check_retrieval_classes(labels)
+    hits = 0
+    for queries, neighbours in _neighbour_chunks(embeddings, k, distance, chunk_size):
+        hits += int((labels[neighbours] == labels[queries][:, None]).any(dim=1).sum())
+    return hits / n
+
+
+def map_at_r(
+    embeddings: Tensor,
+    labels: Tensor,
+    distance: Distance = "euclidean",
+    *,
+    chunk_size: int = 1024,
+) -> float:
+    """Mean average precision at R (Musgrave, Belongie & Lim, ECCV 2020), leave-one-out.
+
+    For each query, R is the number of other items of its class, and
+    ``AP@R = (1 / R) * sum_{i=1..R} P(i) * rel(i)`` where ``rel(i)`` says whether the i-th
+    nearest other item shares the query's class and ``P(i)`` is the precision among the first
+    i. MAP@R is the mean over all queries. Every class needs at least 2 items.
+    """
+    embeddings, labels = _check_embeddings(embeddings, labels)
+    relevant_counts = _check_retrieval_classes(labels)
+    max_r = int(relevant_counts.max())
+    ranks = torch.arange(1, max_r + 1)
+    total = 0.0
+    for queries, neighbours in _neighbour_chunks(embeddings, max_r, distance, chunk_size):
+        r = relevant_counts[queries]
+        relevant = (labels[neighbours] == labels[queries][:, None]) & (ranks[None, :] <= r[:, None])
+        precision = relevant.cumsum(dim=1) / ranks
+        total += float(((precision * relevant).sum(dim=1) / r).sum())
+    return total / embeddings.shape[0]

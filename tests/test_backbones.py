@@ -1,0 +1,64 @@
+"""Backbones: embedding sizes on Omniglot- and miniImageNet-sized input, normalisation, registry."""
+
+import pytest
+import torch
+from torch import nn
+
+from fewshot.backbones import BACKBONES, Conv4, ResNet12, build_backbone, embedding_dim
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "expected_dim"),
+    [
+        ("conv4", (1, 28, 28), 64),
+        ("conv4", (3, 84, 84), 1600),
+        ("resnet12", (1, 28, 28), 640),
+        ("resnet12", (3, 84, 84), 640),
+    ],
+)
+def test_output_shape_matches_reported_dim(name, shape, expected_dim):
+    torch.manual_seed(0)
+    backbone = build_backbone(name, in_channels=shape[0])
+    out = backbone(torch.rand(2, *shape))
+    assert out.shape == (2, expected_dim)
+    assert backbone.out_dim(shape) == expected_dim
+    assert embedding_dim(backbone, shape) == expected_dim
+
+
+def test_embedding_dim_runs_a_dummy_forward_for_other_modules():
+    backbone = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten())
+    backbone.train()
+    assert embedding_dim(backbone, (1, 10, 10)) == 8 * 8 * 8
+    assert backbone.training  # the mode is restored
+
+
+@pytest.mark.parametrize("backbone", [Conv4(in_channels=1, normalize=True), ResNet12(in_channels=1, normalize=True)])
+def test_normalize_gives_unit_norm(backbone):
+    out = backbone(torch.rand(3, 1, 28, 28))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+
+
+def test_unnormalized_embeddings_are_not_unit_norm():
+    out = Conv4(in_channels=1)(torch.rand(3, 1, 28, 28))
+    assert not torch.allclose(out.norm(dim=1), torch.ones(3))
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*conv4.*resnet12"):
+        build_backbone("vgg", in_channels=1)
+    assert set(BACKBONES) == {"conv4", "resnet12"}
+
+
+def test_bad_input_shapes_are_rejected():
+    with pytest.raises(ValueError, match="channels=1"):
+        Conv4(in_channels=1).out_dim((3, 28, 28))
+    with pytest.raises(ValueError, match="at least 16x16"):
+        Conv4().out_dim((1, 8, 8))
+    with pytest.raises(ValueError, match="4 block widths"):
+        ResNet12(channels=(64, 160, 320))
+
+
+def test_custom_widths():
+    backbone = Conv4(in_channels=3, hidden=32, out_channels=16)
+    assert backbone(torch.rand(2, 3, 84, 84)).shape == (2, 16 * 5 * 5)
+    assert backbone.out_dim((3, 84, 84)) == 400
