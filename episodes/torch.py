@@ -94,15 +94,19 @@ class TensorStore:
 
     Item i is `torch.rot90(images[image_index[i]], rotation[i], dims=(-2, -1))`. Any object with
     `images`, `image_index` and `rotation` attributes (e.g. an Omniglot class split) can be wrapped
-    with `TensorStore.from_arrays(obj)`.
+    with `TensorStore.from_arrays(obj)`; the image memory is shared, not copied.
+
+    Half turns are a reversal of each image's bytes (fast); quarter turns need a transpose, the slow
+    part. `cache_quarter_turns=True` keeps one extra copy of the images turned by 90 degrees (doubling
+    image memory) so that 90 and 270 degree items become a plain gather (plus a reversal).
     """
 
     def __init__(self, images: torch.Tensor | np.ndarray, image_index: np.ndarray | None = None,
-                 rotation: np.ndarray | None = None) -> None:
+                 rotation: np.ndarray | None = None, *, cache_quarter_turns: bool = False) -> None:
         array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         if array.dtype != np.uint8 or array.ndim not in (3, 4):
             raise ValueError(f"images must be uint8 [N,H,W] or [N,C,H,W], got {array.dtype} {array.shape}")
-        self.images = np.ascontiguousarray(array)  # shares memory with a contiguous CPU tensor
+        self.images = np.ascontiguousarray(array)
         self.image_index = (np.arange(len(array)) if image_index is None
                             else np.asarray(image_index, dtype=np.int64))
         if self.image_index.ndim != 1 or (len(self.image_index) and not (
@@ -118,60 +122,87 @@ class TensorStore:
             if np.any(rotation % 2 == 1) and array.shape[-1] != array.shape[-2]:
                 raise ValueError(f"odd quarter turns need square images, got {array.shape[-2]}x{array.shape[-1]}")
             self.rotation = rotation if np.any(rotation) else None
+        self.quarter_turned = None
+        if cache_quarter_turns and self.rotation is not None and np.any(self.rotation % 2 == 1):
+            self.quarter_turned = np.ascontiguousarray(np.rot90(self.images, 1, axes=(-2, -1)))
 
     @classmethod
-    def from_arrays(cls, source: Any) -> TensorStore:
-        """Wrap an object exposing `images`, `image_index` and `rotation` (shared, not copied)."""
-        return cls(source.images, source.image_index, source.rotation)
+    def from_arrays(cls, source: Any, *, cache_quarter_turns: bool = False) -> TensorStore:
+        """Wrap an object exposing `images`, `image_index` and `rotation`."""
+        return cls(source.images, source.image_index, source.rotation, cache_quarter_turns=cache_quarter_turns)
 
     def __len__(self) -> int:
         return len(self.image_index)
 
-    def gather(self, items: np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Return items as [n,C,H,W]: float in [0, 1] for a float dtype, or the raw uint8."""
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one gathered item: (C, H, W)."""
+        shape = self.images.shape[1:]
+        return shape if len(shape) == 3 else (1, *shape)
+
+    def gather_uint8(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Return items as a uint8 numpy array [n, C, H, W], rotations applied."""
         items = np.asarray(items, dtype=np.int64)
-        out = np.take(self.images, self.image_index[items], axis=0)
-        if self.rotation is not None:
-            turns = self.rotation[items]
-            for k in (1, 2, 3):
-                rows = np.flatnonzero(turns == k)
-                if len(rows):
-                    out[rows] = np.rot90(out[rows], k, axes=(-2, -1))
-        batch = torch.from_numpy(out)
-        if batch.dim() == 3:
-            batch = batch.unsqueeze(1)
-        if dtype == torch.uint8:
-            return batch
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be torch.uint8 or a float dtype, got {dtype}")
-        return batch.to(dtype).div_(255)
+        rows = self.image_index[items]
+        if self.rotation is None:
+            return np.take(self.images, rows, axis=0).reshape(len(items), *self.item_shape)
+        turns = self.rotation[items]
+        if self.quarter_turned is not None:  # odd turns read the cached 90-degree copy: 3 = 1 + 2
+            odd = turns % 2 == 1
+            out = np.empty((len(items), *self.images.shape[1:]), dtype=np.uint8)
+            out[~odd] = np.take(self.images, rows[~odd], axis=0)
+            out[odd] = np.take(self.quarter_turned, rows[odd], axis=0)
+            turns = turns - odd
+        else:
+            out = np.take(self.images, rows, axis=0)
+        out = out.reshape(len(items), *self.item_shape)
+        half = np.flatnonzero(turns == 2)
+        if len(half):  # torch reverses contiguous bytes much faster than numpy; numpy indexes rows faster
+            out[half] = torch.from_numpy(out[half]).flatten(-2).flip(-1).numpy().reshape(len(half), *out.shape[1:])
+        for k in (1, 3):
+            quarter = np.flatnonzero(turns == k)
+            if len(quarter):
+                out[quarter] = np.rot90(out[quarter], k, axes=(-2, -1))
+        return out
 
-    def load(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32) -> list[EpisodeTensors]:
-        """Gather the images of several drawn episodes at once; return one tuple per episode."""
-        if draw.fixed_shape and len(draw.indices):
-            return self._load_fixed(draw, dtype)
-        episodes = draw.episodes()
-        images = self.gather(np.concatenate([e.indices() for e in episodes]), dtype)
-        result, offset = [], 0
-        for episode in episodes:
-            n_support, n_query = len(episode.support), len(episode.query)
-            result.append((images[offset:offset + n_support], torch.from_numpy(episode.support_labels),
-                           images[offset + n_support:offset + n_support + n_query],
-                           torch.from_numpy(episode.query_labels)))
-            offset += n_support + n_query
-        return result
+    def gather(self, items: np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Return items as a tensor [n, C, H, W]: float in [0, 1] for a float dtype, else the raw uint8."""
+        return _convert(torch.from_numpy(self.gather_uint8(items)), dtype)
 
-    def _load_fixed(self, draw: EpisodeDraw, dtype: torch.dtype) -> list[EpisodeTensors]:
-        count, ways, shots, queries = len(draw.indices), int(draw.ways[0]), int(draw.shots[0]), draw.queries
-        items = draw.items.reshape(count, ways, shots + queries)
-        flat = np.concatenate([items[:, :, :shots].reshape(count, -1), items[:, :, shots:].reshape(count, -1)], axis=1)
-        images = self.gather(flat.reshape(-1), dtype)
-        images = images.view(count, ways * (shots + queries), *images.shape[1:])
-        support_labels = torch.arange(ways).repeat_interleave(shots)
-        query_labels = torch.arange(ways).repeat_interleave(queries)
-        split = ways * shots
-        return [(images[e, :split], support_labels.clone(), images[e, split:], query_labels.clone())
-                for e in range(count)]
+    def iter_episodes(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32) -> Iterator[EpisodeTensors]:
+        """Gather the images of all drawn episodes at once; yield `(support_x, support_y, query_x, query_y)`.
+
+        Each episode gets its own tensors (converted as it is yielded), so holding one never pins the rest.
+        """
+        count = len(draw.indices)
+        if count and draw.fixed_shape:
+            ways, shots, queries = int(draw.ways[0]), int(draw.shots[0]), draw.queries
+            items = draw.items.reshape(count, ways, shots + queries)
+            layout = np.concatenate([items[:, :, :shots].reshape(count, -1),
+                                     items[:, :, shots:].reshape(count, -1)], axis=1)
+            sizes = np.full(count, ways * shots), np.full(count, ways * queries)
+            support_labels = [torch.arange(ways).repeat_interleave(shots)] * count
+            query_labels = [torch.arange(ways).repeat_interleave(queries)] * count
+        else:
+            episodes = draw.episodes()
+            layout = np.concatenate([e.indices() for e in episodes]) if episodes else np.zeros(0, np.int64)
+            sizes = np.array([len(e.support) for e in episodes]), np.array([len(e.query) for e in episodes])
+            support_labels = [torch.from_numpy(e.support_labels) for e in episodes]
+            query_labels = [torch.from_numpy(e.query_labels) for e in episodes]
+        images = torch.from_numpy(self.gather_uint8(layout.reshape(-1)))
+        ends = np.cumsum(sizes[0] + sizes[1])
+        for e in range(count):
+            x = _convert(images[ends[e] - sizes[0][e] - sizes[1][e]:ends[e]], dtype, copy=True)
+            split = int(sizes[0][e])
+            yield x[:split], support_labels[e].clone(), x[split:], query_labels[e].clone()
+
+
+def _convert(images: torch.Tensor, dtype: torch.dtype, copy: bool = False) -> torch.Tensor:
+    if dtype == torch.uint8:
+        return images.clone() if copy else images
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be torch.uint8 or a float dtype, got {dtype}")
+    return images.to(dtype).div_(255)
 
 
 class EpisodeDataset(IterableDataset):
@@ -185,7 +216,7 @@ class EpisodeDataset(IterableDataset):
     """
 
     def __init__(self, sampler: EpisodeSampler, source: Any, *, start: int = 0, rank: int | None = None,
-                 world_size: int | None = None, dtype: torch.dtype = torch.float32, chunk: int = 32) -> None:
+                 world_size: int | None = None, dtype: torch.dtype = torch.float32, chunk: int = 128) -> None:
         self.sampler = sampler
         if isinstance(source, TensorStore):
             self.store = source
@@ -212,7 +243,7 @@ class EpisodeDataset(IterableDataset):
         for indices in chunks:
             draw = self.sampler.draw(indices)
             if self.store is not None:
-                yield from self.store.load(draw, self.dtype)
+                yield from self.store.iter_episodes(draw, self.dtype)
             else:
                 for episode in draw.episodes():
                     yield self.collate([self.source[int(i)] for i in episode.indices()])

@@ -225,6 +225,20 @@ def evaluate_checkpoint(
     return report
 
 
+def report_json(report: dict[str, Any]) -> bytes:
+    """The report as strict JSON: non-finite numbers (an infinite t statistic) become strings."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(report), indent=2, allow_nan=False).encode()
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The report's accuracy table as text."""
     lines = [f"{report['dataset']} ({report['split']}) {report['eval_split']} classes: {report['classes']}, "
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report_path = Path(args.report or Path(args.checkpoint).with_name(f"eval_{Path(args.checkpoint).stem}_{args.eval_split}.json"))
     plot_path = Path(args.plot or report_path.with_suffix(".png"))
-    atomic_write(report_path, lambda f: f.write(json.dumps(report, indent=2).encode()))
+    atomic_write(report_path, lambda f: f.write(report_json(report)))
     plot_report(report, plot_path)
     print(format_table(report))
     print(f"report: {report_path}\nplot: {plot_path}")

@@ -504,7 +504,8 @@ def _neighbour_chunks(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(query indices, their k nearest other items)``, nearest first, chunk by chunk.
 
-    Ties in distance are broken by item index (stable sort), so results are deterministic.
+    Items at exactly equal distance are ordered as ``torch.topk`` returns them (unspecified);
+    this only matters for duplicated embeddings.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -515,8 +516,7 @@ def _neighbour_chunks(
             queries = torch.arange(start, min(start + chunk_size, n))
             block = _pairwise(distance_fn, embeddings[queries], embeddings).cpu()
             block[torch.arange(queries.numel()), queries] = torch.inf  # leave the query out
-            order = torch.sort(block, dim=1, stable=True).indices[:, :k]
-            yield queries, order
+            yield queries, torch.topk(block, k, dim=1, largest=False, sorted=True).indices
 
 
 def recall_at_k(

@@ -225,7 +225,7 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train, validate, keep the best checkpoint, then evaluate it on novel classes. Returns the final report."""
-    from fewshot.evaluate import evaluate_checkpoint
+    from fewshot.evaluate import evaluate_checkpoint, report_json
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -305,7 +305,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                                  settings=[(config.ways, config.shots)], queries=config.eval_queries,
                                  episodes=config.test_episodes, seed=config.seed, data_root=config.data_root,
                                  device=str(device), splits=splits, progress=progress)
-    atomic_write(run_dir / "test_report.json", lambda f: f.write(json.dumps(report, indent=2).encode()))
+    atomic_write(run_dir / "test_report.json", lambda f: f.write(report_json(report)))
     return report
 
 

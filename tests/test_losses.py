@@ -33,6 +33,17 @@ from fewshot.miners import (
     build_miner,
 )
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run this file single-threaded: on a shared, busy CPU, multi-threaded kernels on tiny tensors
+    spin and wait for each other (measured 10x slower here than one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Four points in 2-D (on the x axis, so distances are easy to read) and their classes:
 #   x0 = (0, 0) class 0,  x1 = (1, 0) class 0,  x2 = (1.5, 0) class 1,  x3 = (4, 0) class 1.
 # Distances: d01 = 1, d02 = 1.5, d03 = 4, d12 = 0.5, d13 = 3, d23 = 2.5.
@@ -106,7 +117,8 @@ def test_mahalanobis_random_L_equals_direct_formula(rank, diagonal):
     torch.testing.assert_close(distance(x, y), direct, rtol=1e-4, atol=1e-4)
     # M = L^T L form of the same distance.
     diff = x[:, None, :] - y[None, :, :]
-    torch.testing.assert_close(distance(x, y), torch.einsum("nmi,ij,nmj->nm", diff, L.T @ L, diff), rtol=1e-4, atol=1e-4)
+    quadratic_form = torch.einsum("nmi,ij,nmj->nm", diff, L.T @ L, diff)
+    torch.testing.assert_close(distance(x, y), quadratic_form, rtol=1e-4, atol=1e-4)
 
 
 def test_mahalanobis_bad_arguments():
@@ -205,13 +217,14 @@ def test_distance_weighted_probabilities_in_4d():
 def test_distance_weighted_sampling_follows_probabilities_and_generator():
     miner = DistanceWeightedMiner(embedding_dim=3)
     generator = torch.Generator().manual_seed(0)
-    draws = [miner(SPHERE_DIST, LABELS, generator) for _ in range(3000)]
+    draws = [miner(SPHERE_DIST, LABELS, generator) for _ in range(1000)]
     for anchor, positive, negative in draws:
         assert anchor.tolist() == [0, 1, 2, 3] and positive.tolist() == [1, 0, 3, 2]
         assert negative[1] == 3 and negative[2] == 0
     negatives = torch.stack([negative for _, _, negative in draws])
-    assert abs((negatives[:, 0] == 2).float().mean().item() - 2 / 3) < 0.03
-    assert abs((negatives[:, 3] == 1).float().mean().item() - 5 / 9) < 0.03
+    # Binomial standard deviations at 1000 draws are about 0.015: allow 3.5 of them.
+    assert abs((negatives[:, 0] == 2).float().mean().item() - 2 / 3) < 0.05
+    assert abs((negatives[:, 3] == 1).float().mean().item() - 5 / 9) < 0.05
     # Same seed, same triplets: sampling depends only on the generator.
     replay = torch.Generator().manual_seed(0)
     assert torch.equal(torch.stack([miner(SPHERE_DIST, LABELS, replay)[2] for _ in range(50)]), negatives[:50])
@@ -344,7 +357,14 @@ def omniglot_episode(split, by_class, rng, ways=5, shots=5, queries=5):
         ("triplet", {"miner": "batch-hard"}, True, None),
         ("triplet", {"miner": "distance-weighted"}, True, None),
     ],
-    ids=["protonet", "protonet-mahalanobis", "siamese", "triplet-semi-hard", "triplet-batch-hard", "triplet-distance-weighted"],
+    ids=[
+        "protonet",
+        "protonet-mahalanobis",
+        "siamese",
+        "triplet-semi-hard",
+        "triplet-batch-hard",
+        "triplet-distance-weighted",
+    ],
 )
 def test_learner_trains_on_omniglot(omniglot_store, name, kwargs, normalize, distance):
     """30 Adam steps on 5-way 5-shot 5-query episodes lower the loss on fixed episodes and raise accuracy."""

@@ -49,6 +49,9 @@ def test_normal_interval_matches_hand_computation() -> None:
     assert interval.half_width == pytest.approx(0.1265151, abs=1e-7)
     assert (interval.low, interval.high) == pytest.approx((0.85 - 0.1265151, 0.85 + 0.1265151))
     assert "0.8500 ± 0.1265" in str(interval)
+    assert isinstance(interval, Interval)
+    with pytest.raises(AttributeError):
+        interval.mean = 0.0  # frozen: results cannot be edited after the fact
 
 
 def test_t_interval_matches_hand_computation_and_is_wider_for_small_n() -> None:
@@ -137,6 +140,19 @@ def test_paired_comparison_detects_a_known_shift() -> None:
     swapped = paired_comparison(baseline, improved)
     assert swapped.mean_difference == pytest.approx(-result.mean_difference)
     assert swapped.p_value == pytest.approx(result.p_value)
+
+
+def test_pairing_detects_what_overlapping_unpaired_intervals_hide() -> None:
+    # Episode difficulty varies a lot (sd 0.1) and is shared by both models; the second model
+    # is better by 0.01 on every episode up to small noise.
+    rng = np.random.default_rng(11)
+    difficulty = rng.normal(0.7, 0.1, size=600)
+    model_a = difficulty + 0.01 + rng.normal(0.0, 0.01, size=600)
+    model_b = difficulty + rng.normal(0.0, 0.01, size=600)
+    interval_a, interval_b = confidence_interval(model_a), confidence_interval(model_b)
+    assert interval_a.low < interval_b.high  # the separate intervals overlap
+    result = paired_comparison(model_a, model_b)
+    assert result.difference.low > 0.0 and result.p_value < 1e-20
 
 
 def test_paired_comparison_rejects_at_the_nominal_rate_without_a_difference() -> None:
@@ -233,7 +249,7 @@ def test_chance_interval_coverage_is_close_to_nominal() -> None:
         covered += confidence_interval(accuracies).contains(0.2)
     assert 0.90 <= covered / 200 <= 0.99
 
-    signal = random_embedding_episode_accuracies(generator, episodes=600, class_shift=0.5)
+    signal = random_embedding_episode_accuracies(generator, episodes=600, class_shift=1.0)
     assert confidence_interval(signal).low > 0.3
 
 
@@ -323,7 +339,8 @@ def test_roc_metrics_match_brute_force_on_random_scores_with_ties() -> None:
     assert far == pytest.approx(brute_far) and tar == pytest.approx(brute_tar)
     assert roc_auc(scores, same) == pytest.approx(brute_force_auc(scores, same))
     for target in (0.0, 0.01, 0.1, 0.5):
-        assert tar_at_far(scores, same, target) == pytest.approx(brute_tar[brute_far <= target].max())
+        best_allowed = brute_tar[brute_far <= target].max()
+        assert tar_at_far(scores, same, target) == pytest.approx(best_allowed)
     eer, threshold = equal_error_rate(scores, same)
     gaps = np.abs((1 - brute_tar) - brute_far)
     assert threshold == thresholds[np.argmin(gaps)]
@@ -350,7 +367,8 @@ def test_accuracy_threshold_is_the_best_on_validation_and_transfers_to_test() ->
     # generalises to fresh test pairs.
     assert abs(threshold) < 0.2
     test_scores, test_same = sample(20000)
-    assert verification_accuracy(test_scores, test_same, threshold) == pytest.approx(0.8413, abs=0.01)
+    test_accuracy = verification_accuracy(test_scores, test_same, threshold)
+    assert test_accuracy == pytest.approx(0.8413, abs=0.01)
     eer_threshold = choose_threshold(val_scores, val_same, "eer")
     assert eer_threshold == equal_error_rate(val_scores, val_same)[1] and abs(eer_threshold) < 0.2
     with pytest.raises(ValueError, match="unknown criterion 'f1'; expected one of eer, accuracy"):
@@ -433,7 +451,8 @@ def test_retrieval_hand_example() -> None:
     assert recall_at_k(HAND_POSITIONS, HAND_LABELS, k=2) == pytest.approx(4 / 6)
     assert recall_at_k(HAND_POSITIONS, HAND_LABELS, k=3) == pytest.approx(5 / 6)
     for chunk_size in (1, 4):
-        assert map_at_r(HAND_POSITIONS, HAND_LABELS, chunk_size=chunk_size) == pytest.approx(1.75 / 6)
+        chunked = map_at_r(HAND_POSITIONS, HAND_LABELS, chunk_size=chunk_size)
+        assert chunked == pytest.approx(1.75 / 6)
 
 
 def test_map_at_r_with_a_longer_ranking() -> None:

@@ -1,0 +1,93 @@
+"""Use a trained model from Python: load a checkpoint, embed raw images, classify queries against a support set.
+
+    from fewshot.api import load
+    model = load("runs/latest/best.pt")
+    labels = model.classify(support=["a1.png", "b1.png"], support_labels=["a", "b"], query=["q.png"])
+
+Images go through exactly the preprocessing used to build the training data (for Omniglot,
+`fewshot.data.omniglot.preprocess_image`: grayscale, antialiased resize, ink = 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Union
+
+import torch
+from PIL import Image
+
+from fewshot.checkpoint import model_from_checkpoint
+from fewshot.data.store import to_float
+from fewshot.learners.base import prototype_logits
+from fewshot.model import FewShotModel
+
+ImageLike = Union[str, Path, Image.Image]
+
+
+def preprocessor(dataset: str, image_size: int):
+    """The function that turns one raw image into the uint8 tensor a dataset's model was trained on."""
+    if dataset == "omniglot":
+        from fewshot.data.omniglot import preprocess_image
+
+        return lambda image: preprocess_image(image, image_size)
+    if dataset == "miniimagenet":
+        from fewshot.data.miniimagenet import preprocess_image as preprocess_rgb
+
+        return lambda image: preprocess_rgb(image, image_size)
+    raise ValueError(f"no preprocessing known for dataset {dataset!r}; expected omniglot or miniimagenet")
+
+
+class FewShotClassifier:
+    """A trained model with its preprocessing: embed images and classify queries by nearest prototype."""
+
+    def __init__(self, model: FewShotModel, dataset: str, device: str | torch.device = "cpu") -> None:
+        self.model = model.eval()
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self._preprocess = preprocessor(dataset, model.spec.image_size)
+
+    def images_to_tensor(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
+        """Float [n,C,H,W] model input from image paths / PIL images (or an already preprocessed uint8 tensor)."""
+        if isinstance(images, torch.Tensor):
+            return to_float(images) if images.dtype == torch.uint8 else images
+        if isinstance(images, (str, Path, Image.Image)):
+            raise TypeError("pass a list of images, not a single image")
+        if len(images) == 0:
+            raise ValueError("no images given")
+        return to_float(torch.stack([self._preprocess(image) for image in images]))
+
+    @torch.no_grad()
+    def _embed_on_device(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        return torch.cat([self.model.embed(x[i:i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)])
+
+    def embed(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
+        """Embeddings [n, d] of raw images (on the CPU)."""
+        return self._embed_on_device(self.images_to_tensor(images)).cpu()
+
+    @torch.no_grad()
+    def predict_proba(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],
+                      query: Sequence[ImageLike] | torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
+        """Class probabilities [n_query, classes] and the class order (first appearance in `support_labels`)."""
+        classes = list(dict.fromkeys(support_labels))
+        if len(support_labels) != len(support):
+            raise ValueError(f"got {len(support)} support images but {len(support_labels)} support labels")
+        index = {label: i for i, label in enumerate(classes)}
+        support_y = torch.tensor([index[label] for label in support_labels])
+        # Embed support and query in one pass, as in training and evaluation.
+        embeddings = self._embed_on_device(torch.cat([self.images_to_tensor(support), self.images_to_tensor(query)]))
+        support_e, query_e = embeddings[: len(support_y)], embeddings[len(support_y):]
+        logits = prototype_logits(self.model.learner.distance, support_e, support_y.to(self.device), query_e, len(classes))
+        return logits.softmax(dim=1).cpu(), classes
+
+    def classify(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],
+                 query: Sequence[ImageLike] | torch.Tensor) -> list[Hashable]:
+        """The support label predicted for each query image (nearest prototype)."""
+        probabilities, classes = self.predict_proba(support, support_labels, query)
+        return [classes[i] for i in probabilities.argmax(dim=1).tolist()]
+
+
+def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> FewShotClassifier:
+    """Load a checkpoint written by `fewshot.train` (weights-only unpickling) as a classifier."""
+    model, state = model_from_checkpoint(checkpoint, device)
+    return FewShotClassifier(model, state.get("dataset", "omniglot"), device)
