@@ -142,28 +142,8 @@ class TensorStore:
 
     def gather_uint8(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
         """Return items as a uint8 numpy array [n, C, H, W], rotations applied."""
-        items = np.asarray(items, dtype=np.int64)
-        rows = self.image_index[items]
-        if self.rotation is None:
-            return np.take(self.images, rows, axis=0).reshape(len(items), *self.item_shape)
-        turns = self.rotation[items]
-        if self.quarter_turned is not None:  # odd turns read the cached 90-degree copy: 3 = 1 + 2
-            odd = turns % 2 == 1
-            out = np.empty((len(items), *self.images.shape[1:]), dtype=np.uint8)
-            out[~odd] = np.take(self.images, rows[~odd], axis=0)
-            out[odd] = np.take(self.quarter_turned, rows[odd], axis=0)
-            turns = turns - odd
-        else:
-            out = np.take(self.images, rows, axis=0)
-        out = out.reshape(len(items), *self.item_shape)
-        half = np.flatnonzero(turns == 2)
-        if len(half):  # torch reverses contiguous bytes much faster than numpy; numpy indexes rows faster
-            out[half] = torch.from_numpy(out[half]).flatten(-2).flip(-1).numpy().reshape(len(half), *out.shape[1:])
-        for k in (1, 3):
-            quarter = np.flatnonzero(turns == k)
-            if len(quarter):
-                out[quarter] = np.rot90(out[quarter], k, axes=(-2, -1))
-        return out
+        buffer, position = self._gather_grouped(self._check_items(items))
+        return np.take(buffer, position, axis=0)
 
     def gather(self, items: np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Return items as a tensor [n, C, H, W]: float in [0, 1] for a float dtype, else the raw uint8."""
@@ -172,34 +152,73 @@ class TensorStore:
     def iter_episodes(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32) -> Iterator[EpisodeTensors]:
         """Gather the images of all drawn episodes at once; yield `(support_x, support_y, query_x, query_y)`.
 
-        Each episode gets its own tensors (converted as it is yielded), so holding one never pins the rest.
+        Each episode gets its own tensors, made as it is yielded, so holding one never pins the others.
         """
         count = len(draw.indices)
         if count and draw.fixed_shape:
             ways, shots, queries = int(draw.ways[0]), int(draw.shots[0]), draw.queries
             items = draw.items.reshape(count, ways, shots + queries)
             layout = np.concatenate([items[:, :, :shots].reshape(count, -1),
-                                     items[:, :, shots:].reshape(count, -1)], axis=1)
-            sizes = np.full(count, ways * shots), np.full(count, ways * queries)
+                                     items[:, :, shots:].reshape(count, -1)], axis=1).reshape(-1)
+            n_support, n_query = np.full(count, ways * shots), np.full(count, ways * queries)
             support_labels = [torch.arange(ways).repeat_interleave(shots)] * count
             query_labels = [torch.arange(ways).repeat_interleave(queries)] * count
         else:
             episodes = draw.episodes()
             layout = np.concatenate([e.indices() for e in episodes]) if episodes else np.zeros(0, np.int64)
-            sizes = np.array([len(e.support) for e in episodes]), np.array([len(e.query) for e in episodes])
+            n_support = np.array([len(e.support) for e in episodes], dtype=np.int64)
+            n_query = np.array([len(e.query) for e in episodes], dtype=np.int64)
             support_labels = [torch.from_numpy(e.support_labels) for e in episodes]
             query_labels = [torch.from_numpy(e.query_labels) for e in episodes]
-        images = torch.from_numpy(self.gather_uint8(layout.reshape(-1)))
-        ends = np.cumsum(sizes[0] + sizes[1])
+        buffer, position = self._gather_grouped(layout)
+        ends = np.cumsum(n_support + n_query)
         for e in range(count):
-            x = _convert(images[ends[e] - sizes[0][e] - sizes[1][e]:ends[e]], dtype, copy=True)
-            split = int(sizes[0][e])
-            yield x[:split], support_labels[e].clone(), x[split:], query_labels[e].clone()
+            # This take is also the per-episode copy that puts items back in episode order.
+            x = torch.from_numpy(np.take(buffer, position[ends[e] - n_support[e] - n_query[e]:ends[e]], axis=0))
+            x = _convert(x, dtype)
+            yield x[:n_support[e]], support_labels[e].clone(), x[n_support[e]:], query_labels[e].clone()
+
+    def _check_items(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
+        items = np.asarray(items)
+        if items.ndim != 1 or (items.size and not np.issubdtype(items.dtype, np.integer)):
+            raise ValueError(f"items must be a 1-D array of ints, got shape {items.shape} dtype {items.dtype}")
+        if items.size and (items.min() < 0 or items.max() >= len(self)):
+            raise IndexError(f"items must lie in [0, {len(self)}), got {items.min()}..{items.max()}")
+        return items.astype(np.int64, copy=False)
+
+    def _gather_grouped(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gather items [n, C, H, W] grouped by rotation; return (buffer, row of each item in buffer).
+
+        Grouping makes every rotation one operation on a contiguous block.
+        """
+        rows = self.image_index[items]
+        buffer = np.empty((len(items), *self.item_shape), dtype=np.uint8)
+        images = self.images.reshape(len(self.images), *self.item_shape)
+        if self.rotation is None:
+            np.take(images, rows, axis=0, out=buffer, mode="clip")  # "clip": no buffering; rows are valid
+            return buffer, np.arange(len(items))
+        turns = self.rotation[items]
+        order = np.argsort(turns, kind="stable")
+        position = np.empty(len(items), dtype=np.int64)
+        position[order] = np.arange(len(items))
+        bounds = np.searchsorted(turns[order], np.arange(5))
+        for k in range(4):
+            block, group_rows = buffer[bounds[k]:bounds[k + 1]], rows[order[bounds[k]:bounds[k + 1]]]
+            if len(group_rows) == 0:
+                continue
+            if k % 2 == 1 and self.quarter_turned is None:  # transpose on the fly: the slow case
+                np.copyto(block, np.rot90(np.take(images, group_rows, axis=0), k, axes=(-2, -1)))
+                continue
+            source = images if k % 2 == 0 else self.quarter_turned.reshape(images.shape)
+            np.take(source, group_rows, axis=0, out=block, mode="clip")
+            if k >= 2:  # a half turn reverses each channel's pixels; torch reverses bytes fast
+                np.copyto(block, torch.from_numpy(block).flatten(-2).flip(-1).view(block.shape).numpy())
+        return buffer, position
 
 
-def _convert(images: torch.Tensor, dtype: torch.dtype, copy: bool = False) -> torch.Tensor:
+def _convert(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.uint8:
-        return images.clone() if copy else images
+        return images
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be torch.uint8 or a float dtype, got {dtype}")
     return images.to(dtype).div_(255)

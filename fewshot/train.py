@@ -45,7 +45,7 @@ class TrainConfig:
     learner: str = "protonet"
     metric: str = "euclidean"
     backbone: str = "conv4"
-    normalize: bool = False
+    normalize: bool | None = None  # None: on for siamese and triplet (their margins assume unit norm)
     margin: float | None = None
     miner: str | None = None
     dataset: str = "omniglot"
@@ -106,7 +106,7 @@ def model_spec(config: TrainConfig, splits: DatasetSplits) -> ModelSpec:
         backbone=config.backbone,
         learner=config.learner,
         metric=config.metric,
-        normalize=config.normalize,
+        normalize=config.normalize if config.normalize is not None else config.learner in ("siamese", "triplet"),
         in_channels=splits.in_channels,
         image_size=splits.image_size,
         margin=config.margin,
@@ -273,8 +273,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             support_x, support_y, query_x, query_y = episode_tensors(splits.train, sampler.episode(index), device)
             output = model(support_x, support_y, query_x, query_y, generator=episode_generator(config.seed, index))
             if not torch.isfinite(output.loss):
-                raise NonFiniteLoss(f"loss is {output.loss.item()} at episode {index}; stopped. The last good "
-                                    f"checkpoint is {run_dir / 'last.pt'} (resume from it with a lower --lr)")
+                # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.
+                raise NonFiniteLoss(f"loss is {output.loss.item()} at episode {index + 1}; stopped before that update "
+                                    f"(checkpoints so far are in {run_dir}). Train again with a lower --lr and another --output")
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             optimizer.step()
@@ -333,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--learner", choices=sorted(LEARNERS), default=defaults.learner)
     model.add_argument("--metric", choices=sorted(DISTANCES), default=defaults.metric, help="distance of the protonet learner")
     model.add_argument("--backbone", choices=sorted(BACKBONES), default=defaults.backbone)
-    model.add_argument("--normalize", action="store_true", help="L2-normalise embeddings")
+    model.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                       help="L2-normalise embeddings (default: on for siamese and triplet, off for protonet)")
     model.add_argument("--margin", type=float, default=None, help="margin of the siamese/triplet loss (learner default if unset)")
     model.add_argument("--miner", choices=sorted(MINERS), default=None, help="triplet miner (learner default if unset)")
     data = p.add_argument_group("data")
