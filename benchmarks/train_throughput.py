@@ -89,8 +89,8 @@ def main() -> None:
 
     print(f"\nTraining throughput, Omniglot {WAYS}-way {SHOTS}-shot {QUERIES}-query, Conv-4 protonet, "
           f"{args.threads} threads, {args.steps} timed steps")
-    print(f"| pipeline | episodes/s | data ms/episode | step ms/episode | data share of step |")
-    print(f"|---|---|---|---|---|")
+    print("| pipeline | episodes/s | data ms/episode | step ms/episode | data share of step |")
+    print("|---|---|---|---|---|")
     for name, r in results.items():
         total = r["data"] + r["step"]
         print(f"| {name} | {1 / total:.1f} | {1000 * r['data']:.2f} | {1000 * r['step']:.1f} | {100 * r['data'] / total:.1f}% |")

@@ -28,8 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from fewshot.data.omniglot import _download
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, resolve_data_root
 
 SPLITS = ("train", "val", "test")
 RAVI_SPLITS_URL = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet"
@@ -171,7 +170,7 @@ def _fetch_split_csv(path: Path, download: bool) -> None:
     failure = ""
     if download:
         try:
-            _download(url, path.parent, path.name, md5=None)
+            download_file(url, path.parent, path.name, md5=None)
             return
         except Exception as error:  # any network or filesystem failure ends in the one message below
             failure = f"Downloading {url} failed: {error}.\n"

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -24,12 +23,11 @@ import numpy as np
 import PIL
 import torch
 from PIL import Image
-from torchvision.datasets.utils import download_url
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, resolve_data_root
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 PARTS = (BACKGROUND, EVALUATION)
@@ -277,20 +275,12 @@ def _turns(rotations: Iterable[int]) -> list[int]:
     return [DEGREES_TO_TURNS[d] for d in degrees]
 
 
-def _download(url: str, folder: Path, filename: str, md5: str | None) -> None:
-    """Download into a temporary folder beside the target, then rename: no partial file is ever left in place."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
-        download_url(url, tmp, filename=filename, md5=md5)
-        os.replace(Path(tmp, filename), folder / filename)
-
-
 def _fetch_split_file(path: Path, download: bool) -> None:
     url = f"{VINYALS_SPLITS_URL}/{path.name}"
     failure = ""
     if download:
         try:
-            _download(url, path.parent, path.name, md5=None)
+            download_file(url, path.parent, path.name, md5=None)
             return
         except Exception as error:  # any network or filesystem failure ends in the one message below
             failure = f"Downloading {url} failed: {error}.\n"
@@ -319,7 +309,7 @@ def _locate_sources(root: str | Path | None, download: bool) -> list[_Source]:
         for part in missing:
             url = f"{OMNIGLOT_URL}/{part}.zip"
             try:
-                _download(url, folder, f"{part}.zip", OMNIGLOT_MD5[part])
+                download_file(url, folder, f"{part}.zip", OMNIGLOT_MD5[part])
             except Exception as error:  # any network or filesystem failure ends in the one message below
                 failure = f"Downloading {url} failed: {error}.\n"
                 break

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from torchvision.datasets.utils import download_url
 
 DATA_ENV = "FEWSHOT_DATA"
 CACHE_ENV = "FEWSHOT_CACHE"
@@ -182,3 +183,11 @@ class ClassSplit(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         shape = tuple(self.images.shape[1:])
         return f"{type(self).__name__}(num_classes={self.num_classes}, items={len(self)}, image_shape={shape})"
+
+
+def download_file(url: str, folder: Path, filename: str, md5: str | None) -> None:
+    """Download into a temporary folder beside the target, then rename: no partial file is ever left in place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+        download_url(url, tmp, filename=filename, md5=md5)
+        os.replace(Path(tmp, filename), folder / filename)
