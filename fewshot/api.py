@@ -69,13 +69,14 @@ class FewShotClassifier:
     def predict_proba(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],
                       query: Sequence[ImageLike] | torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
         """Class probabilities [n_query, classes] and the class order (first appearance in `support_labels`)."""
+        support_x = self.images_to_tensor(support)  # first: a single path must not be counted as its characters
+        if len(support_labels) != len(support_x):
+            raise ValueError(f"got {len(support_x)} support images but {len(support_labels)} support labels")
         classes = list(dict.fromkeys(support_labels))
-        if len(support_labels) != len(support):
-            raise ValueError(f"got {len(support)} support images but {len(support_labels)} support labels")
         index = {label: i for i, label in enumerate(classes)}
         support_y = torch.tensor([index[label] for label in support_labels])
         # Embed support and query in one pass, as in training and evaluation.
-        embeddings = self._embed_on_device(torch.cat([self.images_to_tensor(support), self.images_to_tensor(query)]))
+        embeddings = self._embed_on_device(torch.cat([support_x, self.images_to_tensor(query)]))
         support_e, query_e = embeddings[: len(support_y)], embeddings[len(support_y):]
         logits = prototype_logits(self.model.learner.distance, support_e, support_y.to(self.device), query_e, len(classes))
         return logits.softmax(dim=1).cpu(), classes

@@ -201,9 +201,14 @@ def evaluate_checkpoint(
     if compare is not None:
         report["compare"] = {"checkpoint": str(compare), "checkpoint_sha256": file_sha256(compare),
                              "spec": other_state["spec"], "results": []}
-    for ways, shots in settings:
+    smallest = int(np.bincount(target.labels).min())
+    for ways, shots in settings:  # every setting checked before any is evaluated
         if ways > target.num_classes:
             raise ValueError(f"--ways {ways} exceeds the {target.num_classes} classes of the {dataset} {eval_split} split")
+        if shots + queries > smallest:
+            raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
+                             f"of the {dataset} {eval_split} split have as few as {smallest}")
+    for ways, shots in settings:
         accuracies = evaluate_model(models, target, ways, shots, queries, episodes, seed, device_t, progress=progress)
         normal = metrics.confidence_interval(accuracies[0], "normal")
         student = metrics.confidence_interval(accuracies[0], "t")

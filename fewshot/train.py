@@ -117,14 +117,26 @@ def model_spec(config: TrainConfig, splits: DatasetSplits) -> ModelSpec:
 def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
     """Fail before training on settings the data cannot serve."""
     for name, value in (("ways", config.ways), ("shots", config.shots), ("queries", config.queries),
-                        ("train_ways", config.train_ways), ("eval_queries", config.eval_queries), ("episodes", config.episodes)):
+                        ("train_ways", config.train_ways), ("eval_queries", config.eval_queries), ("episodes", config.episodes),
+                        ("val_every", config.val_every), ("checkpoint_every", config.checkpoint_every),
+                        ("lr_step", config.lr_step)):
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, value in (("val_episodes", config.val_episodes), ("test_episodes", config.test_episodes)):
+        if value < 2:  # a confidence interval needs two episodes; the test episodes come after all the training
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 2 (for a confidence interval), got {value}")
     for split_name, ways in (("train", config.train_ways), ("val", config.ways), ("test", config.ways)):
         available = splits.get(split_name).num_classes
         if ways > available:
             flag = "--train-ways" if split_name == "train" else "--ways"
             raise ValueError(f"{flag} {ways} exceeds the {available} classes of the {splits.dataset} {splits.scheme} {split_name} split")
+    # Validation samples its first episode only after --val-every training episodes: check it now.
+    for split_name, queries, flag in (("train", config.queries, "--queries"), ("val", config.eval_queries, "--eval-queries"),
+                                      ("test", config.eval_queries, "--eval-queries")):
+        smallest = int(np.bincount(splits.get(split_name).labels).min())
+        if config.shots + queries > smallest:
+            raise ValueError(f"--shots {config.shots} + {flag} {queries} needs {config.shots + queries} images per class, but "
+                             f"classes of the {splits.dataset} {splits.scheme} {split_name} split have as few as {smallest}")
     if config.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
@@ -214,8 +226,9 @@ def _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, 
 def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     state = load_checkpoint(run_dir / "last.pt")
     saved = state["config"]
-    changed = {k: (saved.get(k), v) for k, v in asdict(config).items()
-               if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != v}
+    # A cosine schedule spans the run's length: a longer run would climb the lr back up from zero.
+    resumable = [k for k in TrainConfig.RESUMABLE_CHANGES if not (k == "episodes" and config.schedule == "cosine")]
+    changed = {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in resumable and saved.get(k) != v}
     if changed:
         described = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise ValueError(f"--resume with settings that differ from the run in {run_dir} ({described}); "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -76,7 +75,8 @@ def assert_same_run(run_dir: Path, reference_dir: Path) -> None:
     assert state["episode"] == reference["episode"] == EPISODES
     for key in ("model", "optimizer", "scheduler", "best"):
         assert_identical(state[key], reference[key], key)
-    assert_identical(load_checkpoint(run_dir / "best.pt")["model"], load_checkpoint(reference_dir / "best.pt")["model"], "best.pt")
+    best, reference_best = load_checkpoint(run_dir / "best.pt"), load_checkpoint(reference_dir / "best.pt")
+    assert_identical(best["model"], reference_best["model"], "best.pt")
     log, reference_log = read_log(run_dir), read_log(reference_dir)
     assert [r for r in log if r["kind"] == "train"] == [r for r in reference_log if r["kind"] == "train"]
     assert [r for r in log if r["kind"] == "val"] == [r for r in reference_log if r["kind"] == "val"]
@@ -105,6 +105,15 @@ def wait_for_checkpoint(process: subprocess.Popen, path: Path, episode: int, tim
         time.sleep(0.05)
     process.kill()
     pytest.fail(f"no checkpoint of episode >= {episode} in {path} after {timeout} s")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread in this process too: two cores shared by several jobs make two threads slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +259,47 @@ def test_more_ways_than_the_split_has_classes_is_refused(omniglot_root: Path, tm
     code, _, stderr = run_main(run_args(tmp_path / "b", omniglot_root, extra=("--ways", "700")))
     assert code == 2 and "--ways 700 exceeds the 688 classes of the omniglot vinyals val split" in stderr
     assert not (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "b" / "last.pt").exists()
+
+
+def test_more_shots_and_queries_than_a_class_holds_is_refused_before_training(omniglot_root: Path, tmp_path: Path) -> None:
+    # Training episodes fit (5 + 5 <= 20 drawings); validation episodes (5 + 16) would fail only at the first validation.
+    output = tmp_path / "run"
+    code, _, stderr = run_main(run_args(output, omniglot_root, extra=("--shots", "5", "--queries", "5", "--eval-queries", "16")))
+    assert code == 2
+    assert "--shots 5 + --eval-queries 16 needs 21 images per class, but classes of the omniglot vinyals val split " \
+           "have as few as 20" in stderr
+    assert not output.exists()
+
+
+def test_a_step_schedule_run_can_be_extended_but_a_cosine_one_cannot(reference_run: dict[str, Any], omniglot_root: Path,
+                                                                     tmp_path: Path) -> None:
+    extended = tmp_path / "extended"
+    shutil.copytree(reference_run["dir"], extended)
+    code, _, stderr = run_main(run_args(extended, omniglot_root, episodes=EPISODES + 2, extra=("--resume",)))
+    assert code == 0, stderr
+    train = [r for r in read_log(extended) if r["kind"] == "train"]
+    reference_train = [r for r in read_log(reference_run["dir"]) if r["kind"] == "train"]
+    assert train[:EPISODES] == reference_train and len(train) == EPISODES + 2
+
+    cosine = tmp_path / "cosine"
+    tiny = ("--schedule", "cosine", "--val-every", "2", "--val-episodes", "2", "--test-episodes", "2")
+    assert run_main(run_args(cosine, omniglot_root, episodes=2, extra=tiny))[0] == 0
+    code, _, stderr = run_main(run_args(cosine, omniglot_root, episodes=4, extra=(*tiny, "--resume")))
+    assert code == 2 and "episodes: run has 2, now 4" in stderr  # the lr would climb back up from zero
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--val-every", "0", "--val-every must be at least 1, got 0"),
+    ("--checkpoint-every", "0", "--checkpoint-every must be at least 1, got 0"),
+    ("--lr-step", "0", "--lr-step must be at least 1, got 0"),
+    ("--val-episodes", "1", "--val-episodes must be at least 2 (for a confidence interval), got 1"),
+    ("--test-episodes", "1", "--test-episodes must be at least 2 (for a confidence interval), got 1"),
+])
+def test_run_settings_that_would_fail_later_are_refused_up_front(flag: str, value: str, message: str,
+                                                                 omniglot_root: Path, tmp_path: Path) -> None:
+    code, _, stderr = run_main(run_args(tmp_path / "run", omniglot_root, extra=(flag, value)))
+    assert code == 2 and message in stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_metric_with_a_learner_that_cannot_use_it_is_refused(omniglot_root: Path, tmp_path: Path) -> None:

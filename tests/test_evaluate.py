@@ -1,0 +1,201 @@
+"""Evaluator on real Omniglot: per-episode accuracies and intervals, paired comparison, the novel-class guard,
+seeded episodes, chance level, bad input and the CLI's report, plot and table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from torch import nn
+
+from fewshot.checkpoint import file_sha256, model_from_checkpoint
+from fewshot.data.splits import DatasetSplits, load_splits
+from fewshot.evaluate import evaluate_checkpoint, evaluate_model, evaluation_episodes, main
+from fewshot.model import FewShotModel, ModelSpec
+from fewshot.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the CI machine has two cores shared by several jobs (and results do not depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def splits(omniglot_root: Path) -> DatasetSplits:
+    return load_splits("omniglot", "vinyals", omniglot_root)
+
+
+@pytest.fixture(scope="module")
+def best_checkpoint(tmp_path_factory: pytest.TempPathFactory, omniglot_root: Path) -> Path:
+    """best.pt of a tiny real training run (20 episodes of 5-way protonet)."""
+    output = tmp_path_factory.mktemp("evaluate") / "run"
+    train(TrainConfig(train_ways=5, queries=2, eval_queries=5, episodes=20, val_every=20, val_episodes=2,
+                      test_episodes=2, data_root=str(omniglot_root), output=str(output), threads=1), progress=False)
+    return output / "best.pt"
+
+
+def evaluate(checkpoint: Path, **kwargs) -> dict:
+    options = {"settings": [(5, 1)], "queries": 5, "episodes": 20, "seed": 0, "progress": False, **kwargs}
+    return evaluate_checkpoint(checkpoint, **options)
+
+
+def test_report_holds_per_episode_accuracies_and_their_intervals(best_checkpoint: Path, splits: DatasetSplits) -> None:
+    report = evaluate(best_checkpoint, settings=[(5, 1), (5, 5)], splits=splits)
+    assert report["checkpoint_sha256"] == file_sha256(best_checkpoint)
+    assert report["episode_source"] == {"kind": "seed", "seed": 0, "sampler": "episodes.EpisodeSampler"}
+    assert (report["eval_split"], report["split"], report["classes"]) == ("test", "vinyals", 1692)
+    assert [(r["ways"], r["shots"]) for r in report["results"]] == [(5, 1), (5, 5)]
+    model, _ = model_from_checkpoint(best_checkpoint)
+    for row in report["results"]:
+        per_episode = np.array(row["per_episode"])
+        assert per_episode.shape == (20,)
+        assert np.allclose(per_episode * 25, np.round(per_episode * 25))  # 25 queries: multiples of 1/25
+        # The same numbers as evaluating the model directly on the same seeded episodes.
+        direct = evaluate_model(model, splits.test, 5, row["shots"], 5, episodes=20, seed=0)
+        assert per_episode.tolist() == direct.tolist()
+        standard_error = per_episode.std(ddof=1) / np.sqrt(20)
+        assert row["accuracy"] == pytest.approx(per_episode.mean())
+        assert row["ci95"] == pytest.approx(stats.norm.ppf(0.975) * standard_error)
+        assert row["t"]["half_width"] == pytest.approx(stats.t.ppf(0.975, df=19) * standard_error)
+        assert row["normal"]["low"] == pytest.approx(row["accuracy"] - row["ci95"])
+        assert row["accuracy"] > 0.4  # trained: well above 1/5
+
+
+def test_evaluate_model_restores_the_training_mode(splits: DatasetSplits, best_checkpoint: Path) -> None:
+    model, _ = model_from_checkpoint(best_checkpoint)
+    model.train()
+    evaluate_model(model, splits.test, 5, 1, 5, episodes=2)
+    assert model.training
+
+
+def test_comparing_a_checkpoint_with_itself_gives_zero_difference_and_p_one(best_checkpoint: Path,
+                                                                             splits: DatasetSplits) -> None:
+    report = evaluate(best_checkpoint, compare=best_checkpoint, splits=splits)
+    compared = report["compare"]["results"][0]
+    assert compared["accuracy"] == report["results"][0]["accuracy"]
+    assert compared["difference"]["mean"] == 0.0 and compared["difference"]["half_width"] == 0.0
+    assert compared["p_value"] == 1.0 and compared["wilcoxon_p_value"] == 1.0
+
+
+def test_novel_class_guard_trips_on_training_classes_and_yields_to_the_flag(best_checkpoint: Path,
+                                                                             splits: DatasetSplits) -> None:
+    with pytest.raises(ValueError, match=r"4112 of the 4112 classes .* 'train' split were seen") as error:
+        evaluate(best_checkpoint, eval_split="train", splits=splits)
+    assert "--allow-seen-classes" in str(error.value)
+    assert splits.train.class_names[0] in str(error.value)  # names the overlapping classes
+    report = evaluate(best_checkpoint, eval_split="train", allow_seen=True, splits=splits)
+    assert report["eval_split"] == "train" and report["classes"] == 4112
+    assert evaluate(best_checkpoint, eval_split="val", splits=splits)["classes"] == 688  # novel: no flag needed
+
+
+def test_the_cli_refuses_seen_classes_without_the_flag(best_checkpoint: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(best_checkpoint), "--eval-split", "train", "--episodes", "2", "--queries", "5",
+            "--report", str(tmp_path / "train.json"), "--no-progress"]
+    assert main(argv) == 2
+    assert "--allow-seen-classes" in capsys.readouterr().err and not (tmp_path / "train.json").exists()
+    assert main([*argv, "--allow-seen-classes"]) == 0
+    assert json.loads((tmp_path / "train.json").read_text())["eval_split"] == "train"
+
+
+def test_seed_fixes_the_episodes(best_checkpoint: Path, splits: DatasetSplits) -> None:
+    first = evaluate(best_checkpoint, splits=splits)["results"][0]["per_episode"]
+    again = evaluate(best_checkpoint, splits=splits)["results"][0]["per_episode"]
+    other = evaluate(best_checkpoint, seed=1, splits=splits)["results"][0]["per_episode"]
+    assert first == again
+    assert first != other
+    episodes_0 = evaluation_episodes(splits.test, 5, 1, 5, 20, seed=0)
+    episodes_1 = evaluation_episodes(splits.test, 5, 1, 5, 20, seed=1)
+    episodes_0_again = evaluation_episodes(splits.test, 5, 1, 5, 20, seed=0)
+    assert all(np.array_equal(a.support, b.support) and np.array_equal(a.query, b.query)
+               for a, b in zip(episodes_0, episodes_0_again))
+    assert not any(np.array_equal(a.support, b.support) for a, b in zip(episodes_0, episodes_1))
+
+
+class RandomEmbedding(nn.Module):
+    """A backbone whose embeddings ignore the images entirely: seeded Gaussian noise."""
+
+    def __init__(self, dim: int, seed: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.randn(len(images), self.dim, generator=self.generator)
+
+
+@pytest.mark.parametrize("ways", [5, 20])
+def test_embeddings_that_carry_no_signal_score_chance(ways: int, splits: DatasetSplits) -> None:
+    # Not an untrained Conv-4: random conv features already separate Omniglot characters well above chance.
+    model = FewShotModel(ModelSpec())
+    model.backbone = RandomEmbedding(64, seed=ways)
+    accuracies = evaluate_model(model, splits.test, ways, shots=1, queries=5, episodes=200, seed=0)
+    # 99%: the expected accuracy is exactly 1/ways, so a 95% interval would miss it one seed in twenty.
+    low, high = stats.t.interval(0.99, df=len(accuracies) - 1, loc=accuracies.mean(), scale=stats.sem(accuracies))
+    assert low < 1 / ways < high
+    assert high - low < 0.05  # tight enough that a real signal would fall outside
+
+
+def test_more_ways_than_the_split_has_classes_is_refused(best_checkpoint: Path, splits: DatasetSplits,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="--ways 1700 exceeds the 1692 classes of the omniglot test split"):
+        evaluate(best_checkpoint, settings=[(1700, 1)], splits=splits)
+    assert main([str(best_checkpoint), "--eval-split", "val", "--ways", "700", "--no-progress"]) == 2
+    assert "--ways 700 exceeds the 688 classes of the omniglot val split" in capsys.readouterr().err
+
+
+def test_more_shots_and_queries_than_a_class_holds_is_refused_before_evaluating(best_checkpoint: Path,
+                                                                                splits: DatasetSplits) -> None:
+    with pytest.raises(ValueError, match=r"--shots 10 \+ --queries 15 needs 25 images per class, but classes of the "
+                                         r"omniglot test split have as few as 20"):
+        evaluate(best_checkpoint, settings=[(5, 1), (5, 10)], queries=15, splits=splits)
+
+
+def test_unknown_split_names_are_refused(best_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="unknown evaluation split 'holdout'; expected one of test, val, train"):
+        evaluate(best_checkpoint, eval_split="holdout")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(best_checkpoint), "--eval-split", "holdout"])
+    assert exit_info.value.code == 2 and "invalid choice: 'holdout'" in capsys.readouterr().err
+    assert main([str(best_checkpoint), "--split", "bogus", "--no-progress"]) == 2
+    assert "unknown split scheme 'bogus' for omniglot; valid schemes: vinyals, lake" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "nothing.pt"), "--no-progress"]) == 2
+    assert f"checkpoint {tmp_path / 'nothing.pt'} does not exist" in capsys.readouterr().err
+
+
+def test_cli_writes_the_json_report_the_plot_and_prints_the_table(best_checkpoint: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(best_checkpoint, checkpoint)
+    argv = [str(checkpoint), "--ways", "5", "10", "--shots", "1", "5", "--episodes", "4", "--queries", "5", "--no-progress"]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    report_path, plot_path = tmp_path / "eval_best_test.json", tmp_path / "eval_best_test.png"  # defaults: beside it
+    report = json.loads(report_path.read_text())
+    assert [(r["ways"], r["shots"]) for r in report["results"]] == [(5, 1), (5, 5), (10, 1), (10, 5)]
+    assert all(len(r["per_episode"]) == 4 for r in report["results"])
+    with Image.open(plot_path) as plot:
+        assert plot.format == "PNG"
+        plot.load()
+    assert "ways shots episodes  accuracy" in stdout
+    for row in report["results"]:
+        assert f"{row['ways']:>5} {row['shots']:>5} {4:>8} {100 * row['accuracy']:>8.2f}%" in stdout
+    assert f"report: {report_path}" in stdout and f"plot: {plot_path}" in stdout
+
+    custom = tmp_path / "out" / "report.json"
+    assert main([*argv, "--report", str(custom), "--compare", str(checkpoint)]) == 0
+    assert custom.is_file() and custom.with_suffix(".png").is_file()
+    assert "difference (95% CI)" in capsys.readouterr().out
