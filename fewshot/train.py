@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -150,6 +151,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> tor
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def read_records(path: Path, up_to: int | None = None) -> list[dict[str, Any]]:
+    """Records of a metrics log up to episode `up_to`; a torn last line (a crash mid-write) ends the log."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if up_to is None or record["episode"] <= up_to:
+            records.append(record)
+    return records
+
+
 class MetricsLog:
     """Append-only JSONL log; on resume, records after the checkpoint's episode are dropped so the log
     reads exactly as if the run had never stopped."""
@@ -159,16 +173,21 @@ class MetricsLog:
         if resume_episode is None:
             path.write_text("")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["episode"] <= resume_episode]
-            atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+            kept = read_records(path, resume_episode)
+            atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
         self.file = open(path, "a")
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
+    def sync(self) -> None:
+        """Make the log durable, so it covers at least what the next checkpoint covers."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return read_records(self.path)
 
     def close(self) -> None:
         self.file.close()
@@ -273,6 +292,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: stop.update(signal=signum))
 
     def save(name: str, episode: int) -> None:
+        log.sync()
         save_checkpoint(run_dir / name, _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits))
 
     bar = tqdm(range(start, config.episodes), initial=start, total=config.episodes, disable=not progress,
@@ -314,7 +334,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         log.close()
-    plot_curve(MetricsLog(run_dir / "metrics.jsonl", config.episodes).records(), run_dir / "curve.png")
+    plot_curve(read_records(run_dir / "metrics.jsonl"), run_dir / "curve.png")
     report = evaluate_checkpoint(run_dir / "best.pt", dataset=config.dataset, split=config.split, eval_split="test",
                                  settings=[(config.ways, config.shots)], queries=config.eval_queries,
                                  episodes=config.test_episodes, seed=config.seed, data_root=config.data_root,

@@ -199,3 +199,25 @@ def test_cli_writes_the_json_report_the_plot_and_prints_the_table(best_checkpoin
     assert main([*argv, "--report", str(custom), "--compare", str(checkpoint)]) == 0
     assert custom.is_file() and custom.with_suffix(".png").is_file()
     assert "difference (95% CI)" in capsys.readouterr().out
+
+
+def test_embedding_metrics_separate_a_trained_model_from_noise(best_checkpoint: Path, splits: DatasetSplits) -> None:
+    from fewshot.data.splits import subset_classes
+    from fewshot.evaluate import embedding_metrics
+
+    val, test = subset_classes(splits.val, np.arange(30)), subset_classes(splits.test, np.arange(40))
+    trained, _ = model_from_checkpoint(best_checkpoint)
+    noise = FewShotModel(ModelSpec())
+    noise.backbone = RandomEmbedding(64, seed=0)
+    scores = {name: embedding_metrics(model, val, test, torch.device("cpu"), pairs=4000, seed=0)
+              for name, model in (("trained", trained), ("noise", noise))}
+    for result in scores.values():
+        v, r = result["verification"], result["retrieval"]
+        assert v["pairs"] > 3000 and r["items"] == len(test)
+        assert 0 <= v["eer"] <= 1 and 0 <= v["accuracy_at_val_threshold"] <= 1
+        assert list(v["tar_at_far"]) == ["0.001", "0.01", "0.1"]
+    # Noise sits at chance: AUC 1/2, Recall@1 about (20 - 1) / (800 - 1); training moves both well above.
+    assert abs(scores["noise"]["verification"]["roc_auc"] - 0.5) < 0.05
+    assert scores["noise"]["retrieval"]["recall_at_1"] < 0.06
+    assert scores["trained"]["verification"]["roc_auc"] > 0.75
+    assert scores["trained"]["retrieval"]["recall_at_1"] > 0.2

@@ -192,6 +192,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(reference_run: dict[s
     assert_same_run(output, reference_run["dir"])
 
 
+def test_resume_survives_a_torn_last_log_line(reference_run: dict[str, Any], tmp_path: Path) -> None:
+    # A crash while a record is being written leaves half a line; records past the checkpoint must go too.
+    output = tmp_path / "run"
+    code, _, stderr = run_main(run_args(output, reference_run["data_root"], episodes=10))
+    assert code == 0, stderr
+    with open(output / "metrics.jsonl", "a") as log:
+        log.write('{"kind": "train", "episode": 11, "loss": 0.5, "accuracy": 1.0, "lr": 0.001}\n{"kind": "tra')
+    code, _, stderr = run_main(run_args(output, reference_run["data_root"], extra=("--resume",)))
+    assert code == 0, stderr
+    assert_same_run(output, reference_run["dir"])
+
+
 def test_sigint_saves_exits_130_and_resume_matches_an_uninterrupted_run(reference_run: dict[str, Any], tmp_path: Path) -> None:
     output = tmp_path / "run"
     process = start_training(output, reference_run["data_root"])
