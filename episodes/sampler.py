@@ -46,7 +46,7 @@ def counter_uniform(seed: int, stream: int, *counters: np.ndarray | int) -> np.n
 
 
 def counter_randint(seed: int, stream: int, high: np.ndarray | int, *counters: np.ndarray | int) -> np.ndarray:
-    """Integers uniform in [0, high) (broadcast), a pure function of the inputs; bias below 2**-40."""
+    """Integers uniform in [0, high) (broadcast), a pure function of the inputs (bias at most high / 2**53)."""
     value = (counter_uniform(seed, stream, *counters) * high).astype(np.int64)
     return np.minimum(value, np.asarray(high) - 1)  # guard the float rounding edge
 
@@ -68,8 +68,10 @@ def choose_subsets(seed: int, stream: int, episode: np.ndarray, slot: np.ndarray
     if by_keys:
         columns = np.arange(int(n.max()) if len(n) else 0)
         keys = counter_uniform(seed, stream, episode, slot, columns[None, :])
-        keys[columns[None, :] >= n[:, None]] = 2.0  # beyond the row's range: sorts last
-        chosen = np.argsort(keys, axis=1, kind="stable")[:, :width]
+        if len(n) and n.min() < len(columns):
+            keys[columns[None, :] >= n[:, None]] = 2.0  # beyond the row's range: sorts last
+        # 53-bit keys practically never tie (and a tie still sorts the same way every time).
+        chosen = np.argsort(keys, axis=1)[:, :width]
     else:
         columns = np.arange(width)
         # Floyd: for j in n-k .. n-1 pick t in [0, j]; take j instead when t is already chosen.
@@ -82,7 +84,8 @@ def choose_subsets(seed: int, stream: int, episode: np.ndarray, slot: np.ndarray
         keys = counter_uniform(seed, stream + 100, episode, slot, columns[None, :])
         keys[columns[None, :] >= k[:, None]] = 2.0  # padding sorts last
         chosen = np.take_along_axis(chosen, np.argsort(keys, axis=1, kind="stable"), axis=1)
-    chosen[np.arange(width)[None, :] >= k[:, None]] = -1
+    if len(k) and k.min() < width:
+        chosen[np.arange(width)[None, :] >= k[:, None]] = -1
     return chosen
 
 
@@ -168,6 +171,16 @@ class EpisodeDraw:
     def fixed_shape(self) -> bool:
         """True when every episode has the same ways and shots."""
         return bool(len(self.ways) == 0 or (np.all(self.ways == self.ways[0]) and np.all(self.shots == self.shots[0])))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def slice(self, start: int, stop: int) -> EpisodeDraw:
+        """The draw of episodes start..stop-1 (positions in this draw)."""
+        first_row, last_row = int(self.ways[:start].sum()), int(self.ways[:stop].sum())
+        return EpisodeDraw(indices=self.indices[start:stop], ways=self.ways[start:stop],
+                           shots=self.shots[start:stop], queries=self.queries,
+                           classes=self.classes[start:stop], items=self.items[first_row:last_row])
 
     def episodes(self) -> list[Episode]:
         """Split the arrays into one `Episode` per drawn index."""
@@ -349,8 +362,11 @@ class EpisodeSampler:
         picks = choose_subsets(seed, _STREAM_ITEMS, indices[row_episode], row_slot,
                                self.class_sizes[row_class], shots[row_episode] + queries,
                                by_keys=self._items_by_keys)
-        items = np.where(picks >= 0, self.members[self.offsets[row_class][:, None] + np.maximum(picks, 0)], -1)
-        classes = np.where(positions >= 0, self.class_ids[np.maximum(positions, 0)], -1)
+        items = self.members[self.offsets[row_class][:, None] + np.maximum(picks, 0)]
+        classes = self.class_ids[np.maximum(positions, 0)]
+        if self.ways_range[0] != self.ways_range[1] or self.shots_range[0] != self.shots_range[1]:
+            items[picks < 0] = -1  # variable sizes leave padding
+            classes[positions < 0] = -1
         return EpisodeDraw(indices=indices, ways=ways, shots=shots, queries=queries, classes=classes, items=items)
 
     def _draw_sizes(self, stream: int, size_range: tuple[int, int], indices: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ class EpisodeBatchSampler(Sampler[list[int]]):
 
     With `world_size` > 1 (default: from torch.distributed), rank r gets episodes start + r,
     start + r + world_size, ...: disjoint across ranks, together the single-process stream.
-    Pair with `collate_fn=sampler.collate` (an `EpisodeCollate`).
+    Pair it with its `collate` (an `EpisodeCollate`): `DataLoader(dataset, batch_sampler=bs, collate_fn=bs.collate)`.
     """
 
     def __init__(self, sampler: EpisodeSampler, *, start: int = 0, rank: int | None = None,
@@ -96,17 +96,19 @@ class TensorStore:
     `images`, `image_index` and `rotation` attributes (e.g. an Omniglot class split) can be wrapped
     with `TensorStore.from_arrays(obj)`; the image memory is shared, not copied.
 
-    Half turns are a reversal of each image's bytes (fast); quarter turns need a transpose, the slow
-    part. `cache_quarter_turns=True` keeps one extra copy of the images turned by 90 degrees (doubling
-    image memory) so that 90 and 270 degree items become a plain gather (plus a reversal).
+    Items are gathered grouped by rotation: half turns are a byte reversal (fast), quarter turns a
+    transpose (the slow part). `cache_rotations=True` instead stores each (image, rotation) pair that
+    items use once, rotated, so that a gather is a single copy: faster, at the cost of that memory
+    (for Omniglot with 4 rotations of every image: 4x the image memory).
     """
 
     def __init__(self, images: torch.Tensor | np.ndarray, image_index: np.ndarray | None = None,
-                 rotation: np.ndarray | None = None, *, cache_quarter_turns: bool = False) -> None:
+                 rotation: np.ndarray | None = None, *, cache_rotations: bool = False) -> None:
         array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         if array.dtype != np.uint8 or array.ndim not in (3, 4):
             raise ValueError(f"images must be uint8 [N,H,W] or [N,C,H,W], got {array.dtype} {array.shape}")
-        self.images = np.ascontiguousarray(array)
+        self.item_shape: tuple[int, ...] = array.shape[1:] if array.ndim == 4 else (1, *array.shape[1:])
+        self.images = np.ascontiguousarray(array).reshape(len(array), *self.item_shape)
         self.image_index = (np.arange(len(array)) if image_index is None
                             else np.asarray(image_index, dtype=np.int64))
         if self.image_index.ndim != 1 or (len(self.image_index) and not (
@@ -122,23 +124,21 @@ class TensorStore:
             if np.any(rotation % 2 == 1) and array.shape[-1] != array.shape[-2]:
                 raise ValueError(f"odd quarter turns need square images, got {array.shape[-2]}x{array.shape[-1]}")
             self.rotation = rotation if np.any(rotation) else None
-        self.quarter_turned = None
-        if cache_quarter_turns and self.rotation is not None and np.any(self.rotation % 2 == 1):
-            self.quarter_turned = np.ascontiguousarray(np.rot90(self.images, 1, axes=(-2, -1)))
+        self._rotated = self._rotated_rows = None
+        if cache_rotations and self.rotation is not None:
+            pairs, self._rotated_rows = np.unique(self.image_index * 4 + self.rotation, return_inverse=True)
+            self._rotated = np.empty((len(pairs), *self.item_shape), dtype=np.uint8)
+            for k in range(4):
+                rows = np.flatnonzero(pairs % 4 == k)
+                self._rotated[rows] = np.rot90(self.images[pairs[rows] // 4], k, axes=(-2, -1))
 
     @classmethod
-    def from_arrays(cls, source: Any, *, cache_quarter_turns: bool = False) -> TensorStore:
+    def from_arrays(cls, source: Any, *, cache_rotations: bool = False) -> TensorStore:
         """Wrap an object exposing `images`, `image_index` and `rotation`."""
-        return cls(source.images, source.image_index, source.rotation, cache_quarter_turns=cache_quarter_turns)
+        return cls(source.images, source.image_index, source.rotation, cache_rotations=cache_rotations)
 
     def __len__(self) -> int:
         return len(self.image_index)
-
-    @property
-    def item_shape(self) -> tuple[int, ...]:
-        """Shape of one gathered item: (C, H, W)."""
-        shape = self.images.shape[1:]
-        return shape if len(shape) == 3 else (1, *shape)
 
     def gather_uint8(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
         """Return items as a uint8 numpy array [n, C, H, W], rotations applied."""
@@ -147,36 +147,45 @@ class TensorStore:
 
     def gather(self, items: np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Return items as a tensor [n, C, H, W]: float in [0, 1] for a float dtype, else the raw uint8."""
-        return _convert(torch.from_numpy(self.gather_uint8(items)), dtype)
+        return torch.from_numpy(_convert(self.gather_uint8(items), dtype))
 
-    def iter_episodes(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32) -> Iterator[EpisodeTensors]:
-        """Gather the images of all drawn episodes at once; yield `(support_x, support_y, query_x, query_y)`.
+    def iter_episodes(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32,
+                      block: int = 32) -> Iterator[EpisodeTensors]:
+        """Yield `(support_x, support_y, query_x, query_y)` for each drawn episode.
 
+        Images are gathered `block` episodes at a time (one gather each; small enough to stay in cache).
         Each episode gets its own tensors, made as it is yielded, so holding one never pins the others.
         """
+        for start in range(0, len(draw), block):
+            yield from self._iter_block(draw.slice(start, start + block), dtype)
+
+    def _iter_block(self, draw: EpisodeDraw, dtype: torch.dtype) -> Iterator[EpisodeTensors]:
         count = len(draw.indices)
         if count and draw.fixed_shape:
             ways, shots, queries = int(draw.ways[0]), int(draw.shots[0]), draw.queries
             items = draw.items.reshape(count, ways, shots + queries)
             layout = np.concatenate([items[:, :, :shots].reshape(count, -1),
                                      items[:, :, shots:].reshape(count, -1)], axis=1).reshape(-1)
-            n_support, n_query = np.full(count, ways * shots), np.full(count, ways * queries)
-            support_labels = [torch.arange(ways).repeat_interleave(shots)] * count
-            query_labels = [torch.arange(ways).repeat_interleave(queries)] * count
+            n_support, n_query = [ways * shots] * count, [ways * queries] * count
+            # One label array per block; each episode gets a row view, not a fresh allocation.
+            support_labels = np.tile(np.repeat(np.arange(ways), shots), (count, 1))
+            query_labels = np.tile(np.repeat(np.arange(ways), queries), (count, 1))
         else:
             episodes = draw.episodes()
             layout = np.concatenate([e.indices() for e in episodes]) if episodes else np.zeros(0, np.int64)
-            n_support = np.array([len(e.support) for e in episodes], dtype=np.int64)
-            n_query = np.array([len(e.query) for e in episodes], dtype=np.int64)
-            support_labels = [torch.from_numpy(e.support_labels) for e in episodes]
-            query_labels = [torch.from_numpy(e.query_labels) for e in episodes]
+            n_support, n_query = [len(e.support) for e in episodes], [len(e.query) for e in episodes]
+            support_labels = [e.support_labels for e in episodes]
+            query_labels = [e.query_labels for e in episodes]
         buffer, position = self._gather_grouped(layout)
-        ends = np.cumsum(n_support + n_query)
+        start = 0
         for e in range(count):
-            # This take is also the per-episode copy that puts items back in episode order.
-            x = torch.from_numpy(np.take(buffer, position[ends[e] - n_support[e] - n_query[e]:ends[e]], axis=0))
-            x = _convert(x, dtype)
-            yield x[:n_support[e]], support_labels[e].clone(), x[n_support[e]:], query_labels[e].clone()
+            split, end = n_support[e], n_support[e] + n_query[e]
+            # Each episode's take is also its own copy, in episode order; numpy slices and wraps
+            # faster than torch indexes.
+            x = _convert(buffer.take(position[start:start + end], axis=0), dtype)
+            start += end
+            yield (torch.from_numpy(x[:split]), torch.from_numpy(support_labels[e]),
+                   torch.from_numpy(x[split:]), torch.from_numpy(query_labels[e]))
 
     def _check_items(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
         items = np.asarray(items)
@@ -189,39 +198,45 @@ class TensorStore:
     def _gather_grouped(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gather items [n, C, H, W] grouped by rotation; return (buffer, row of each item in buffer).
 
-        Grouping makes every rotation one operation on a contiguous block.
+        Grouping makes every rotation one operation on a contiguous block of the buffer.
         """
-        rows = self.image_index[items]
         buffer = np.empty((len(items), *self.item_shape), dtype=np.uint8)
-        images = self.images.reshape(len(self.images), *self.item_shape)
+        in_order = np.arange(len(items))
+        # take(mode="clip") writes straight into `out` (mode="raise" buffers); rows are valid here.
+        if self._rotated is not None:
+            return np.take(self._rotated, self._rotated_rows[items], axis=0, out=buffer, mode="clip"), in_order
+        rows = self.image_index[items]
         if self.rotation is None:
-            np.take(images, rows, axis=0, out=buffer, mode="clip")  # "clip": no buffering; rows are valid
-            return buffer, np.arange(len(items))
+            return np.take(self.images, rows, axis=0, out=buffer, mode="clip"), in_order
         turns = self.rotation[items]
-        order = np.argsort(turns, kind="stable")
+        groups = [np.flatnonzero(turns == k) for k in range(4)]  # a counting sort by turn
+        order = np.concatenate(groups)
         position = np.empty(len(items), dtype=np.int64)
-        position[order] = np.arange(len(items))
-        bounds = np.searchsorted(turns[order], np.arange(5))
+        position[order] = in_order
+        bounds = np.cumsum([0] + [len(group) for group in groups])
         for k in range(4):
             block, group_rows = buffer[bounds[k]:bounds[k + 1]], rows[order[bounds[k]:bounds[k + 1]]]
             if len(group_rows) == 0:
                 continue
-            if k % 2 == 1 and self.quarter_turned is None:  # transpose on the fly: the slow case
-                np.copyto(block, np.rot90(np.take(images, group_rows, axis=0), k, axes=(-2, -1)))
+            if k % 2 == 1:  # a transpose: numpy's strided copy is the fastest plain option measured
+                np.copyto(block, np.rot90(self.images.take(group_rows, axis=0), k, axes=(-2, -1)))
                 continue
-            source = images if k % 2 == 0 else self.quarter_turned.reshape(images.shape)
-            np.take(source, group_rows, axis=0, out=block, mode="clip")
-            if k >= 2:  # a half turn reverses each channel's pixels; torch reverses bytes fast
+            np.take(self.images, group_rows, axis=0, out=block, mode="clip")
+            if k == 2:  # a half turn reverses each channel's pixels; torch reverses bytes much faster
                 np.copyto(block, torch.from_numpy(block).flatten(-2).flip(-1).view(block.shape).numpy())
         return buffer, position
 
 
-def _convert(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+_FLOAT_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _convert(images: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """uint8 images as they are for torch.uint8, else floats x / 255 in [0, 1]."""
     if dtype == torch.uint8:
         return images
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be torch.uint8 or a float dtype, got {dtype}")
-    return images.to(dtype).div_(255)
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"dtype must be torch.uint8, float16, float32 or float64, got {dtype}")
+    return np.divide(images, 255, dtype=_FLOAT_DTYPES[dtype])
 
 
 class EpisodeDataset(IterableDataset):
@@ -230,12 +245,12 @@ class EpisodeDataset(IterableDataset):
     Shard `rank + world_size * worker_id` of `world_size * num_workers` (worker id from
     `torch.utils.data.get_worker_info()`), so shards are disjoint and a DataLoader (batch_size=None)
     yields, in order, exactly this rank's single-process stream. `source` is a `TensorStore`, an object
-    with `images`/`image_index`/`rotation` (fast path: one gather per `chunk` episodes), or any map-style
-    dataset of `(x, y)` items (fetched one by one and collated).
+    with `images`/`image_index`/`rotation` (fast path: episodes drawn `chunk` at a time, images gathered
+    32 episodes at a time), or any map-style dataset of `(x, y)` items (fetched one by one and collated).
     """
 
     def __init__(self, sampler: EpisodeSampler, source: Any, *, start: int = 0, rank: int | None = None,
-                 world_size: int | None = None, dtype: torch.dtype = torch.float32, chunk: int = 128) -> None:
+                 world_size: int | None = None, dtype: torch.dtype = torch.float32, chunk: int = 256) -> None:
         self.sampler = sampler
         if isinstance(source, TensorStore):
             self.store = source

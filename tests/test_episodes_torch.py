@@ -1,0 +1,184 @@
+"""PyTorch adapters: the uint8 tensor store with on-the-fly rotations, the DataLoader batch_sampler and
+collate, and the worker/rank-sharded IterableDataset, on real Omniglot (Vinyals train split)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from episodes import EpisodeSampler
+from episodes.torch import EpisodeBatchSampler, EpisodeCollate, EpisodeDataset, TensorStore
+
+
+@pytest.fixture(scope="module")
+def train_split():
+    if not os.environ.get("FEWSHOT_DATA"):
+        pytest.skip("FEWSHOT_DATA is unset: no real Omniglot to test on")
+    from fewshot.data import load_omniglot
+
+    return load_omniglot(download=False).split("train")
+
+
+def rotated_reference(images: torch.Tensor, image_index: np.ndarray, rotation: np.ndarray, items) -> torch.Tensor:
+    """Item by item with torch.rot90: the definition the store must match."""
+    out = torch.stack([torch.rot90(images[image_index[i]], int(rotation[i]), dims=(-2, -1)) for i in items])
+    return out.unsqueeze(1) if out.dim() == 3 else out
+
+
+# --- the tensor store ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cache_rotations", [False, True])
+def test_store_rotates_like_rot90_on_real_omniglot(train_split, cache_rotations):
+    store = TensorStore.from_arrays(train_split, cache_rotations=cache_rotations)
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, len(train_split), 600)
+    assert set(train_split.rotation[items].tolist()) == {0, 1, 2, 3}
+    expected = rotated_reference(train_split.images, train_split.image_index, train_split.rotation, items)
+    raw = store.gather(items, torch.uint8)
+    assert raw.dtype == torch.uint8 and raw.shape == (600, 1, 28, 28)
+    assert torch.equal(raw, expected)
+    assert torch.equal(raw[:, 0], train_split.gather(items))  # agrees with the Omniglot layer's own gather
+    floats = store.gather(items)
+    assert floats.dtype == torch.float32 and 0.0 <= floats.min() and floats.max() == 1.0
+    assert torch.equal(floats, expected.float() / 255)
+
+
+def test_store_handles_channels_and_no_rotation():
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, (7, 3, 5, 5), dtype=np.uint8))
+    image_index = rng.integers(0, 7, 40)
+    rotation = rng.integers(0, 4, 40).astype(np.int8)
+    store = TensorStore(images, image_index, rotation)
+    items = np.arange(40)
+    assert torch.equal(store.gather(items, torch.uint8), rotated_reference(images, image_index, rotation, items))
+    plain = TensorStore(images)
+    assert torch.equal(plain.gather([6, 0], torch.uint8), images[[6, 0]])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (dict(images=torch.zeros(4, 5, 5)), r"images must be uint8 \[N,H,W\] or \[N,C,H,W\], got float32"),
+        (dict(images=torch.zeros(4, 5, 5, dtype=torch.uint8), image_index=np.array([0, 4])),
+         r"image_index must be 1-D with values in \[0, 4\)"),
+        (dict(images=torch.zeros(4, 5, 5, dtype=torch.uint8), image_index=np.array([0, 1]), rotation=np.array([0, 4])),
+         r"rotation must be quarter turns 0..3, got 0..4"),
+        (dict(images=torch.zeros(4, 5, 6, dtype=torch.uint8), image_index=np.array([0, 1]), rotation=np.array([0, 1])),
+         r"odd quarter turns need square images, got 5x6"),
+    ],
+)
+def test_store_rejects_bad_input(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        TensorStore(**arguments)
+
+
+def test_store_rejects_bad_items():
+    store = TensorStore(torch.zeros(4, 5, 5, dtype=torch.uint8))
+    with pytest.raises(IndexError, match=r"items must lie in \[0, 4\), got 0..4"):
+        store.gather([0, 4])
+    with pytest.raises(ValueError, match="dtype must be torch.uint8, float16, float32 or float64, got torch.int32"):
+        store.gather([0], torch.int32)
+
+
+# --- DataLoader batch_sampler + collate ----------------------------------------------------------
+
+def episodes_via_dataloader(split, sampler: EpisodeSampler, num_workers: int, **kwargs) -> list:
+    batch_sampler = EpisodeBatchSampler(sampler, **kwargs)
+    loader = DataLoader(split, batch_sampler=batch_sampler, collate_fn=batch_sampler.collate, num_workers=num_workers)
+    return list(loader)
+
+
+def assert_same_episodes(first: list, second: list) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_batch_sampler_drives_a_dataloader_with_0_and_2_workers(train_split):
+    sampler = EpisodeSampler(train_split, 5, 1, 15, seed=7, num_episodes=6)
+    in_process = episodes_via_dataloader(train_split, sampler, num_workers=0)
+    with_workers = episodes_via_dataloader(train_split, sampler, num_workers=2)
+    assert_same_episodes(in_process, with_workers)
+    store = TensorStore.from_arrays(train_split)
+    for (support_x, support_y, query_x, query_y), episode in zip(in_process, sampler):
+        assert support_x.shape == (5, 1, 28, 28) and query_x.shape == (75, 1, 28, 28)
+        assert torch.equal(support_y, torch.from_numpy(episode.support_labels))
+        assert torch.equal(query_y, torch.from_numpy(episode.query_labels))
+        assert torch.equal(support_x, store.gather(episode.support))
+        assert torch.equal(query_x, store.gather(episode.query))
+
+
+def test_batch_sampler_shards_ranks_and_resumes(train_split):
+    sampler = EpisodeSampler(train_split.labels, 3, 2, 2, seed=1, num_episodes=9)
+    full = [list(map(int, e.indices())) for e in sampler]
+    ranks = [list(EpisodeBatchSampler(sampler, rank=r, world_size=2)) for r in range(2)]
+    assert [len(EpisodeBatchSampler(sampler, rank=r, world_size=2)) for r in range(2)] == [5, 4]
+    assert ranks[0] == full[0::2] and ranks[1] == full[1::2]
+    assert list(EpisodeBatchSampler(sampler, start=4)) == full[4:]
+    with pytest.raises(ValueError, match=r"rank must be an int in \[0, 2\), got 2"):
+        EpisodeBatchSampler(sampler, rank=2, world_size=2)
+
+
+def test_collate_handles_variable_ways_and_shots(train_split):
+    sampler = EpisodeSampler(train_split, (2, 5), (1, 3), 2, seed=3, num_episodes=12)
+    for (support_x, support_y, query_x, query_y), episode in zip(
+            episodes_via_dataloader(train_split, sampler, num_workers=0), sampler):
+        assert torch.equal(support_y, torch.from_numpy(episode.support_labels))
+        assert torch.equal(query_y, torch.from_numpy(episode.query_labels))
+        assert support_x.shape[0] == episode.ways * episode.shots and query_x.shape[0] == episode.ways * 2
+
+
+def test_collate_rejects_items_not_laid_out_as_episodes():
+    collate = EpisodeCollate(queries=1)
+    items = [(torch.zeros(1), label) for label in (0, 1, 1, 0)]  # query block is not class-major in order
+    with pytest.raises(ValueError, match="not laid out support then query"):
+        collate(items)
+    with pytest.raises(ValueError, match="does not split into shots \\+ 1 queries"):
+        collate([(torch.zeros(1), label) for label in (0, 1, 0)])
+
+
+# --- IterableDataset: worker and rank sharding ---------------------------------------------------
+
+def test_iterable_dataset_matches_the_sampler_stream(train_split):
+    sampler = EpisodeSampler(train_split, 5, 1, 15, seed=11, num_episodes=40)
+    dataset = EpisodeDataset(sampler, train_split, chunk=16)
+    store = TensorStore.from_arrays(train_split)
+    produced = list(dataset)
+    assert len(produced) == len(dataset) == 40
+    for (support_x, support_y, query_x, query_y), episode in zip(produced, sampler):
+        assert torch.equal(support_x, store.gather(episode.support))
+        assert torch.equal(query_x, store.gather(episode.query))
+        assert torch.equal(query_y, torch.from_numpy(episode.query_labels))
+    raw = next(iter(EpisodeDataset(sampler, train_split, dtype=torch.uint8)))
+    assert raw[0].dtype == torch.uint8 and torch.equal(raw[0].float() / 255, produced[0][0])
+
+
+def test_iterable_dataset_with_2_workers_equals_0_workers(train_split):
+    sampler = EpisodeSampler(train_split, 5, 1, 5, seed=2, num_episodes=13)
+    dataset = EpisodeDataset(sampler, train_split, chunk=4)
+    in_process = list(DataLoader(dataset, batch_size=None, num_workers=0))
+    with_workers = list(DataLoader(dataset, batch_size=None, num_workers=2))
+    assert_same_episodes(in_process, with_workers)
+
+
+def test_iterable_dataset_shards_over_ranks_and_resumes(train_split):
+    sampler = EpisodeSampler(train_split, 3, 1, 2, seed=5, num_episodes=11)
+    full = list(EpisodeDataset(sampler, train_split))
+    shards = [list(EpisodeDataset(sampler, train_split, rank=r, world_size=3)) for r in range(3)]
+    assert [len(shard) for shard in shards] == [4, 4, 3]
+    for r in range(3):
+        assert_same_episodes(shards[r], full[r::3])
+    assert_same_episodes(list(EpisodeDataset(sampler, train_split, start=6)), full[6:])
+
+
+def test_iterable_dataset_over_a_plain_map_dataset(train_split):
+    """Any map-style dataset of (x, y) works; items are fetched one by one and collated."""
+    sampler = EpisodeSampler(train_split.labels, (2, 4), 1, 3, seed=8, num_episodes=5)
+    plain = torch.utils.data.Subset(train_split, range(len(train_split)))  # hides the fast-path arrays
+    fast = list(EpisodeDataset(sampler, train_split))
+    slow = list(EpisodeDataset(sampler, plain))
+    assert_same_episodes(fast, slow)
