@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torchvision.datasets.utils import download_url
 
+from episodes.torch import TensorStore
+
 DATA_ENV = "FEWSHOT_DATA"
 CACHE_ENV = "FEWSHOT_CACHE"
 
@@ -130,6 +132,7 @@ class ClassSplit(torch.utils.data.Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.class_names = list(class_names)
         self.item_ids = np.asarray(item_ids, dtype=np.str_)
+        self._store: TensorStore | None = None
         self._validate()
 
     def _validate(self) -> None:
@@ -166,15 +169,10 @@ class ClassSplit(torch.utils.data.Dataset):
 
     def gather(self, indices: np.ndarray) -> torch.Tensor:
         """Return the uint8 images of items `indices`, rotations applied: [n,H,W] (or [n,C,H,W])."""
-        indices = np.asarray(indices, dtype=np.int64)
-        batch = self.images[torch.from_numpy(self.image_index[indices])]
-        turns = self.rotation[indices]
-        for k in (1, 2, 3):
-            rows = np.flatnonzero(turns == k)
-            if len(rows):
-                rows_t = torch.from_numpy(rows)
-                batch[rows_t] = torch.rot90(batch[rows_t], k, dims=(-2, -1))
-        return batch
+        if self._store is None:  # built on first use: the episodes library's grouped, rotate-on-the-fly gather
+            self._store = TensorStore.from_arrays(self)
+        images = self._store.gather(np.asarray(indices, dtype=np.int64), torch.uint8)
+        return images.view(len(images), *self.images.shape[1:])
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """Convert gathered uint8 images to float [n,1,H,W] (or [n,C,H,W]) in [0, 1]."""
