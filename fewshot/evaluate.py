@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from episodes.lists import load_episodes, save_episodes
 from episodes.sampler import Episode, EpisodeSampler
 from fewshot import metrics
 from fewshot.checkpoint import file_sha256, model_from_checkpoint
@@ -170,10 +171,17 @@ def evaluate_checkpoint(
     compare: str | Path | None = None,
     allow_seen: bool = False,
     with_embedding_metrics: bool = False,
+    episode_list: str | Path | None = None,
+    save_episode_lists: str | Path | None = None,
     splits: DatasetSplits | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (and optionally a second one on identical episodes); return the report dict."""
+    """Evaluate a checkpoint (and optionally a second one on identical episodes); return the report dict.
+
+    Episodes come from `seed`, or from a saved `episode_list` (then `settings`, `queries` and
+    `episodes` are those of the list). `save_episode_lists` writes each setting's seeded episodes
+    as an episode list `<stem>_<ways>way<shots>shot.json`, for other models or libraries.
+    """
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
     device_t = torch.device(device)
@@ -191,11 +199,20 @@ def evaluate_checkpoint(
         check_novel(other_state, dataset, target, eval_split, allow_seen)
         models.append(other)
 
+    fixed: list[Episode] | None = None
+    if episode_list is not None:
+        fixed = load_episodes(episode_list, target)
+        shapes = sorted({(e.ways, e.shots, e.queries) for e in fixed})
+        if len(shapes) != 1:
+            raise ValueError(f"{episode_list} mixes episode shapes (ways, shots, queries) {shapes}; evaluate one shape per list")
+        (ways, shots, queries), = shapes
+        settings, episodes = [(ways, shots)], len(fixed)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
         "spec": model.spec.to_dict(), "dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
         "classes": target.num_classes, "queries": queries,
-        "episode_source": {"kind": "seed", "seed": seed, "sampler": "episodes.EpisodeSampler"},
+        "episode_source": ({"kind": "seed", "seed": seed, "sampler": "episodes.EpisodeSampler"} if fixed is None else
+                           {"kind": "list", "path": str(episode_list), "sha256": file_sha256(episode_list)}),
         "results": [],
     }
     if compare is not None:
@@ -209,7 +226,14 @@ def evaluate_checkpoint(
             raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
                              f"of the {dataset} {eval_split} split have as few as {smallest}")
     for ways, shots in settings:
-        accuracies = evaluate_model(models, target, ways, shots, queries, episodes, seed, device_t, progress=progress)
+        chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, seed)
+        if save_episode_lists is not None and fixed is None:
+            base = Path(save_episode_lists)
+            path = base.with_name(f"{base.stem}_{ways}way{shots}shot.json")
+            save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
+                                                          "seed": seed, "ways": ways, "shots": shots, "queries": queries})
+            report.setdefault("saved_episode_lists", []).append(str(path))
+        accuracies = evaluate_model(models, target, ways, shots, queries, episode_list=chosen, device=device_t, progress=progress)
         normal = metrics.confidence_interval(accuracies[0], "normal")
         student = metrics.confidence_interval(accuracies[0], "t")
         report["results"].append({
@@ -247,7 +271,8 @@ def report_json(report: dict[str, Any]) -> bytes:
 def format_table(report: dict[str, Any]) -> str:
     """The report's accuracy table as text."""
     lines = [f"{report['dataset']} ({report['split']}) {report['eval_split']} classes: {report['classes']}, "
-             f"{report['queries']} queries per class, episodes from seed {report['episode_source'].get('seed')}",
+             f"{report['queries']} queries per class, episodes from "
+             + (f"seed {source['seed']}" if (source := report["episode_source"])["kind"] == "seed" else f"list {source['path']}"),
              f"{'ways':>5} {'shots':>5} {'episodes':>8} {'accuracy':>9} {'±95% normal':>12} {'±95% t':>8}"]
     compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
     if compared:
@@ -300,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, nargs="+", default=[1])
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="episodes are a pure function of the seed")
+    p.add_argument("--episode-list", default=None, help="evaluate on a saved episode list (JSON, episodes.lists) instead of seeded episodes")
+    p.add_argument("--save-episodes", default=None, help="write the seeded episodes as episode lists PATH_<ways>way<shots>shot.json")
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", default=None, help="a second checkpoint, evaluated on identical episodes")
@@ -322,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             settings=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
             seed=args.seed, data_root=args.data_root, device=str(resolve_device(args.device)), compare=args.compare,
             allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
+            episode_list=args.episode_list, save_episode_lists=args.save_episodes,
             progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

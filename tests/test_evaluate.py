@@ -221,3 +221,27 @@ def test_embedding_metrics_separate_a_trained_model_from_noise(best_checkpoint: 
     assert scores["noise"]["retrieval"]["recall_at_1"] < 0.06
     assert scores["trained"]["verification"]["roc_auc"] > 0.75
     assert scores["trained"]["retrieval"]["recall_at_1"] > 0.2
+
+
+def test_saved_episode_lists_reproduce_the_seeded_evaluation(best_checkpoint: Path, splits: DatasetSplits,
+                                                             tmp_path: Path) -> None:
+    seeded = evaluate(best_checkpoint, settings=[(5, 1), (5, 5)], splits=splits,
+                      save_episode_lists=tmp_path / "test.json")
+    saved = [Path(p) for p in seeded["saved_episode_lists"]]
+    assert [p.name for p in saved] == ["test_5way1shot.json", "test_5way5shot.json"]
+    for path, row in zip(saved, seeded["results"]):
+        replay = evaluate(best_checkpoint, splits=splits, episode_list=path, seed=123)  # the list wins over the seed
+        assert replay["episode_source"]["kind"] == "list"
+        assert (replay["results"][0]["ways"], replay["results"][0]["shots"]) == (row["ways"], row["shots"])
+        assert replay["results"][0]["per_episode"] == row["per_episode"]
+
+
+def test_an_episode_list_naming_unknown_classes_is_refused(best_checkpoint: Path, splits: DatasetSplits,
+                                                           tmp_path: Path) -> None:
+    seeded = evaluate(best_checkpoint, splits=splits, save_episode_lists=tmp_path / "test.json")
+    path = Path(seeded["saved_episode_lists"][0])
+    document = json.loads(path.read_text())
+    document["episodes"][0]["classes"][0] = "Atlantean/character99/rot000"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="Atlantean/character99/rot000"):
+        evaluate(best_checkpoint, splits=splits, episode_list=path)
