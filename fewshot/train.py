@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -227,8 +228,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits) -> dict[str, Any]:
+def _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits, train_seconds) -> dict[str, Any]:
     return {
+        "train_seconds": train_seconds,
         "spec": spec.to_dict(),
         "config": asdict(config),
         "model": model.state_dict(),
@@ -276,12 +278,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
     start, best = 0, {"episode": None, "accuracy": -1.0}
+    seconds_before, started = 0.0, time.perf_counter()  # wall time of training and validation, summed over resumes
     if resume:
         state = _resume_state(run_dir, config)
         load_model_state(model, state, run_dir / "last.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, best = int(state["episode"]), dict(state["best"])
+        seconds_before = float(state.get("train_seconds", 0.0))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(asdict(config), indent=2).encode()))
     log = MetricsLog(run_dir / "metrics.jsonl", start if resume else None)
@@ -293,7 +297,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 
     def save(name: str, episode: int) -> None:
         log.sync()
-        save_checkpoint(run_dir / name, _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits))
+        seconds = seconds_before + time.perf_counter() - started
+        save_checkpoint(run_dir / name, _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits, seconds))
 
     bar = tqdm(range(start, config.episodes), initial=start, total=config.episodes, disable=not progress,
                desc=f"{config.learner} {config.train_ways}-way {config.shots}-shot", dynamic_ncols=True)
@@ -339,6 +344,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                                  settings=[(config.ways, config.shots)], queries=config.eval_queries,
                                  episodes=config.test_episodes, seed=config.seed, data_root=config.data_root,
                                  device=str(device), splits=splits, progress=progress)
+    report["train_seconds"] = float(load_checkpoint(run_dir / "last.pt").get("train_seconds", 0.0))
     atomic_write(run_dir / "test_report.json", lambda f: f.write(report_json(report)))
     return report
 
