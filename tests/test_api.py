@@ -18,15 +18,6 @@ IMAGES_PER_CHARACTER = 20
 SHOTS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the CI machine has two cores shared by several jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def best_checkpoint(tmp_path_factory: pytest.TempPathFactory, omniglot_root: Path) -> Path:
     """best.pt of a tiny real training run (30 episodes of 5-way protonet)."""

@@ -21,15 +21,6 @@ from fewshot.model import FewShotModel, ModelSpec
 from fewshot.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the CI machine has two cores shared by several jobs (and results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def splits(omniglot_root: Path) -> DatasetSplits:
     return load_splits("omniglot", "vinyals", omniglot_root)

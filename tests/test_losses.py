@@ -34,16 +34,6 @@ from fewshot.miners import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run this file single-threaded: on a shared, busy CPU, multi-threaded kernels on tiny tensors
-    spin and wait for each other (measured 10x slower here than one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Four points in 2-D (on the x axis, so distances are easy to read) and their classes:
 #   x0 = (0, 0) class 0,  x1 = (1, 0) class 0,  x2 = (1.5, 0) class 1,  x3 = (4, 0) class 1.
 # Distances: d01 = 1, d02 = 1.5, d03 = 4, d12 = 0.5, d13 = 3, d23 = 2.5.

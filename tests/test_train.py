@@ -107,15 +107,6 @@ def wait_for_checkpoint(process: subprocess.Popen, path: Path, episode: int, tim
     pytest.fail(f"no checkpoint of episode >= {episode} in {path} after {timeout} s")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread in this process too: two cores shared by several jobs make two threads slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, omniglot_root: Path) -> dict[str, Any]:
     """One uninterrupted tiny run, shared by the tests of this module (which never modify it)."""

@@ -28,7 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, fetch_split_list, resolve_data_root
 
 SPLITS = ("train", "val", "test")
 RAVI_SPLITS_URL = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet"
@@ -163,22 +163,6 @@ def read_pickle_cache(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarra
             f"{path}: {len(orphans)} rows of image_data are in no class of class_dict, e.g. row {orphans[0]}"
         )
     return images, rows_of
-
-
-def _fetch_split_csv(path: Path, download: bool) -> None:
-    url = f"{RAVI_SPLITS_URL}/{path.name}"
-    failure = ""
-    if download:
-        try:
-            download_file(url, path.parent, path.name, md5=None)
-            return
-        except Exception as error:  # any network or filesystem failure ends in the one message below
-            failure = f"Downloading {url} failed: {error}.\n"
-    raise FileNotFoundError(
-        f"Ravi & Larochelle split list not found: looked for {path}.\n{failure}"
-        f"Put the split lists (train/val/test.csv, columns filename,label, from {RAVI_SPLITS_URL}) "
-        f"in {path.parent}, or load with download=True when online."
-    )
 
 
 def _locate_images(folder: Path, root: str | Path | None) -> tuple[str, dict[str, Path]]:
@@ -358,7 +342,8 @@ def load_miniimagenet(
     csv_paths = {split: folder / "splits" / "ravi" / f"{split}.csv" for split in SPLITS}
     for path in csv_paths.values():
         if not path.is_file():
-            _fetch_split_csv(path, download)
+            fetch_split_list(path, f"{RAVI_SPLITS_URL}/{path.name}", download,
+                             "Ravi & Larochelle split list")
     rows = {split: read_split_csv(csv_paths[split]) for split in SPLITS}
     _check_disjoint(rows, csv_paths)
     return {

@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, fetch_split_list, resolve_data_root
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 PARTS = (BACKGROUND, EVALUATION)
@@ -236,7 +236,8 @@ class OmniglotStore:
     def _read_vinyals(self, name: str) -> list[tuple[int, int]]:
         path = self.splits_dir / f"{name}.txt"
         if not path.is_file():
-            _fetch_split_file(path, self.download)
+            fetch_split_list(path, f"{VINYALS_SPLITS_URL}/{path.name}", self.download,
+                             "Vinyals split list")
         classes: list[tuple[int, int]] = []
         seen: set[str] = set()
         for line_number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -273,22 +274,6 @@ def _turns(rotations: Iterable[int]) -> list[int]:
     if not degrees or len(set(degrees)) != len(degrees) or any(d not in DEGREES_TO_TURNS for d in degrees):
         raise ValueError(f"rotations must be distinct degrees from (0, 90, 180, 270), got {degrees!r}")
     return [DEGREES_TO_TURNS[d] for d in degrees]
-
-
-def _fetch_split_file(path: Path, download: bool) -> None:
-    url = f"{VINYALS_SPLITS_URL}/{path.name}"
-    failure = ""
-    if download:
-        try:
-            download_file(url, path.parent, path.name, md5=None)
-            return
-        except Exception as error:  # any network or filesystem failure ends in the one message below
-            failure = f"Downloading {url} failed: {error}.\n"
-    raise FileNotFoundError(
-        f"Vinyals split list not found: looked for {path}.\n{failure}"
-        f"Put the Prototypical Networks split lists (train/val/test/trainval.txt, from {VINYALS_SPLITS_URL}) "
-        f"in {path.parent}, or load with download=True when online."
-    )
 
 
 def _locate_sources(root: str | Path | None, download: bool) -> list[_Source]:

@@ -189,3 +189,21 @@ def download_file(url: str, folder: Path, filename: str, md5: str | None) -> Non
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
         download_url(url, tmp, filename=filename, md5=md5)
         os.replace(Path(tmp, filename), folder / filename)
+
+
+def fetch_split_list(path: Path, url: str, download: bool, what: str) -> None:
+    """Download a missing split list from `url` to `path`, or raise one error saying where it looked.
+
+    `what` describes the list for the message, e.g. "Vinyals split list (train/val/test/trainval.txt)".
+    """
+    failure = ""
+    if download:
+        try:
+            download_file(url, path.parent, path.name, md5=None)
+            return
+        except Exception as error:  # any network or filesystem failure ends in the one message below
+            failure = f"Downloading {url} failed: {error}.\n"
+    raise FileNotFoundError(
+        f"{what} not found: looked for {path}.\n{failure}"
+        f"Put the file (from {url.rsplit('/', 1)[0]}) in {path.parent}, or load with download=True when online."
+    )

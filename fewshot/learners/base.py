@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fewshot.distances import Euclidean
+
 
 @dataclass
 class LearnerOutput:
@@ -70,3 +72,31 @@ def check_query_labels(query_labels: torch.Tensor, query: torch.Tensor, ways: in
             f"query labels must lie in 0..{ways - 1} (the support's classes), got "
             f"{sorted(set(query_labels.tolist()))}"
         )
+
+
+class PooledLearner(nn.Module):
+    """A learner whose loss is over the episode's support and query embeddings pooled together
+    (pairs or triplets), trained and monitored with the Euclidean distance.
+
+    Subclasses implement `pooled_loss`; logits are Euclidean nearest-prototype logits.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.distance = Euclidean()
+
+    def pooled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        support: torch.Tensor,
+        support_labels: torch.Tensor,
+        query: torch.Tensor,
+        query_labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> LearnerOutput:
+        ways = episode_ways(support_labels)
+        check_query_labels(query_labels, query, ways)
+        loss = self.pooled_loss(torch.cat([support, query]), torch.cat([support_labels, query_labels]), generator)
+        return LearnerOutput(loss=loss, logits=prototype_logits(self.distance, support, support_labels, query, ways))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from fewshot.distances import Euclidean, squared_euclidean
-from fewshot.learners.base import LearnerOutput, check_query_labels, episode_ways, prototype_logits
+from fewshot.distances import squared_euclidean
+from fewshot.learners.base import PooledLearner
 
 
 def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -29,7 +28,7 @@ def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: flo
     return loss
 
 
-class SiameseLearner(nn.Module):
+class SiameseLearner(PooledLearner):
     """Contrastive loss over the pairs of an episode's embeddings (support and query together).
 
     Logits are nearest-prototype logits under the Euclidean distance the loss trains.
@@ -40,20 +39,6 @@ class SiameseLearner(nn.Module):
         if margin <= 0:
             raise ValueError(f"margin must be positive, got {margin}")
         self.margin = margin
-        self.distance = Euclidean()
 
-    def forward(
-        self,
-        support: torch.Tensor,
-        support_labels: torch.Tensor,
-        query: torch.Tensor,
-        query_labels: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> LearnerOutput:
-        ways = episode_ways(support_labels)
-        check_query_labels(query_labels, query, ways)
-        embeddings = torch.cat([support, query])
-        labels = torch.cat([support_labels, query_labels])
-        loss = contrastive_loss(embeddings, labels, self.margin)
-        logits = prototype_logits(self.distance, support, support_labels, query, ways)
-        return LearnerOutput(loss=loss, logits=logits)
+    def pooled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return contrastive_loss(embeddings, labels, self.margin)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from fewshot.distances import Euclidean, euclidean
-from fewshot.learners.base import LearnerOutput, check_query_labels, episode_ways, prototype_logits
+from fewshot.distances import euclidean
+from fewshot.learners.base import PooledLearner
 from fewshot.miners import Miner, build_miner
 
 REDUCTIONS = ("mean", "mean-nonzero")
 
 
-class TripletLearner(nn.Module):
+class TripletLearner(PooledLearner):
     """``max(0, d(a, p) - d(a, n) + margin)`` over triplets mined from the episode's embeddings.
 
     ``d`` is the Euclidean (not squared) distance; support and query embeddings are mined
@@ -36,26 +35,12 @@ class TripletLearner(nn.Module):
         self.margin = margin
         self.miner = miner
         self.reduction = reduction
-        self.distance = Euclidean()
 
-    def forward(
-        self,
-        support: torch.Tensor,
-        support_labels: torch.Tensor,
-        query: torch.Tensor,
-        query_labels: torch.Tensor,
-        generator: torch.Generator | None = None,
-    ) -> LearnerOutput:
-        ways = episode_ways(support_labels)
-        check_query_labels(query_labels, query, ways)
-        embeddings = torch.cat([support, query])
-        labels = torch.cat([support_labels, query_labels])
+    def pooled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         dist = euclidean(embeddings, embeddings)
         anchor, positive, negative = self.miner(dist, labels, generator, embedding_dim=embeddings.shape[1])
         losses = (dist[anchor, positive] - dist[anchor, negative] + self.margin).clamp_min(0.0)
         if self.reduction == "mean-nonzero":
             losses = losses[losses > 0]
         # A zero that still depends on the embeddings keeps backward() valid on an empty batch.
-        loss = losses.mean() if len(losses) else dist.sum() * 0.0
-        logits = prototype_logits(self.distance, support, support_labels, query, ways)
-        return LearnerOutput(loss=loss, logits=logits)
+        return losses.mean() if len(losses) else dist.sum() * 0.0
