@@ -96,10 +96,11 @@ class TensorStore:
     `images`, `image_index` and `rotation` attributes (e.g. an Omniglot class split) can be wrapped
     with `TensorStore.from_arrays(obj)`; the image memory is shared, not copied.
 
-    Items are gathered grouped by rotation: half turns are a byte reversal (fast), quarter turns a
-    transpose (the slow part). `cache_rotations=True` instead stores each (image, rotation) pair that
-    items use once, rotated, so that a gather is a single copy: faster, at the cost of that memory
-    (for Omniglot with 4 rotations of every image: 4x the image memory).
+    Items are gathered one vectorised pass per rotation: half turns are a byte reversal, quarter turns
+    a read from a transposed copy of the images (made on first need: 2x the image memory) and a flip.
+    `cache_rotations=True` instead stores each (image, rotation) pair that items use once, rotated, so
+    that a gather is a single copy: faster, at the cost of that memory (for Omniglot with 4 rotations
+    of every image: 4x the image memory).
     """
 
     def __init__(self, images: torch.Tensor | np.ndarray, image_index: np.ndarray | None = None,
@@ -124,7 +125,7 @@ class TensorStore:
             if np.any(rotation % 2 == 1) and array.shape[-1] != array.shape[-2]:
                 raise ValueError(f"odd quarter turns need square images, got {array.shape[-2]}x{array.shape[-1]}")
             self.rotation = rotation if np.any(rotation) else None
-        self._rotated = self._rotated_rows = None
+        self._rotated = self._rotated_rows = self._transposed = None
         if cache_rotations and self.rotation is not None:
             pairs, self._rotated_rows = np.unique(self.image_index * 4 + self.rotation, return_inverse=True)
             self._rotated = np.empty((len(pairs), *self.item_shape), dtype=np.uint8)
@@ -142,8 +143,7 @@ class TensorStore:
 
     def gather_uint8(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
         """Return items as a uint8 numpy array [n, C, H, W], rotations applied."""
-        buffer, position = self._gather_grouped(self._check_items(items))
-        return np.take(buffer, position, axis=0)
+        return self._gather(self._check_items(items))
 
     def gather(self, items: np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Return items as a tensor [n, C, H, W]: float in [0, 1] for a float dtype, else the raw uint8."""
@@ -153,8 +153,9 @@ class TensorStore:
                       block: int = 32) -> Iterator[EpisodeTensors]:
         """Yield `(support_x, support_y, query_x, query_y)` for each drawn episode.
 
-        Images are gathered `block` episodes at a time (one gather each; small enough to stay in cache).
-        Each episode gets its own tensors, made as it is yielded, so holding one never pins the others.
+        Images are gathered `block` episodes at a time, in episode order (one gather each; small enough to
+        stay in cache). Float episodes are their own tensors; uint8 episodes are views of their block's
+        buffer (so holding one keeps that block's ~2 MB alive).
         """
         for start in range(0, len(draw), block):
             yield from self._iter_block(draw.slice(start, start + block), dtype)
@@ -176,13 +177,11 @@ class TensorStore:
             n_support, n_query = [len(e.support) for e in episodes], [len(e.query) for e in episodes]
             support_labels = [e.support_labels for e in episodes]
             query_labels = [e.query_labels for e in episodes]
-        buffer, position = self._gather_grouped(layout)
+        buffer = self._gather(layout)
         start = 0
         for e in range(count):
             split, end = n_support[e], n_support[e] + n_query[e]
-            # Each episode's take is also its own copy, in episode order; numpy slices and wraps
-            # faster than torch indexes.
-            x = _convert(buffer.take(position[start:start + end], axis=0), dtype)
+            x = _convert(buffer[start:start + end], dtype)  # numpy slices and wraps faster than torch indexes
             start += end
             yield (torch.from_numpy(x[:split]), torch.from_numpy(support_labels[e]),
                    torch.from_numpy(x[split:]), torch.from_numpy(query_labels[e]))
@@ -195,36 +194,37 @@ class TensorStore:
             raise IndexError(f"items must lie in [0, {len(self)}), got {items.min()}..{items.max()}")
         return items.astype(np.int64, copy=False)
 
-    def _gather_grouped(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gather items [n, C, H, W] grouped by rotation; return (buffer, row of each item in buffer).
+    def _transposed_images(self) -> np.ndarray:
+        if self._transposed is None:
+            self._transposed = np.ascontiguousarray(self.images.swapaxes(-1, -2))
+        return self._transposed
 
-        Grouping makes every rotation one operation on a contiguous block of the buffer.
-        """
+    def _gather(self, items: np.ndarray) -> np.ndarray:
+        """Gather items [n, C, H, W] in order, rotations applied, one vectorised pass per quarter turn."""
         buffer = np.empty((len(items), *self.item_shape), dtype=np.uint8)
-        in_order = np.arange(len(items))
         # take(mode="clip") writes straight into `out` (mode="raise" buffers); rows are valid here.
         if self._rotated is not None:
-            return np.take(self._rotated, self._rotated_rows[items], axis=0, out=buffer, mode="clip"), in_order
+            return np.take(self._rotated, self._rotated_rows[items], axis=0, out=buffer, mode="clip")
         rows = self.image_index[items]
         if self.rotation is None:
-            return np.take(self.images, rows, axis=0, out=buffer, mode="clip"), in_order
+            return np.take(self.images, rows, axis=0, out=buffer, mode="clip")
         turns = self.rotation[items]
-        groups = [np.flatnonzero(turns == k) for k in range(4)]  # a counting sort by turn
-        order = np.concatenate(groups)
-        position = np.empty(len(items), dtype=np.int64)
-        position[order] = in_order
-        bounds = np.cumsum([0] + [len(group) for group in groups])
         for k in range(4):
-            block, group_rows = buffer[bounds[k]:bounds[k + 1]], rows[order[bounds[k]:bounds[k + 1]]]
-            if len(group_rows) == 0:
+            where = np.flatnonzero(turns == k)
+            if len(where) == 0:
                 continue
-            if k % 2 == 1:  # a transpose: numpy's strided copy is the fastest plain option measured
-                np.copyto(block, np.rot90(self.images.take(group_rows, axis=0), k, axes=(-2, -1)))
-                continue
-            np.take(self.images, group_rows, axis=0, out=block, mode="clip")
-            if k == 2:  # a half turn reverses each channel's pixels; torch reverses bytes much faster
-                np.copyto(block, torch.from_numpy(block).flatten(-2).flip(-1).view(block.shape).numpy())
-        return buffer, position
+            if k == 0:
+                buffer[where] = self.images.take(rows[where], axis=0)
+            elif k == 2:  # a half turn reverses each channel's pixels; torch reverses bytes much faster than numpy
+                buffer[where] = torch.from_numpy(self.images.take(rows[where], axis=0)).flatten(-2).flip(-1).view(
+                    len(where), *self.item_shape).numpy()
+            else:
+                # A quarter turn is a transpose and a flip. Strided uint8 transposes are slow, so odd turns
+                # read a transposed copy of the images (made once: 2x the image memory, never 4x) and flip:
+                # rot90 = transpose, then reverse the rows; rot270 = transpose, then reverse each row.
+                transposed = torch.from_numpy(self._transposed_images().take(rows[where], axis=0))
+                buffer[where] = transposed.flip(-2 if k == 1 else -1).numpy()
+        return buffer
 
 
 _FLOAT_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
