@@ -10,7 +10,7 @@ Each contender runs in interleaved rounds; the table shows the best round. The m
 shared, so both wall-clock episodes/s and episodes per CPU-second of this process are printed;
 ratios compare contenders measured in the same run.
 
-Usage: python benchmarks/episodes_speed.py [--part a|b|all] [--seconds 2] [--rounds 3]
+Usage: python -m benchmarks.episodes_speed [--part a|b|all] [--seconds 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -177,17 +176,6 @@ def part_a(seconds: float, rounds: int) -> None:
 
 # --- (b) real Omniglot ---------------------------------------------------------------------------
 
-def prepare_torchvision_folders(root: Path) -> None:
-    """Extract FEWSHOT_DATA's Omniglot zips into the layout torchvision expects (omniglot-py/images_*/...)."""
-    from fewshot.data import resolve_data_root
-
-    source = resolve_data_root() / "omniglot"
-    for part in ("images_background", "images_evaluation"):
-        if not (root / "omniglot-py" / part).is_dir():
-            with zipfile.ZipFile(source / f"{part}.zip") as archive:
-                archive.extractall(root / "omniglot-py")
-
-
 def part_b(seconds: float, rounds: int, l2l_root: Path) -> None:
     try:
         from fewshot.data import load_omniglot
@@ -195,7 +183,9 @@ def part_b(seconds: float, rounds: int, l2l_root: Path) -> None:
         print(f"\n(b) skipped: fewshot.data.load_omniglot is not importable yet ({error})")
         return
     import learn2learn as l2l
-    from torchvision.datasets import Omniglot
+
+    from benchmarks.peers import extract_for_torchvision, skip_torchvision_omniglot_md5
+    from fewshot.data import resolve_data_root
 
     split = load_omniglot().split("train")
     sampler = EpisodeSampler(split, WAYS, SHOTS, QUERIES, seed=0)
@@ -203,10 +193,8 @@ def part_b(seconds: float, rounds: int, l2l_root: Path) -> None:
     loader = torch.utils.data.DataLoader(split, batch_sampler=batch_sampler, collate_fn=batch_sampler.collate)
 
     setup = time.perf_counter()
-    prepare_torchvision_folders(l2l_root)
-    # torchvision verifies the official zips' MD5 even when the folders exist; our re-encoded copy differs,
-    # so for this benchmark only, "integrity" means "the extracted folder is there".
-    Omniglot._check_integrity = lambda self: os.path.isdir(os.path.join(self.root, self._get_target_folder()))
+    extract_for_torchvision(resolve_data_root(), l2l_root)
+    skip_torchvision_omniglot_md5()  # our re-encoded copy's zips differ from the official MD5 (see peers.py)
     tasksets = l2l.vision.benchmarks.get_tasksets(
         "omniglot", train_ways=WAYS, train_samples=SHOTS + QUERIES, test_ways=WAYS,
         test_samples=SHOTS + QUERIES, root=str(l2l_root))

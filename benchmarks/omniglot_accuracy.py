@@ -1,6 +1,6 @@
 """Omniglot accuracy of the three learners (Vinyals split, novel classes, 1,000 episodes, 95% CI).
 
-    FEWSHOT_DATA=/path/to/data python benchmarks/omniglot_accuracy.py [--runs runs] [--threads 2]
+    FEWSHOT_DATA=/path/to/data python -m benchmarks.omniglot_accuracy [--runs runs] [--threads 2]
 
 Trains each learner with the settings below unless its run directory already holds a finished
 run, then evaluates every best checkpoint with `fewshot.evaluate` on identical seeded episodes and

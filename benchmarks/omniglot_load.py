@@ -1,6 +1,6 @@
 """Time loading all 32,460 Omniglot images: our cold build and warm cache load vs torchvision's Omniglot dataset.
 
-    FEWSHOT_DATA=/path/to/data python benchmarks/omniglot_load.py [--root DIR] [--image-size 28]
+    FEWSHOT_DATA=/path/to/data python -m benchmarks.omniglot_load [--root DIR] [--image-size 28]
 
 The peer decodes the same PNGs through PIL with Resize + ToTensor, one image at a time, as a training loop
 over `torchvision.datasets.Omniglot` would. The script also checks that both give the same pixels.
@@ -12,22 +12,14 @@ import argparse
 import os
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 from torchvision import transforms
 from torchvision.datasets import Omniglot
 
+from benchmarks.peers import extract_for_torchvision, skip_torchvision_omniglot_md5
 from fewshot.data import load_omniglot, resolve_data_root
-
-
-class LocalOmniglot(Omniglot):
-    """torchvision's Omniglot over already-extracted folders. Its MD5 check is skipped because a re-encoded
-    local copy (like the shared one) differs from the official zips byte-wise, not pixel-wise."""
-
-    def _check_integrity(self) -> bool:
-        return True
 
 
 def time_call(function, repeats: int = 1) -> tuple[float, object]:
@@ -55,16 +47,15 @@ def main() -> None:
 
         peer_root = Path(scratch, "torchvision")
         started = time.perf_counter()
-        for part in ("images_background", "images_evaluation"):
-            with zipfile.ZipFile(root / "omniglot" / f"{part}.zip") as archive:
-                archive.extractall(peer_root / Omniglot.folder)
+        extract_for_torchvision(root, peer_root)
         extract_s = time.perf_counter() - started
 
+        skip_torchvision_omniglot_md5()
         transform = transforms.Compose([transforms.Resize(args.image_size), transforms.ToTensor()])
         started = time.perf_counter()
         peer_images = {}
         for background in (True, False):
-            dataset = LocalOmniglot(peer_root, background=background, transform=transform, download=False)
+            dataset = Omniglot(peer_root, background=background, transform=transform, download=False)
             for (image_name, label), index in zip(dataset._flat_character_images, range(len(dataset))):
                 image, _ = dataset[index]
                 peer_images[f"{dataset._characters[label]}/{image_name[:-4]}"] = image

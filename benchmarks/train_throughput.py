@@ -1,6 +1,6 @@
 """Training throughput on this CPU: our episodic pipeline vs learn2learn's, doing the same step.
 
-    FEWSHOT_DATA=/path/to/data python benchmarks/train_throughput.py [--steps 150] [--threads 2]
+    FEWSHOT_DATA=/path/to/data python -m benchmarks.train_throughput [--steps 150] [--threads 2]
 
 Both pipelines train the same Conv-4 with the same prototypical loss and Adam on 5-way 1-shot
 15-query Omniglot episodes; they differ in how episodes are made (ours: seeded index sampling and
