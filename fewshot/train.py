@@ -194,7 +194,7 @@ class MetricsLog:
         self.file.close()
 
 
-def plot_curve(records: list[dict[str, Any]], path: Path) -> None:
+def plot_curve(records: list[dict[str, Any]], path: Path, config: TrainConfig) -> None:
     """Learning curve PNG: smoothed training loss and accuracy, validation accuracy."""
     import matplotlib
 
@@ -212,10 +212,11 @@ def plot_curve(records: list[dict[str, Any]], path: Path) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(episode[window - 1:], smooth("loss"))
     ax_loss.set(xlabel="episode", ylabel="training loss", yscale="log", title="loss")
-    ax_acc.plot(episode[window - 1:], smooth("accuracy"), label="train (query accuracy)")
+    ax_acc.plot(episode[window - 1:], smooth("accuracy"), label=f"train ({config.train_ways}-way, query accuracy)")
     if val:
         ax_acc.errorbar([r["episode"] for r in val], [r["accuracy"] for r in val],
-                        yerr=[r["ci95"] for r in val], fmt="o-", capsize=3, label="validation")
+                        yerr=[r["ci95"] for r in val], fmt="o-", capsize=3,
+                        label=f"validation ({config.ways}-way {config.shots}-shot, 95% CI)")
     ax_acc.set(xlabel="episode", ylabel="accuracy", title="accuracy")
     ax_acc.legend()
     fig.tight_layout()
@@ -332,14 +333,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                     save("best.pt", done)
                 bar.write(f"episode {done}: val {100 * result.mean:.2f} +- {100 * result.half_width:.2f}% "
                           f"(best {100 * best['accuracy']:.2f}% at {best['episode']})")
-                plot_curve(log.records(), run_dir / "curve.png")
+                plot_curve(log.records(), run_dir / "curve.png", config)
             if done % config.checkpoint_every == 0 or done == config.episodes or done % config.val_every == 0:
                 save("last.pt", done)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         log.close()
-    plot_curve(read_records(run_dir / "metrics.jsonl"), run_dir / "curve.png")
+    plot_curve(read_records(run_dir / "metrics.jsonl"), run_dir / "curve.png", config)
     report = evaluate_checkpoint(run_dir / "best.pt", dataset=config.dataset, split=config.split, eval_split="test",
                                  settings=[(config.ways, config.shots)], queries=config.eval_queries,
                                  episodes=config.test_episodes, seed=config.seed, data_root=config.data_root,
