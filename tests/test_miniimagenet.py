@@ -312,3 +312,24 @@ def test_registry_loads_miniimagenet(pickle_root: Path) -> None:
     assert (splits.dataset, splits.scheme, splits.in_channels, splits.image_size) == ("miniimagenet", "ravi", 3, 84)
     assert [splits.get(name).num_classes for name in SPLITS] == [3, 2, 2]
     assert tuple(splits.train.images.shape[1:]) == (3, 84, 84)
+
+
+def test_trains_evaluates_and_classifies_end_to_end_with_resnet12(jpeg_root, mini_rows, tmp_path: Path) -> None:
+    from fewshot.api import load
+    from fewshot.train import TrainConfig, train
+
+    root, _ = jpeg_root
+    output = tmp_path / "run"
+    report = train(TrainConfig(dataset="miniimagenet", backbone="resnet12", ways=2, shots=1, queries=1, train_ways=3,
+                               eval_queries=2, episodes=3, val_every=3, val_episodes=2, test_episodes=2,
+                               data_root=str(root), output=str(output), threads=1), progress=False)
+    assert (report["dataset"], report["split"], report["classes"]) == ("miniimagenet", "ravi", 2)
+    assert report["spec"]["backbone"] == "resnet12" and report["spec"]["in_channels"] == 3
+    assert 0.0 <= report["results"][0]["accuracy"] <= 1.0
+    # The API embeds the user's JPEGs with the cache's preprocessing and classifies against a support set.
+    model = load(output / "best.pt")
+    test_files = [root / "miniimagenet" / "images" / name for name, _ in mini_rows["test"]]
+    wnids = [wnid for _, wnid in mini_rows["test"]]
+    assert model.embed(test_files[:2]).shape == (2, 640)
+    predictions = model.classify(test_files[0::2], wnids[0::2], test_files[1::2])
+    assert set(predictions) <= set(wnids)
