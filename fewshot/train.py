@@ -52,6 +52,7 @@ class TrainConfig:
     miner: str | None = None
     dataset: str = "omniglot"
     split: str | None = None
+    train_split: str = "train"  # "trainval": train on train + val classes, keep the final model
     image_size: int | None = None
     episodes: int = 10000
     lr: float = 1e-3
@@ -127,13 +128,15 @@ def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
     for name, value in (("val_episodes", config.val_episodes), ("test_episodes", config.test_episodes)):
         if value < 2:  # a confidence interval needs two episodes; the test episodes come after all the training
             raise ValueError(f"--{name.replace('_', '-')} must be at least 2 (for a confidence interval), got {value}")
-    for split_name, ways in (("train", config.train_ways), ("val", config.ways), ("test", config.ways)):
+    if config.train_split not in ("train", "trainval"):
+        raise ValueError(f"unknown --train-split {config.train_split!r}; expected train or trainval")
+    for split_name, ways in ((config.train_split, config.train_ways), ("val", config.ways), ("test", config.ways)):
         available = splits.get(split_name).num_classes
         if ways > available:
-            flag = "--train-ways" if split_name == "train" else "--ways"
+            flag = "--train-ways" if split_name == config.train_split else "--ways"
             raise ValueError(f"{flag} {ways} exceeds the {available} classes of the {splits.dataset} {splits.scheme} {split_name} split")
     # Validation samples its first episode only after --val-every training episodes: check it now.
-    for split_name, queries, flag in (("train", config.queries, "--queries"), ("val", config.eval_queries, "--eval-queries"),
+    for split_name, queries, flag in ((config.train_split, config.queries, "--queries"), ("val", config.eval_queries, "--eval-queries"),
                                       ("test", config.eval_queries, "--eval-queries")):
         smallest = int(np.bincount(splits.get(split_name).labels).min())
         if config.shots + queries > smallest:
@@ -241,7 +244,7 @@ def _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, 
         "best": best,
         "dataset": splits.dataset,
         "split_scheme": splits.scheme,
-        "train_classes": list(splits.train.class_names),
+        "train_classes": list(splits.get(config.train_split).class_names),
     }
 
 
@@ -291,7 +294,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(asdict(config), indent=2).encode()))
     log = MetricsLog(run_dir / "metrics.jsonl", start if resume else None)
 
-    sampler = EpisodeSampler(splits.train.labels, config.train_ways, config.shots, config.queries,
+    train_split = splits.get(config.train_split)
+    # Trained on val classes too, validation accuracy is no longer a fair guide: keep the final model
+    # (the protocol of Snell et al.'s final models: train + val for the schedule found on train).
+    select_on_val = config.train_split == "train"
+    sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
                              seed=config.seed, num_episodes=config.episodes)
     stop = {"signal": None}
     previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: stop.update(signal=signum))
@@ -309,7 +316,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 save("last.pt", index)
                 raise KeyboardInterrupt(f"interrupted before episode {index}; state saved to {run_dir / 'last.pt'}")
             model.train()
-            support_x, support_y, query_x, query_y = episode_tensors(splits.train, sampler.episode(index), device)
+            support_x, support_y, query_x, query_y = episode_tensors(train_split, sampler.episode(index), device)
             output = model(support_x, support_y, query_x, query_y, generator=episode_generator(config.seed, index))
             if not torch.isfinite(output.loss):
                 # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.
@@ -328,7 +335,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 result = evaluate_checkpoint_model(model, splits.val, config, device)
                 record = {"kind": "val", "episode": done, "accuracy": result.mean, "ci95": result.half_width}
                 log.write(record)
-                if result.mean > best["accuracy"]:
+                if result.mean > best["accuracy"] or not select_on_val:
                     best = {"episode": done, "accuracy": result.mean}
                     save("best.pt", done)
                 bar.write(f"episode {done}: val {100 * result.mean:.2f} +- {100 * result.half_width:.2f}% "
@@ -381,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=sorted(SPLIT_SCHEMES), default=defaults.dataset)
     data.add_argument("--split", default=None, help="split scheme: omniglot vinyals (default) or lake; miniimagenet ravi")
+    data.add_argument("--train-split", choices=("train", "trainval"), default=defaults.train_split,
+                      help="classes to train on; trainval (train + val) keeps the final model instead of the best on val")
     data.add_argument("--image-size", type=int, default=None, help="image side in pixels (dataset default: 28 / 84)")
     data.add_argument("--data-root", default=None, help="data root (default: $FEWSHOT_DATA, then the user cache)")
     opt = p.add_argument_group("optimisation")

@@ -29,11 +29,15 @@ class DatasetSplits:
     test: ClassSplit
     in_channels: int
     image_size: int
+    trainval: ClassSplit | None = None  # train + val classes, where the scheme defines it (final models)
 
     def get(self, name: str) -> ClassSplit:
-        if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}; expected one of train, val, test")
-        return getattr(self, name)
+        if name not in ("train", "val", "test", "trainval"):
+            raise ValueError(f"unknown split {name!r}; expected one of train, val, test, trainval")
+        split = getattr(self, name)
+        if split is None:
+            raise ValueError(f"the {self.dataset} {self.scheme} scheme defines no {name} split")
+        return split
 
 
 def subset_classes(split: ClassSplit, keep: np.ndarray) -> ClassSplit:
@@ -66,6 +70,8 @@ def load_splits(dataset: str = "omniglot", scheme: str | None = None, root: str 
         store = load_omniglot(root, image_size=size)
         if scheme == "vinyals":
             train, val, test = store.split("train"), store.split("val"), store.split("test")
+            return DatasetSplits(dataset, scheme, train, val, test, in_channels=1, image_size=size,
+                                 trainval=store.split("trainval"))
         else:
             background = store.split("background", rotations=(0, 90, 180, 270))
             alphabet = np.array([name.split("/")[0] for name in background.class_names])
