@@ -54,10 +54,10 @@ class TrainConfig:
     split: str | None = None
     train_split: str = "train"  # "trainval": train on train + val classes, keep the final model
     image_size: int | None = None
-    episodes: int = 10000
+    episodes: int = 6000
     lr: float = 1e-3
     schedule: str = "step"
-    lr_step: int = 2000
+    lr_step: int = 1500
     lr_gamma: float = 0.5
     weight_decay: float = 0.0
     val_every: int = 500
