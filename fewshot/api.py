@@ -1,7 +1,7 @@
 """Use a trained model from Python: load a checkpoint, embed raw images, classify queries against a support set.
 
     from fewshot.api import load
-    model = load("runs/latest/best.pt")
+    model = load("runs/proto/best.pt")
     labels = model.classify(support=["a1.png", "b1.png"], support_labels=["a", "b"], query=["q.png"])
 
 Images go through exactly the preprocessing used to build the training data (for Omniglot,

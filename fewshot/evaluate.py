@@ -1,6 +1,6 @@
 """Evaluation CLI: novel-class accuracy with 95% intervals, paired comparison, verification and retrieval.
 
-    python -m fewshot.evaluate runs/latest/best.pt --ways 5 20 --shots 1 5 --episodes 1000
+    python -m fewshot.evaluate runs/proto/best.pt --ways 5 20 --shots 1 5 --episodes 1000
 
 Episodes come from a seed (or a saved episode list), and the JSON report records which, with the
 checkpoint's SHA-256, so any number can be reproduced exactly. The training CLI's final evaluation

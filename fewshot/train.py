@@ -66,7 +66,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     data_root: str | None = None
-    output: str = "runs/latest"
+    output: str | None = None  # default: a new runs/<dataset>-<learner>-<ways>w<shots>s-<time> directory
     device: str = "auto"
     threads: int | None = None
 
@@ -268,6 +268,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if config.output is None:
+        if resume:
+            raise ValueError("--resume needs --output: the run directory to continue")
+        config.output = f"runs/{config.dataset}-{config.learner}-{config.ways}w{config.shots}s-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(config.output)
     if not resume and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --output")
@@ -308,6 +312,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         seconds = seconds_before + time.perf_counter() - started
         save_checkpoint(run_dir / name, _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits, seconds))
 
+    if progress:
+        print(f"run directory: {run_dir}", file=sys.stderr)
     bar = tqdm(range(start, config.episodes), initial=start, total=config.episodes, disable=not progress,
                desc=f"{config.learner} {config.train_ways}-way {config.shots}-shot", dynamic_ncols=True)
     try:
@@ -405,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--val-episodes", type=int, default=defaults.val_episodes)
     run.add_argument("--test-episodes", type=int, default=defaults.test_episodes)
     run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    run.add_argument("--output", default=defaults.output, help="run directory")
+    run.add_argument("--output", default=None, help="run directory (default: a new runs/<dataset>-<learner>-<ways>w<shots>s-<time>)")
     run.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")

@@ -377,3 +377,14 @@ def test_non_finite_loss_stops_with_the_episode_and_keeps_the_last_finite_checkp
     assert last["episode"] == failed_episode - 1
     assert all(torch.isfinite(tensor).all() for tensor in last["model"].values())
     assert not (tmp_path / "test_report.json").exists()
+
+
+def test_without_output_each_run_gets_a_new_directory_and_resume_needs_one(omniglot_root: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_main([*TINY, "--episodes", "2", "--val-every", "2", "--data-root", str(omniglot_root)])
+    assert code == 0, stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("omniglot-protonet-5w1s-") and (run_dir / "best.pt").exists()
+    code, _, stderr = run_main([*TINY, "--episodes", "2", "--data-root", str(omniglot_root), "--resume"])
+    assert code == 2 and "--resume needs --output" in stderr
