@@ -109,6 +109,7 @@ def embed_split(model: FewShotModel, split: ClassSplit, device: torch.device, ba
     return torch.cat(chunks)
 
 
+@torch.no_grad()
 def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, device: torch.device,
                       pairs: int = 100_000, seed: int = 0, far: tuple[float, ...] = (1e-3, 1e-2, 1e-1)) -> dict[str, Any]:
     """Verification (threshold chosen on validation classes) and retrieval metrics on the test classes."""
@@ -133,7 +134,7 @@ def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, de
         embeddings = embed_split(model, split, device)
         labels = torch.from_numpy(split.labels)
         chosen = torch.from_numpy(balanced_pairs(split.labels, rng))
-        scores[name] = metrics.pair_scores(embeddings, labels, distance=lambda x, y: distance(x, y), pairs=chosen)
+        scores[name] = metrics.pair_scores(embeddings, labels, distance=distance, pairs=chosen)
         if name == "test":
             test_embeddings, test_labels = embeddings, labels
     threshold = metrics.choose_threshold(*scores["val"], criterion="eer")
@@ -150,8 +151,8 @@ def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, de
         },
         "retrieval": {
             "items": int(len(test_labels)),
-            "recall_at_1": metrics.recall_at_k(test_embeddings, test_labels, k=1, distance=lambda x, y: distance(x, y)),
-            "map_at_r": metrics.map_at_r(test_embeddings, test_labels, distance=lambda x, y: distance(x, y)),
+            "recall_at_1": metrics.recall_at_k(test_embeddings, test_labels, k=1, distance=distance),
+            "map_at_r": metrics.map_at_r(test_embeddings, test_labels, distance=distance),
         },
     }
 
