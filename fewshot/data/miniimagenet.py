@@ -24,11 +24,9 @@ import numpy as np
 import PIL
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, fetch_split_list, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, fetch_split_list, load_resized, resolve_data_root
 
 SPLITS = ("train", "val", "test")
 RAVI_SPLITS_URL = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet"
@@ -50,18 +48,7 @@ def preprocess_image(image: Image.Image | str | Path, image_size: int = 84) -> t
     The resize is torchvision's antialiased bilinear resize on PIL images; an image already `image_size` square
     is left untouched (the 84x84 miniImageNet files at the default size).
     """
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                return preprocess_image(opened, image_size)
-        except (OSError, SyntaxError) as error:
-            raise ValueError(f"cannot read image {image}: {error}") from error
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    rgb = image.convert("RGB")
-    resized = TF.resize(rgb, [image_size, image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
+    return torch.from_numpy(load_resized(image, image_size, "RGB")).permute(2, 0, 1).contiguous()
 
 def read_split_csv(path: str | Path) -> list[tuple[str, str]]:
     """Return the (filename, wnid) rows of a Ravi split CSV, checking the header and that filenames are unique."""

@@ -23,11 +23,9 @@ import numpy as np
 import PIL
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, fetch_split_list, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, fetch_split_list, load_resized, resolve_data_root
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 PARTS = (BACKGROUND, EVALUATION)
@@ -56,18 +54,7 @@ def preprocess_image(image: Image.Image | str | Path, image_size: int = 28) -> t
     rotations and augmentation assume, and it is the convention of MNIST-style models and the
     few-shot literature (Prototypical Networks use 1 - x).
     """
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                return preprocess_image(opened, image_size)
-        except (OSError, SyntaxError) as error:
-            raise ValueError(f"cannot read image {image}: {error}") from error
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    gray = image.convert("L")
-    small = TF.resize(gray, [image_size, image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return 255 - torch.from_numpy(np.array(small, dtype=np.uint8))
-
+    return 255 - torch.from_numpy(load_resized(image, image_size, "L"))
 
 @dataclass(frozen=True)
 class _Source:

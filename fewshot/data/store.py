@@ -10,7 +10,10 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.datasets.utils import download_url
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
 from episodes.torch import TensorStore
 
@@ -207,3 +210,18 @@ def fetch_split_list(path: Path, url: str, download: bool, what: str) -> None:
         f"{what} not found: looked for {path}.\n{failure}"
         f"Put the file (from {url.rsplit('/', 1)[0]}) in {path.parent}, or load with download=True when online."
     )
+
+
+def load_resized(image: Image.Image | str | Path, image_size: int, mode: str) -> np.ndarray:
+    """uint8 pixels of `image` (a PIL image or a file path) in PIL `mode`, resized to a square with
+    torchvision's antialiased bilinear resize (a no-op at the image's own size)."""
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as opened:
+                return load_resized(opened, image_size, mode)
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"cannot read image {image}: {error}") from error
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    resized = TF.resize(image.convert(mode), [image_size, image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return np.array(resized, dtype=np.uint8)
