@@ -22,7 +22,6 @@ import torch
 from episodes.sampler import EpisodeSampler
 from fewshot.data import load_omniglot, resolve_data_root
 from fewshot.model import FewShotModel, ModelSpec
-from fewshot.train import episode_tensors
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
 
@@ -52,7 +51,7 @@ def ours(root: Path, steps: int) -> dict[str, float]:
     sampler = EpisodeSampler(split.labels, WAYS, SHOTS, QUERIES, seed=0)
     torch.manual_seed(0)
     model = FewShotModel(ModelSpec())
-    return timed_loop(lambda i: episode_tensors(split, sampler.episode(i), torch.device("cpu")), model, steps)
+    return timed_loop(lambda i: split.episode_tensors(sampler.episode(i)), model, steps)
 
 
 def learn2learn_pipeline(root: Path, steps: int) -> dict[str, float]:

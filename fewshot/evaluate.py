@@ -30,12 +30,6 @@ from fewshot.model import FewShotModel
 EVAL_SPLITS = ("test", "val", "train")
 
 
-def _episode_batch(split: ClassSplit, episode: Episode, device: torch.device) -> tuple[torch.Tensor, ...]:
-    images = split.to_float(split.gather(np.concatenate([episode.support, episode.query]))).to(device)
-    n_support = len(episode.support)
-    return (images[:n_support], torch.from_numpy(episode.support_labels).to(device),
-            images[n_support:], torch.from_numpy(episode.query_labels).to(device))
-
 
 def evaluation_episodes(split: ClassSplit, ways: int, shots: int, queries: int, episodes: int, seed: int) -> list[Episode]:
     """The `episodes` evaluation episodes of a split for a seed: the same list for every model."""
@@ -69,7 +63,7 @@ def evaluate_model(
     accuracies = np.zeros((len(models), len(chosen)))
     try:
         for e, episode in enumerate(tqdm(chosen, desc=f"{ways}-way {shots}-shot", disable=not progress, leave=False)):
-            support_x, support_y, query_x, query_y = _episode_batch(split, episode, device)
+            support_x, support_y, query_x, query_y = split.episode_tensors(episode, device)
             for m_index, m in enumerate(models):
                 logits = m.logits(support_x, support_y, query_x)
                 accuracies[m_index, e] = metrics.episode_accuracy(logits, query_y)

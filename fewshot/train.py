@@ -89,15 +89,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def episode_tensors(split: ClassSplit, episode, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(support_x, support_y, query_x, query_y) float tensors of one episode on `device`."""
-    images = split.to_float(split.gather(np.concatenate([episode.support, episode.query])))
-    images = images.to(device, non_blocking=True)
-    n_support = len(episode.support)
-    support_y = torch.from_numpy(episode.support_labels).to(device)
-    query_y = torch.from_numpy(episode.query_labels).to(device)
-    return images[:n_support], support_y, images[n_support:], query_y
-
 
 def episode_generator(seed: int, episode: int) -> torch.Generator:
     """The torch RNG a learner may use in episode `episode` (miners), a pure function of (seed, episode)."""
@@ -322,7 +313,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 save("last.pt", index)
                 raise KeyboardInterrupt(f"interrupted before episode {index}; state saved to {run_dir / 'last.pt'}")
             model.train()
-            support_x, support_y, query_x, query_y = episode_tensors(train_split, sampler.episode(index), device)
+            support_x, support_y, query_x, query_y = train_split.episode_tensors(sampler.episode(index), device)
             output = model(support_x, support_y, query_x, query_y, generator=episode_generator(config.seed, index))
             if not torch.isfinite(output.loss):
                 # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, fetch_split_list, load_resized, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, load_cache, fetch_split_list, load_resized, resolve_data_root
 
 SPLITS = ("train", "val", "test")
 RAVI_SPLITS_URL = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet"
@@ -246,16 +246,6 @@ def _build_from_pickle(path: Path, csv_path: Path, rows: list[tuple[str, str]], 
     return images, [f"{path.name}[{row}]" for row in order], wnids
 
 
-def _load_cache(path: Path, key: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, weights_only=True)
-    except Exception as error:  # a damaged cache is rebuilt, never trusted
-        warnings.warn(f"ignoring unreadable miniImageNet cache {path} ({error}); rebuilding it", stacklevel=3)
-        return None
-    return payload if payload.get("key") == key else None
-
 
 def _check_disjoint(rows_by_split: dict[str, list[tuple[str, str]]], csv_paths: dict[str, Path]) -> None:
     split_of: dict[str, str] = {}
@@ -279,7 +269,7 @@ def _load_split(
         file_stats = [(source.name, stat.st_size, stat.st_mtime_ns)]
     key = _cache_key(fmt, source, csv_path, image_size, file_stats)
     cache_file = cache_dir() / "miniimagenet" / f"miniimagenet-{split}-{image_size}px-{key[:16]}.pt"
-    payload = _load_cache(cache_file, key)
+    payload = load_cache(cache_file, key, "miniImageNet")
     if payload is None:
         desc = f"Decoding miniImageNet {split}"
         if fmt == "jpeg":

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, download_file, fetch_split_list, load_resized, resolve_data_root
+from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, load_cache, download_file, fetch_split_list, load_resized, resolve_data_root
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 PARTS = (BACKGROUND, EVALUATION)
@@ -359,16 +359,6 @@ def _build(sources: list[_Source], image_size: int) -> dict:
     }
 
 
-def _load_cache(path: Path, key: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, weights_only=True)
-    except Exception as error:  # a damaged cache is rebuilt, never trusted
-        warnings.warn(f"ignoring unreadable Omniglot cache {path} ({error}); rebuilding it", stacklevel=3)
-        return None
-    return payload if payload.get("key") == key else None
-
 
 def load_omniglot(root: str | Path | None = None, image_size: int = 28, download: bool = True) -> OmniglotStore:
     """Load all of Omniglot as uint8 [32460, image_size, image_size], from the disk cache when it is current.
@@ -382,7 +372,7 @@ def load_omniglot(root: str | Path | None = None, image_size: int = 28, download
     sources = _locate_sources(root, download)
     key = _cache_key(sources, image_size)
     cache_file = cache_dir() / "omniglot" / f"omniglot-{image_size}px-{key[:16]}.pt"
-    payload = _load_cache(cache_file, key)
+    payload = load_cache(cache_file, key, "Omniglot")
     from_cache = payload is not None
     if payload is None:
         payload = _build(sources, image_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -177,6 +178,14 @@ class ClassSplit(torch.utils.data.Dataset):
         images = self._store.gather(np.asarray(indices, dtype=np.int64), torch.uint8)
         return images.view(len(images), *self.images.shape[1:])
 
+    def episode_tensors(self, episode, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(support_x, support_y, query_x, query_y) of an `episodes.Episode` over this split, as float
+        images in [0, 1] and episode labels, on `device`; support and query gathered in one pass."""
+        images = to_float(self.gather(np.concatenate([episode.support, episode.query]))).to(device, non_blocking=True)
+        n_support = len(episode.support)
+        return (images[:n_support], torch.from_numpy(episode.support_labels).to(device),
+                images[n_support:], torch.from_numpy(episode.query_labels).to(device))
+
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """Convert gathered uint8 images to float [n,1,H,W] (or [n,C,H,W]) in [0, 1]."""
         return to_float(images)
@@ -225,3 +234,18 @@ def load_resized(image: Image.Image | str | Path, image_size: int, mode: str) ->
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     resized = TF.resize(image.convert(mode), [image_size, image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
     return np.array(resized, dtype=np.uint8)
+
+
+def load_cache(path: Path, key: str, what: str) -> dict | None:
+    """The cached payload at `path` if it is readable and built for `key`, else None (then it is rebuilt).
+
+    Read weights-only; a damaged cache is never trusted: it is reported (naming `what`) and rebuilt.
+    """
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as error:  # any unreadable file: rebuild rather than fail
+        warnings.warn(f"ignoring unreadable {what} cache {path} ({error}); rebuilding it", stacklevel=3)
+        return None
+    return payload if payload.get("key") == key else None
