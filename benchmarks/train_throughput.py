@@ -1,6 +1,6 @@
 """Training throughput on this CPU: our episodic pipeline vs learn2learn's, doing the same step.
 
-    FEWSHOT_DATA=/path/to/data python -m benchmarks.train_throughput [--steps 150] [--threads 2]
+    FEWSHOT_DATA=/path/to/data python -m benchmarks.train_throughput [--steps 150] [--threads 2] [--bf16]
 
 Both pipelines train the same Conv-4 with the same prototypical loss and Adam on 5-way 1-shot
 15-query Omniglot episodes; they differ in how episodes are made (ours: seeded index sampling and
@@ -45,12 +45,13 @@ def timed_loop(next_episode, model: FewShotModel, steps: int, warmup: int = 10) 
     return {"data": data_s / steps, "step": step_s / steps}
 
 
-def ours(root: Path, steps: int) -> dict[str, float]:
+def ours(root: Path, steps: int, compute_dtype: torch.dtype | None = None) -> dict[str, float]:
     store = load_omniglot(root)
     split = store.split("train")
     sampler = EpisodeSampler(split.labels, WAYS, SHOTS, QUERIES, seed=0)
     torch.manual_seed(0)
     model = FewShotModel(ModelSpec())
+    model.compute_dtype = compute_dtype  # what `fewshot.train --precision bf16` sets
     return timed_loop(lambda i: split.episode_tensors(sampler.episode(i)), model, steps)
 
 
@@ -81,10 +82,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="also time our step with the backbone under bfloat16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = resolve_data_root(args.root)
     results = {"fewshot": ours(root, args.steps), "learn2learn": learn2learn_pipeline(root, args.steps)}
+    if args.bf16:
+        results["fewshot --precision bf16"] = ours(root, args.steps, torch.bfloat16)
 
     print(f"\nTraining throughput, Omniglot {WAYS}-way {SHOTS}-shot {QUERIES}-query, Conv-4 protonet, "
           f"{args.threads} threads, {args.steps} timed steps")
@@ -93,8 +97,10 @@ def main() -> None:
     for name, r in results.items():
         total = r["data"] + r["step"]
         print(f"| {name} | {1 / total:.1f} | {1000 * r['data']:.2f} | {1000 * r['step']:.1f} | {100 * r['data'] / total:.1f}% |")
-    ratio = (results["learn2learn"]["data"] + results["learn2learn"]["step"]) / (results["fewshot"]["data"] + results["fewshot"]["step"])
-    print(f"\nfewshot / learn2learn episodes per second: {ratio:.2f}x")
+    peer = results["learn2learn"]["data"] + results["learn2learn"]["step"]
+    for name in [n for n in results if n != "learn2learn"]:
+        print(f"\n{name} / learn2learn episodes per second: {peer / (results[name]['data'] + results[name]['step']):.2f}x", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -96,11 +96,11 @@ class TensorStore:
     `images`, `image_index` and `rotation` attributes (e.g. an Omniglot class split) can be wrapped
     with `TensorStore.from_arrays(obj)`; the image memory is shared, not copied.
 
-    Items are gathered one vectorised pass per rotation: half turns are a byte reversal, quarter turns
-    a read from a transposed copy of the images (made on first need: 2x the image memory) and a flip.
-    `cache_rotations=True` instead stores each (image, rotation) pair that items use once, rotated, so
-    that a gather is a single copy: faster, at the cost of that memory (for Omniglot with 4 rotations
-    of every image: 4x the image memory).
+    Items are gathered in one vectorised take per parity of the rotation: even turns read the images,
+    odd turns a quarter-turned copy of them (made on first need: 2x the image memory, never 4x); half
+    turns then reverse each channel's pixels in place. `cache_rotations=True` instead stores each
+    (image, rotation) pair that items use once, rotated, so that a gather is a single copy: faster, at
+    the cost of that memory (for Omniglot with 4 rotations of every image: 4x the image memory).
     """
 
     def __init__(self, images: torch.Tensor | np.ndarray, image_index: np.ndarray | None = None,
@@ -125,7 +125,7 @@ class TensorStore:
             if np.any(rotation % 2 == 1) and array.shape[-1] != array.shape[-2]:
                 raise ValueError(f"odd quarter turns need square images, got {array.shape[-2]}x{array.shape[-1]}")
             self.rotation = rotation if np.any(rotation) else None
-        self._rotated = self._rotated_rows = self._transposed = None
+        self._rotated = self._rotated_rows = self._quarter = None
         if cache_rotations and self.rotation is not None:
             pairs, self._rotated_rows = np.unique(self.image_index * 4 + self.rotation, return_inverse=True)
             self._rotated = np.empty((len(pairs), *self.item_shape), dtype=np.uint8)
@@ -167,24 +167,30 @@ class TensorStore:
             items = draw.items.reshape(count, ways, shots + queries)
             layout = np.concatenate([items[:, :, :shots].reshape(count, -1),
                                      items[:, :, shots:].reshape(count, -1)], axis=1).reshape(-1)
+            buffer = self._gather(layout)
+            # Per-episode views come from a few tensor calls per block (split, unbind), not several per episode.
+            support_y = torch.arange(ways).repeat_interleave(shots).repeat(count, 1).unbind(0)
+            query_y = torch.arange(ways).repeat_interleave(queries).repeat(count, 1).unbind(0)
+            if dtype == torch.uint8:
+                x = torch.from_numpy(buffer).view(count, ways * (shots + queries), *self.item_shape)
+                support_x, query_x = (part.unbind(0) for part in x.split([ways * shots, ways * queries], dim=1))
+                yield from zip(support_x, support_y, query_x, query_y)
+                return
             n_support, n_query = [ways * shots] * count, [ways * queries] * count
-            # One label array per block; each episode gets a row view, not a fresh allocation.
-            support_labels = np.tile(np.repeat(np.arange(ways), shots), (count, 1))
-            query_labels = np.tile(np.repeat(np.arange(ways), queries), (count, 1))
         else:
             episodes = draw.episodes()
             layout = np.concatenate([e.indices() for e in episodes]) if episodes else np.zeros(0, np.int64)
+            buffer = self._gather(layout)
             n_support, n_query = [len(e.support) for e in episodes], [len(e.query) for e in episodes]
-            support_labels = [e.support_labels for e in episodes]
-            query_labels = [e.query_labels for e in episodes]
-        buffer = self._gather(layout)
+            support_y = [torch.from_numpy(e.support_labels) for e in episodes]
+            query_y = [torch.from_numpy(e.query_labels) for e in episodes]
         start = 0
         for e in range(count):
             split, end = n_support[e], n_support[e] + n_query[e]
-            x = _convert(buffer[start:start + end], dtype)  # numpy slices and wraps faster than torch indexes
+            x = _convert(buffer[start:start + end], dtype)  # float episodes get their own memory
             start += end
-            yield (torch.from_numpy(x[:split]), torch.from_numpy(support_labels[e]),
-                   torch.from_numpy(x[split:]), torch.from_numpy(query_labels[e]))
+            # numpy slices and wraps faster than torch indexes
+            yield torch.from_numpy(x[:split]), support_y[e], torch.from_numpy(x[split:]), query_y[e]
 
     def _check_items(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
         items = np.asarray(items)
@@ -194,13 +200,17 @@ class TensorStore:
             raise IndexError(f"items must lie in [0, {len(self)}), got {items.min()}..{items.max()}")
         return items.astype(np.int64, copy=False)
 
-    def _transposed_images(self) -> np.ndarray:
-        if self._transposed is None:
-            self._transposed = np.ascontiguousarray(self.images.swapaxes(-1, -2))
-        return self._transposed
+    def _quarter_turned_images(self) -> np.ndarray:
+        if self._quarter is None:
+            self._quarter = np.ascontiguousarray(np.rot90(self.images, 1, axes=(-2, -1)))
+        return self._quarter
 
     def _gather(self, items: np.ndarray) -> np.ndarray:
-        """Gather items [n, C, H, W] in order, rotations applied, one vectorised pass per quarter turn."""
+        """Gather items [n, C, H, W] in order, rotations applied.
+
+        Even turns read the images and odd turns a quarter-turned copy (one vectorised take each); a half
+        turn on top of that reverses each channel's pixels, done for all such items at once.
+        """
         buffer = np.empty((len(items), *self.item_shape), dtype=np.uint8)
         # take(mode="clip") writes straight into `out` (mode="raise" buffers); rows are valid here.
         if self._rotated is not None:
@@ -209,22 +219,29 @@ class TensorStore:
         if self.rotation is None:
             return np.take(self.images, rows, axis=0, out=buffer, mode="clip")
         turns = self.rotation[items]
-        for k in range(4):
-            where = np.flatnonzero(turns == k)
-            if len(where) == 0:
-                continue
-            if k == 0:
-                buffer[where] = self.images.take(rows[where], axis=0)
-            elif k == 2:  # a half turn reverses each channel's pixels; torch reverses bytes much faster than numpy
-                buffer[where] = torch.from_numpy(self.images.take(rows[where], axis=0)).flatten(-2).flip(-1).view(
-                    len(where), *self.item_shape).numpy()
-            else:
-                # A quarter turn is a transpose and a flip. Strided uint8 transposes are slow, so odd turns
-                # read a transposed copy of the images (made once: 2x the image memory, never 4x) and flip:
-                # rot90 = transpose, then reverse the rows; rot270 = transpose, then reverse each row.
-                transposed = torch.from_numpy(self._transposed_images().take(rows[where], axis=0))
-                buffer[where] = transposed.flip(-2 if k == 1 else -1).numpy()
+        odd = (turns & 1).astype(bool)
+        if not odd.any():
+            np.take(self.images, rows, axis=0, out=buffer, mode="clip")
+        else:
+            even_at, odd_at = np.flatnonzero(~odd), np.flatnonzero(odd)
+            buffer[even_at] = self.images.take(rows[even_at], axis=0)
+            buffer[odd_at] = self._quarter_turned_images().take(rows[odd_at], axis=0)
+        _reverse_pixels(buffer, np.flatnonzero(turns >= 2))
         return buffer
+
+
+def _reverse_pixels(images: np.ndarray, where: np.ndarray) -> None:
+    """Turn images[where] ([n, C, H, W] uint8) half a turn in place: reverse each channel's pixels."""
+    if len(where) == 0:
+        return
+    n, channels, height, width = images.shape
+    pixels = images.reshape(n, channels, height * width)
+    if (height * width) % 8 == 0:
+        # Reversing bytes = reversing 8-byte words, then each word's bytes: 8x fewer strided element copies.
+        words = pixels.view(np.uint64)
+        words[where] = words.take(where, axis=0)[:, :, ::-1].byteswap()
+    else:
+        pixels[where] = pixels.take(where, axis=0)[:, :, ::-1]
 
 
 _FLOAT_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}

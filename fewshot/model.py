@@ -60,9 +60,18 @@ class FewShotModel(nn.Module):
             distance = None
         self.learner = build_learner(spec.learner, distance, **learner_kwargs)
 
+    #: Autocast dtype for the backbone (None: float32). A training setting, not part of the architecture:
+    #: the weights stay float32 and the distances and losses are computed in float32 whatever it is.
+    compute_dtype: torch.dtype | None = None
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Embeddings [n, d] of float images [n, C, H, W]."""
-        return self.backbone(images.contiguous(memory_format=torch.channels_last))
+        """Float32 embeddings [n, d] of float images [n, C, H, W]."""
+        images = images.contiguous(memory_format=torch.channels_last)
+        if self.compute_dtype is None:
+            return self.backbone(images)
+        with torch.autocast(images.device.type, dtype=self.compute_dtype):
+            embeddings = self.backbone(images)
+        return embeddings.float()
 
     def forward(
         self,

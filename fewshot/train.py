@@ -33,6 +33,7 @@ from fewshot.miners import MINERS
 from fewshot.model import FewShotModel, ModelSpec
 
 SCHEDULES = ("step", "cosine", "none")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -69,6 +70,7 @@ class TrainConfig:
     output: str | None = None  # default: a new runs/<dataset>-<learner>-<ways>w<shots>s-<time> directory
     device: str = "auto"
     threads: int | None = None
+    precision: str = "fp32"  # "bf16": backbone under bfloat16 autocast (2x faster on CPUs with AVX512-BF16 or AMX)
 
     # Settings that may change between a run and its resumption without changing its numbers.
     RESUMABLE_CHANGES = ("episodes", "output", "device", "data_root", "test_episodes", "threads")
@@ -110,6 +112,8 @@ def model_spec(config: TrainConfig, splits: DatasetSplits) -> ModelSpec:
 
 def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
     """Fail before training on settings the data cannot serve."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"unknown --precision {config.precision!r}; expected one of {sorted(PRECISIONS)}")
     for name, value in (("ways", config.ways), ("shots", config.shots), ("queries", config.queries),
                         ("train_ways", config.train_ways), ("eval_queries", config.eval_queries), ("episodes", config.episodes),
                         ("val_every", config.val_every), ("checkpoint_every", config.checkpoint_every),
@@ -244,6 +248,8 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     saved = state["config"]
     # A cosine schedule spans the run's length: a longer run would climb the lr back up from zero.
     resumable = [k for k in TrainConfig.RESUMABLE_CHANGES if not (k == "episodes" and config.schedule == "cosine")]
+    # A setting added after the run was saved had its default then.
+    saved = {**asdict(TrainConfig()), **saved}
     changed = {k: (saved.get(k), v) for k, v in asdict(config).items() if k not in resumable and saved.get(k) != v}
     if changed:
         described = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in changed.items())
@@ -274,6 +280,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 
     torch.manual_seed(config.seed)
     model = FewShotModel(spec).to(device)
+    model.compute_dtype = PRECISIONS[config.precision]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
     start, best = 0, {"episode": None, "accuracy": -1.0}
@@ -404,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     run.add_argument("--output", default=None, help="run directory (default: a new runs/<dataset>-<learner>-<ways>w<shots>s-<time>)")
     run.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--precision", choices=sorted(PRECISIONS), default=defaults.precision,
+                     help="bf16: run the backbone under bfloat16 autocast (weights, distances and losses stay float32)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

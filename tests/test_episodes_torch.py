@@ -47,9 +47,10 @@ def test_store_rotates_like_rot90_on_real_omniglot(train_split, cache_rotations)
     assert torch.equal(floats, expected.float() / 255)
 
 
-def test_store_handles_channels_and_no_rotation():
+@pytest.mark.parametrize("side", [5, 4])  # half turns reverse 25 pixels bytewise, 16 pixels as 8-byte words
+def test_store_handles_channels_and_no_rotation(side):
     rng = np.random.default_rng(1)
-    images = torch.from_numpy(rng.integers(0, 256, (7, 3, 5, 5), dtype=np.uint8))
+    images = torch.from_numpy(rng.integers(0, 256, (7, 3, side, side), dtype=np.uint8))
     image_index = rng.integers(0, 7, 40)
     rotation = rng.integers(0, 4, 40).astype(np.int8)
     store = TensorStore(images, image_index, rotation)

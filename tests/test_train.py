@@ -243,9 +243,31 @@ def test_every_learner_trains_through_the_cli(learner: str, metric: str, miner: 
     assert "5-way 1-shot accuracy" in stdout
 
 
+def test_bf16_precision_autocasts_the_backbone_only(omniglot_root: Path, tmp_path: Path) -> None:
+    split = load_splits("omniglot", "vinyals", str(omniglot_root), 28).train
+    images = split.to_float(split.gather(np.arange(0, 400, 20)))
+    torch.manual_seed(0)
+    model = FewShotModel(ModelSpec())
+    reference = model.embed(images)
+    model.compute_dtype = torch.bfloat16
+    embeddings = model.embed(images)
+    # float32 out (distances and losses stay float32), within bfloat16's 8-bit mantissa of the float32 result
+    assert embeddings.dtype == torch.float32 and not torch.equal(embeddings, reference)
+    assert torch.allclose(embeddings, reference, rtol=0.05, atol=0.05 * reference.abs().max().item())
+
+    code, _, stderr = run_main(run_args(tmp_path, omniglot_root, episodes=3,
+                                        extra=("--precision", "bf16", "--val-every", "3", "--val-episodes", "2")))
+    assert code == 0, stderr
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["config"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    assert all(np.isfinite(r["loss"]) for r in read_log(tmp_path) if r["kind"] == "train")
+
+
 @pytest.mark.parametrize(("flag", "value", "valid"), [("--learner", "protonett", "protonet"),
                                                       ("--metric", "manhattan", "mahalanobis"),
-                                                      ("--backbone", "vgg16", "resnet12")])
+                                                      ("--backbone", "vgg16", "resnet12"),
+                                                      ("--precision", "fp16", "bf16")])
 def test_unknown_names_are_refused_with_the_valid_choices(flag: str, value: str, valid: str,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
