@@ -96,10 +96,10 @@ class TensorStore:
     `images`, `image_index` and `rotation` attributes (e.g. an Omniglot class split) can be wrapped
     with `TensorStore.from_arrays(obj)`; the image memory is shared, not copied.
 
-    Items are gathered in one vectorised take per parity of the rotation: even turns read the images,
-    odd turns a quarter-turned copy of them (made on first need: 2x the image memory, never 4x); half
-    turns then reverse each channel's pixels in place. `cache_rotations=True` instead stores each
-    (image, rotation) pair that items use once, rotated, so that a gather is a single copy: faster, at
+    Items are gathered with one vectorised take from the images stacked on a quarter-turned copy of them
+    (made on first need when some turn is odd: 2x the image memory, never 4x); items with half turns
+    then have each channel's pixels reversed. `cache_rotations=True` instead stores each (image,
+    rotation) pair that items use once, rotated, so that a gather is a single copy: faster, at
     the cost of that memory (for Omniglot with 4 rotations of every image: 4x the image memory).
     """
 
@@ -125,7 +125,13 @@ class TensorStore:
             if np.any(rotation % 2 == 1) and array.shape[-1] != array.shape[-2]:
                 raise ValueError(f"odd quarter turns need square images, got {array.shape[-2]}x{array.shape[-1]}")
             self.rotation = rotation if np.any(rotation) else None
-        self._rotated = self._rotated_rows = self._quarter = None
+        self._rotated = self._rotated_rows = self._both_parities = None
+        if self.rotation is not None:
+            # Per item: its row in [images; quarter-turned images], and whether a half turn remains.
+            odd = (self.rotation & 1).astype(np.int64)
+            self._parity_rows = self.image_index + odd * len(self.images)
+            self._half_turned = self.rotation >= 2
+            self._needs_quarter = bool(odd.any())
         if cache_rotations and self.rotation is not None:
             pairs, self._rotated_rows = np.unique(self.image_index * 4 + self.rotation, return_inverse=True)
             self._rotated = np.empty((len(pairs), *self.item_shape), dtype=np.uint8)
@@ -150,47 +156,53 @@ class TensorStore:
         return torch.from_numpy(_convert(self.gather_uint8(items), dtype))
 
     def iter_episodes(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32,
-                      block: int = 32) -> Iterator[EpisodeTensors]:
+                      block: int = 4) -> Iterator[EpisodeTensors]:
         """Yield `(support_x, support_y, query_x, query_y)` for each drawn episode.
 
-        Images are gathered `block` episodes at a time, in episode order (one gather each; small enough to
-        stay in cache). Float episodes are their own tensors; uint8 episodes are views of their block's
-        buffer (so holding one keeps that block's ~2 MB alive).
+        Images are gathered `block` episodes at a time, in episode order (one gather each; small blocks stay
+        in cache: 4 was fastest here). Float episodes are their own tensors; uint8 episodes are views of
+        their block's buffer (so holding one keeps its block alive: ~250 KB for 5-way 16-item Omniglot).
         """
-        for start in range(0, len(draw), block):
-            yield from self._iter_block(draw.slice(start, start + block), dtype)
+        if len(draw) and draw.fixed_shape:
+            return self._iter_fixed_shape(draw, dtype, block)
+        return self._iter_any_shape(draw, dtype, block)
 
-    def _iter_block(self, draw: EpisodeDraw, dtype: torch.dtype) -> Iterator[EpisodeTensors]:
-        count = len(draw.indices)
-        if count and draw.fixed_shape:
-            ways, shots, queries = int(draw.ways[0]), int(draw.shots[0]), draw.queries
-            items = draw.items.reshape(count, ways, shots + queries)
-            layout = np.concatenate([items[:, :, :shots].reshape(count, -1),
-                                     items[:, :, shots:].reshape(count, -1)], axis=1).reshape(-1)
-            buffer = self._gather(layout)
-            # Per-episode views come from a few tensor calls per block (split, unbind), not several per episode.
-            support_y = torch.arange(ways).repeat_interleave(shots).repeat(count, 1).unbind(0)
-            query_y = torch.arange(ways).repeat_interleave(queries).repeat(count, 1).unbind(0)
+    def _iter_any_shape(self, draw: EpisodeDraw, dtype: torch.dtype, block: int) -> Iterator[EpisodeTensors]:
+        for start in range(0, len(draw), block):
+            episodes = draw.slice(start, start + block).episodes()
+            buffer = self._gather(np.concatenate([e.indices() for e in episodes]))
+            offset = 0
+            for e in episodes:
+                n_support, n_items = len(e.support), len(e.support) + len(e.query)
+                x = _convert(buffer[offset:offset + n_items], dtype)  # float episodes get their own memory
+                offset += n_items
+                yield (torch.from_numpy(x[:n_support]), torch.from_numpy(e.support_labels),
+                       torch.from_numpy(x[n_support:]), torch.from_numpy(e.query_labels))
+
+    def _iter_fixed_shape(self, draw: EpisodeDraw, dtype: torch.dtype, block: int) -> Iterator[EpisodeTensors]:
+        # Episodes of one shape are sliced out of each block's buffer with a few tensor calls per block
+        # (split, unbind), and their labels with a few per draw, rather than several calls per episode.
+        count, ways, shots, queries = len(draw), int(draw.ways[0]), int(draw.shots[0]), draw.queries
+        items = draw.items.reshape(count, ways, shots + queries)
+        layout = np.concatenate([items[:, :, :shots].reshape(count, -1), items[:, :, shots:].reshape(count, -1)],
+                                axis=1)
+        n_support, n_query = ways * shots, ways * queries
+        support_y = torch.from_numpy(np.tile(np.repeat(np.arange(ways), shots), (count, 1))).unbind(0)
+        query_y = torch.from_numpy(np.tile(np.repeat(np.arange(ways), queries), (count, 1))).unbind(0)
+        for start in range(0, count, block):
+            stop = min(start + block, count)
+            buffer = self._gather(layout[start:stop].reshape(-1))
+            labels = zip(support_y[start:stop], query_y[start:stop])
             if dtype == torch.uint8:
-                x = torch.from_numpy(buffer).view(count, ways * (shots + queries), *self.item_shape)
-                support_x, query_x = (part.unbind(0) for part in x.split([ways * shots, ways * queries], dim=1))
-                yield from zip(support_x, support_y, query_x, query_y)
-                return
-            n_support, n_query = [ways * shots] * count, [ways * queries] * count
-        else:
-            episodes = draw.episodes()
-            layout = np.concatenate([e.indices() for e in episodes]) if episodes else np.zeros(0, np.int64)
-            buffer = self._gather(layout)
-            n_support, n_query = [len(e.support) for e in episodes], [len(e.query) for e in episodes]
-            support_y = [torch.from_numpy(e.support_labels) for e in episodes]
-            query_y = [torch.from_numpy(e.query_labels) for e in episodes]
-        start = 0
-        for e in range(count):
-            split, end = n_support[e], n_support[e] + n_query[e]
-            x = _convert(buffer[start:start + end], dtype)  # float episodes get their own memory
-            start += end
-            # numpy slices and wraps faster than torch indexes
-            yield torch.from_numpy(x[:split]), support_y[e], torch.from_numpy(x[split:]), query_y[e]
+                x = torch.from_numpy(buffer).view(stop - start, n_support + n_query, *self.item_shape)
+                support_x, query_x = (part.unbind(0) for part in x.split([n_support, n_query], dim=1))
+                for s_x, q_x, (s_y, q_y) in zip(support_x, query_x, labels):
+                    yield s_x, s_y, q_x, q_y
+            else:
+                for e, (s_y, q_y) in enumerate(labels):
+                    # numpy slices and wraps faster than torch indexes; float episodes get their own memory
+                    x = _convert(buffer[e * (n_support + n_query):(e + 1) * (n_support + n_query)], dtype)
+                    yield torch.from_numpy(x[:n_support]), s_y, torch.from_numpy(x[n_support:]), q_y
 
     def _check_items(self, items: np.ndarray | Sequence[int]) -> np.ndarray:
         items = np.asarray(items)
@@ -200,48 +212,32 @@ class TensorStore:
             raise IndexError(f"items must lie in [0, {len(self)}), got {items.min()}..{items.max()}")
         return items.astype(np.int64, copy=False)
 
-    def _quarter_turned_images(self) -> np.ndarray:
-        if self._quarter is None:
-            self._quarter = np.ascontiguousarray(np.rot90(self.images, 1, axes=(-2, -1)))
-        return self._quarter
+    def _with_quarter_turns(self) -> np.ndarray:
+        """`[images; images turned a quarter]`, made on first need, so one take reads either parity."""
+        if self._both_parities is None:
+            self._both_parities = np.concatenate([self.images, np.rot90(self.images, 1, axes=(-2, -1))])
+        return self._both_parities
 
     def _gather(self, items: np.ndarray) -> np.ndarray:
         """Gather items [n, C, H, W] in order, rotations applied.
 
-        Even turns read the images and odd turns a quarter-turned copy (one vectorised take each); a half
-        turn on top of that reverses each channel's pixels, done for all such items at once.
+        One vectorised take reads even turns from the images and odd turns from their quarter-turned copy;
+        half turns on top of that reverse each channel's pixels (one torch flip for all such items).
         """
         buffer = np.empty((len(items), *self.item_shape), dtype=np.uint8)
         # take(mode="clip") writes straight into `out` (mode="raise" buffers); rows are valid here.
         if self._rotated is not None:
             return np.take(self._rotated, self._rotated_rows[items], axis=0, out=buffer, mode="clip")
-        rows = self.image_index[items]
         if self.rotation is None:
-            return np.take(self.images, rows, axis=0, out=buffer, mode="clip")
-        turns = self.rotation[items]
-        odd = (turns & 1).astype(bool)
-        if not odd.any():
-            np.take(self.images, rows, axis=0, out=buffer, mode="clip")
-        else:
-            even_at, odd_at = np.flatnonzero(~odd), np.flatnonzero(odd)
-            buffer[even_at] = self.images.take(rows[even_at], axis=0)
-            buffer[odd_at] = self._quarter_turned_images().take(rows[odd_at], axis=0)
-        _reverse_pixels(buffer, np.flatnonzero(turns >= 2))
+            return np.take(self.images, self.image_index[items], axis=0, out=buffer, mode="clip")
+        source = self._with_quarter_turns() if self._needs_quarter else self.images
+        np.take(source, self._parity_rows[items], axis=0, out=buffer, mode="clip")
+        half = np.flatnonzero(self._half_turned[items])
+        if len(half):
+            # A half turn reverses each channel's pixels; torch's flip is vectorised, numpy's [::-1] copy is not.
+            pixels = buffer.reshape(len(buffer), self.item_shape[0], -1)
+            pixels[half] = torch.from_numpy(pixels.take(half, axis=0)).flip(-1).numpy()
         return buffer
-
-
-def _reverse_pixels(images: np.ndarray, where: np.ndarray) -> None:
-    """Turn images[where] ([n, C, H, W] uint8) half a turn in place: reverse each channel's pixels."""
-    if len(where) == 0:
-        return
-    n, channels, height, width = images.shape
-    pixels = images.reshape(n, channels, height * width)
-    if (height * width) % 8 == 0:
-        # Reversing bytes = reversing 8-byte words, then each word's bytes: 8x fewer strided element copies.
-        words = pixels.view(np.uint64)
-        words[where] = words.take(where, axis=0)[:, :, ::-1].byteswap()
-    else:
-        pixels[where] = pixels.take(where, axis=0)[:, :, ::-1]
 
 
 _FLOAT_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
@@ -263,7 +259,7 @@ class EpisodeDataset(IterableDataset):
     `torch.utils.data.get_worker_info()`), so shards are disjoint and a DataLoader (batch_size=None)
     yields, in order, exactly this rank's single-process stream. `source` is a `TensorStore`, an object
     with `images`/`image_index`/`rotation` (fast path: episodes drawn `chunk` at a time, images gathered
-    32 episodes at a time), or any map-style dataset of `(x, y)` items (fetched one by one and collated).
+    a few episodes at a time), or any map-style dataset of `(x, y)` items (fetched one by one and collated).
     """
 
     def __init__(self, sampler: EpisodeSampler, source: Any, *, start: int = 0, rank: int | None = None,

@@ -154,8 +154,12 @@ def test_iterable_dataset_matches_the_sampler_stream(train_split):
         assert torch.equal(support_x, store.gather(episode.support))
         assert torch.equal(query_x, store.gather(episode.query))
         assert torch.equal(query_y, torch.from_numpy(episode.query_labels))
-    raw = next(iter(EpisodeDataset(sampler, train_split, dtype=torch.uint8)))
-    assert raw[0].dtype == torch.uint8 and torch.equal(raw[0].float() / 255, produced[0][0])
+    raw = list(EpisodeDataset(sampler, train_split, dtype=torch.uint8))  # views of shared block buffers
+    assert len(raw) == 40 and raw[0][0].dtype == torch.uint8
+    for raw_episode, episode in zip(raw, produced):
+        assert torch.equal(raw_episode[0].float() / 255, episode[0])
+        assert torch.equal(raw_episode[2].float() / 255, episode[2])
+        assert torch.equal(raw_episode[3], episode[3])
 
 
 def test_iterable_dataset_with_2_workers_equals_0_workers(train_split):
