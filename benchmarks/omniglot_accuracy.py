@@ -30,7 +30,8 @@ RUNS: dict[str, tuple[str, TrainConfig]] = {
                       TrainConfig(learner="protonet", precision="bf16", episodes=15000, lr_step=3000)),
     "protonet (train+val)": ("omniglot-protonet-1shot-trainval", TrainConfig(learner="protonet", train_split="trainval")),
     "siamese": ("omniglot-siamese-1shot", TrainConfig(learner="siamese", episodes=2000, lr_step=700)),
-    "triplet": ("omniglot-triplet-1shot", TrainConfig(learner="triplet", miner="semi-hard", episodes=2000, lr_step=700)),
+    "triplet": ("omniglot-triplet-1shot-bf16", TrainConfig(learner="triplet", miner="semi-hard", precision="bf16",
+                                                           episodes=2000, lr_step=700)),
 }
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: a virtual environment in .venv with torch, torchvision,
-# this project (with its dev extra) and learn2learn. Safe to re-run; it skips what is there.
+# this project (with its dev and bench extras) and learn2learn. Safe to re-run; it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,5 +12,5 @@ PY=.venv/bin/python
 if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-"$PY" -m pip install -q -e ".[dev]"
+"$PY" -m pip install -q -e ".[dev,bench]"
 PYTHON="$PY" bash scripts/install_learn2learn.sh
