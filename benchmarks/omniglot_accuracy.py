@@ -29,6 +29,10 @@ RUNS: dict[str, tuple[str, TrainConfig]] = {
     "protonet bf16": ("omniglot-protonet-1shot-bf16",
                       TrainConfig(learner="protonet", precision="bf16", episodes=15000, lr_step=3000)),
     "protonet (train+val)": ("omniglot-protonet-1shot-trainval", TrainConfig(learner="protonet", train_split="trainval")),
+    # Snell et al.'s protocol: train on all 1,200 train + val characters (4,800 classes), keep the final model.
+    "protonet bf16 (train+val)": ("omniglot-protonet-1shot-trainval-bf16",
+                                  TrainConfig(learner="protonet", train_split="trainval", precision="bf16",
+                                              episodes=20000, lr_step=4000)),
     "siamese": ("omniglot-siamese-1shot", TrainConfig(learner="siamese", episodes=2000, lr_step=700)),
     "triplet": ("omniglot-triplet-1shot-bf16", TrainConfig(learner="triplet", miner="semi-hard", precision="bf16",
                                                            episodes=2000, lr_step=700)),

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from episodes.sampler import EpisodeSampler
+from episodes.torch import EpisodeDataset
 from fewshot.data import load_omniglot, resolve_data_root
 from fewshot.model import FewShotModel, ModelSpec
 
@@ -52,7 +53,8 @@ def ours(root: Path, steps: int, compute_dtype: torch.dtype | None = None) -> di
     torch.manual_seed(0)
     model = FewShotModel(ModelSpec())
     model.compute_dtype = compute_dtype  # what `fewshot.train --precision bf16` sets
-    return timed_loop(lambda i: split.episode_tensors(sampler.episode(i)), model, steps)
+    episodes = iter(EpisodeDataset(sampler, split))  # what `fewshot.train` iterates
+    return timed_loop(lambda i: next(episodes), model, steps)
 
 
 def learn2learn_pipeline(root: Path, steps: int) -> dict[str, float]:

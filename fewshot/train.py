@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from episodes.sampler import EpisodeSampler
+from episodes.torch import EpisodeDataset
 from fewshot.backbones import BACKBONES
 from fewshot.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fewshot.data.splits import SPLIT_SCHEMES, DatasetSplits, load_splits
@@ -314,13 +315,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         print(f"run directory: {run_dir}", file=sys.stderr)
     bar = tqdm(range(start, config.episodes), initial=start, total=config.episodes, disable=not progress,
                desc=f"{config.learner} {config.train_ways}-way {config.shots}-shot", dynamic_ncols=True)
+    # The episodes library's fast path: episodes drawn in chunks, images gathered a few episodes at a time.
+    # Episode i is the same as sampler.episode(i), so drawing ahead changes nothing on resume.
+    episode_stream = EpisodeDataset(sampler, train_split, start=start, rank=0, world_size=1)
     try:
-        for index in bar:
+        for index, episode in zip(bar, episode_stream):
             if stop["signal"] is not None:
                 save("last.pt", index)
                 raise KeyboardInterrupt(f"interrupted before episode {index}; state saved to {run_dir / 'last.pt'}")
             model.train()
-            support_x, support_y, query_x, query_y = train_split.episode_tensors(sampler.episode(index), device)
+            support_x, support_y, query_x, query_y = (t.to(device, non_blocking=True) for t in episode)
             output = model(support_x, support_y, query_x, query_y, generator=episode_generator(config.seed, index))
             if not torch.isfinite(output.loss):
                 # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.
