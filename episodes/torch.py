@@ -126,18 +126,18 @@ class TensorStore:
                 raise ValueError(f"odd quarter turns need square images, got {array.shape[-2]}x{array.shape[-1]}")
             self.rotation = rotation if np.any(rotation) else None
         self._rotated = self._rotated_rows = self._both_parities = None
-        if self.rotation is not None:
-            # Per item: its row in [images; quarter-turned images], and whether a half turn remains.
-            odd = (self.rotation & 1).astype(np.int64)
-            self._parity_rows = self.image_index + odd * len(self.images)
-            self._half_turned = self.rotation >= 2
-            self._needs_quarter = bool(odd.any())
         if cache_rotations and self.rotation is not None:
             pairs, self._rotated_rows = np.unique(self.image_index * 4 + self.rotation, return_inverse=True)
             self._rotated = np.empty((len(pairs), *self.item_shape), dtype=np.uint8)
             for k in range(4):
                 rows = np.flatnonzero(pairs % 4 == k)
                 self._rotated[rows] = np.rot90(self.images[pairs[rows] // 4], k, axes=(-2, -1))
+        elif self.rotation is not None:
+            # Per item: its row in [images; quarter-turned images], and whether a half turn remains.
+            odd = (self.rotation & 1).astype(np.int64)
+            self._parity_rows = self.image_index + odd * len(self.images)
+            self._half_turned = self.rotation >= 2
+            self._needs_quarter = bool(odd.any())
 
     @classmethod
     def from_arrays(cls, source: Any, *, cache_rotations: bool = False) -> TensorStore:

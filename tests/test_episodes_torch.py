@@ -47,7 +47,7 @@ def test_store_rotates_like_rot90_on_real_omniglot(train_split, cache_rotations)
     assert torch.equal(floats, expected.float() / 255)
 
 
-@pytest.mark.parametrize("side", [5, 4])  # half turns reverse 25 pixels bytewise, 16 pixels as 8-byte words
+@pytest.mark.parametrize("side", [5, 4])  # odd and even image sides
 def test_store_handles_channels_and_no_rotation(side):
     rng = np.random.default_rng(1)
     images = torch.from_numpy(rng.integers(0, 256, (7, 3, side, side), dtype=np.uint8))
