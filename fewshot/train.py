@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
+from fewshot.augment import AUGMENTATIONS, augment_episode, augment_generator
 from fewshot.backbones import BACKBONES
 from fewshot.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fewshot.data.splits import SPLIT_SCHEMES, DatasetSplits, load_splits
@@ -56,6 +57,7 @@ class TrainConfig:
     split: str | None = None
     train_split: str = "train"  # "trainval": train on train + val classes, keep the final model
     image_size: int | None = None
+    augment: str = "none"  # "affine": a random small affine distortion of every training image
     episodes: int = 6000
     lr: float = 1e-3
     schedule: str = "step"
@@ -138,6 +140,8 @@ def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
         if config.shots + queries > smallest:
             raise ValueError(f"--shots {config.shots} + {flag} {queries} needs {config.shots + queries} images per class, but "
                              f"classes of the {splits.dataset} {splits.scheme} {split_name} split have as few as {smallest}")
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown --augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
     if config.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
@@ -325,6 +329,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 raise KeyboardInterrupt(f"interrupted before episode {index}; state saved to {run_dir / 'last.pt'}")
             model.train()
             support_x, support_y, query_x, query_y = (t.to(device, non_blocking=True) for t in episode)
+            support_x, query_x = augment_episode(config.augment, support_x, query_x, augment_generator(config.seed, index))
             output = model(support_x, support_y, query_x, query_y, generator=episode_generator(config.seed, index))
             if not torch.isfinite(output.loss):
                 # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.
@@ -399,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-split", choices=("train", "trainval"), default=defaults.train_split,
                       help="classes to train on; trainval (train + val) keeps the final model instead of the best on val")
     data.add_argument("--image-size", type=int, default=None, help="image side in pixels (dataset default: 28 / 84)")
+    data.add_argument("--augment", choices=AUGMENTATIONS, default=defaults.augment,
+                      help="training-image augmentation: affine = small random rotation, shear, scale and shift per image")
     data.add_argument("--data-root", default=None, help="data root (default: $FEWSHOT_DATA, then the user cache)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--episodes", type=int, default=defaults.episodes, help="training episodes")

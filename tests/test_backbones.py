@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewshot.backbones import BACKBONES, Conv4, ResNet12, build_backbone, embedding_dim
@@ -62,3 +63,26 @@ def test_custom_widths():
     backbone = Conv4(in_channels=3, hidden=32, out_channels=16)
     assert backbone(torch.rand(2, 3, 84, 84)).shape == (2, 16 * 5 * 5)
     assert backbone.out_dim((3, 84, 84)) == 400
+
+
+def test_conv4_computes_conv_bn_relu_pool_blocks():
+    # The blocks pool before the ReLU for speed; the result must be the standard [conv, BN, ReLU, pool].
+    torch.manual_seed(0)
+    net = Conv4()
+    net.train()
+    images = torch.randn(6, 1, 28, 28)
+    x = images
+    for conv, bn, *_ in net.encoder:
+        x = F.max_pool2d(F.relu(F.batch_norm(F.conv2d(x, conv.weight, conv.bias, padding=1), None, None,
+                                             bn.weight, bn.bias, training=True)), 2)
+    assert torch.allclose(net(images), x.flatten(1), atol=1e-6)
+
+
+def test_resnet12_block_activates_before_pooling_in_effect():
+    torch.manual_seed(0)
+    net = ResNet12(in_channels=3, channels=(8, 8, 8, 8))
+    images = torch.randn(2, 3, 32, 32)
+    x = images
+    for block in net.blocks:
+        x = F.max_pool2d(F.leaky_relu(block.body(x) + block.shortcut(x), 0.1), 2)
+    assert torch.allclose(net(images), x.mean(dim=(2, 3)), atol=1e-6)

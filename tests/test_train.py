@@ -267,7 +267,8 @@ def test_bf16_precision_autocasts_the_backbone_only(omniglot_root: Path, tmp_pat
 @pytest.mark.parametrize(("flag", "value", "valid"), [("--learner", "protonett", "protonet"),
                                                       ("--metric", "manhattan", "mahalanobis"),
                                                       ("--backbone", "vgg16", "resnet12"),
-                                                      ("--precision", "fp16", "bf16")])
+                                                      ("--precision", "fp16", "bf16"),
+                                                      ("--augment", "elastic", "affine")])
 def test_unknown_names_are_refused_with_the_valid_choices(flag: str, value: str, valid: str,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
