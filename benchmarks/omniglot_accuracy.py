@@ -39,6 +39,11 @@ RUNS: dict[str, tuple[str, TrainConfig]] = {
                                          TrainConfig(learner="protonet", train_split="trainval", precision="bf16",
                                                      augment="affine", episodes=21000, lr_step=4200)),
     "siamese": ("omniglot-siamese-1shot", TrainConfig(learner="siamese", episodes=2000, lr_step=700)),
+    "siamese bf16": ("omniglot-siamese-1shot-bf16", TrainConfig(learner="siamese", precision="bf16",
+                                                                episodes=2000, lr_step=700)),
+    "triplet bf16 affine": ("omniglot-triplet-1shot-bf16-affine",
+                            TrainConfig(learner="triplet", miner="semi-hard", precision="bf16", augment="affine",
+                                        episodes=6000, lr_step=2000)),
     "triplet": ("omniglot-triplet-1shot-bf16", TrainConfig(learner="triplet", miner="semi-hard", precision="bf16",
                                                            episodes=2000, lr_step=700)),
 }

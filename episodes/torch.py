@@ -258,7 +258,7 @@ class EpisodeDataset(IterableDataset):
     Shard `rank + world_size * worker_id` of `world_size * num_workers` (worker id from
     `torch.utils.data.get_worker_info()`), so shards are disjoint and a DataLoader (batch_size=None)
     yields, in order, exactly this rank's single-process stream. `source` is a `TensorStore`, an object
-    with `images`/`image_index`/`rotation` (fast path: episodes drawn `chunk` at a time, images gathered
+    with a `tensor_store` attribute (used as is) or with `images`/`image_index`/`rotation` (fast path: episodes drawn `chunk` at a time, images gathered
     a few episodes at a time), or any map-style dataset of `(x, y)` items (fetched one by one and collated).
     """
 
@@ -267,6 +267,8 @@ class EpisodeDataset(IterableDataset):
         self.sampler = sampler
         if isinstance(source, TensorStore):
             self.store = source
+        elif isinstance(getattr(source, "tensor_store", None), TensorStore):  # a source that keeps its own store
+            self.store = source.tensor_store
         elif all(hasattr(source, name) for name in ("images", "image_index", "rotation")):
             self.store = TensorStore.from_arrays(source)
         else:

@@ -162,6 +162,16 @@ def test_iterable_dataset_matches_the_sampler_stream(train_split):
         assert torch.equal(raw_episode[3], episode[3])
 
 
+def test_episode_streams_over_a_split_share_its_store(train_split):
+    # One store per split: training's episode stream and the split's own gathers (validation, the API)
+    # must not each make a quarter-turned copy of the images.
+    sampler = EpisodeSampler(train_split, 5, 1, 1, seed=0, num_episodes=2)
+    first, second = EpisodeDataset(sampler, train_split), EpisodeDataset(sampler, train_split, dtype=torch.uint8)
+    assert first.store is second.store is train_split.tensor_store
+    episode = next(iter(first))
+    assert torch.equal(episode[0], train_split.to_float(train_split.gather(sampler.episode(0).support)))
+
+
 def test_iterable_dataset_with_2_workers_equals_0_workers(train_split):
     sampler = EpisodeSampler(train_split, 5, 1, 5, seed=2, num_episodes=13)
     dataset = EpisodeDataset(sampler, train_split, chunk=4)

@@ -171,11 +171,18 @@ class ClassSplit(torch.utils.data.Dataset):
         image = self.gather(np.array([index]))
         return to_float(image)[0], int(self.labels[index])
 
+    @property
+    def tensor_store(self) -> TensorStore:
+        """This split's items as an `episodes.torch.TensorStore` (rotations applied on the fly), built on
+        first use and shared by `gather` and by every `EpisodeDataset` over this split, so its
+        quarter-turned image copy is made once."""
+        if self._store is None:
+            self._store = TensorStore.from_arrays(self)
+        return self._store
+
     def gather(self, indices: np.ndarray) -> torch.Tensor:
         """Return the uint8 images of items `indices`, rotations applied: [n,H,W] (or [n,C,H,W])."""
-        if self._store is None:  # built on first use: the episodes library's grouped, rotate-on-the-fly gather
-            self._store = TensorStore.from_arrays(self)
-        images = self._store.gather(np.asarray(indices, dtype=np.int64), torch.uint8)
+        images = self.tensor_store.gather(np.asarray(indices, dtype=np.int64), torch.uint8)
         return images.view(len(images), *self.images.shape[1:])
 
     def episode_tensors(self, episode, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
