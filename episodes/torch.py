@@ -258,8 +258,9 @@ class EpisodeDataset(IterableDataset):
     Shard `rank + world_size * worker_id` of `world_size * num_workers` (worker id from
     `torch.utils.data.get_worker_info()`), so shards are disjoint and a DataLoader (batch_size=None)
     yields, in order, exactly this rank's single-process stream. `source` is a `TensorStore`, an object
-    with a `tensor_store` attribute (used as is) or with `images`/`image_index`/`rotation` (fast path: episodes drawn `chunk` at a time, images gathered
-    a few episodes at a time), or any map-style dataset of `(x, y)` items (fetched one by one and collated).
+    with a `tensor_store` attribute (used as is) or with `images`/`image_index`/`rotation` (fast path:
+    episodes drawn `chunk` at a time, images gathered a few episodes at a time), or any map-style
+    dataset of `(x, y)` items (fetched one by one and collated).
     """
 
     def __init__(self, sampler: EpisodeSampler, source: Any, *, start: int = 0, rank: int | None = None,
