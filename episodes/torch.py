@@ -156,16 +156,20 @@ class TensorStore:
         return torch.from_numpy(_convert(self.gather_uint8(items), dtype))
 
     def iter_episodes(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32,
-                      block: int = 4) -> Iterator[EpisodeTensors]:
-        """Yield `(support_x, support_y, query_x, query_y)` for each drawn episode.
+                      block: int = 4, with_classes: bool = False) -> Iterator[EpisodeTensors]:
+        """Yield `(support_x, support_y, query_x, query_y)` for each drawn episode, and with
+        `with_classes` a fifth tensor: the episode's class ids `[ways]` (episode label j is class `classes[j]`).
 
         Images are gathered `block` episodes at a time, in episode order (one gather each; small blocks stay
         in cache: 4 was fastest here). Float episodes are their own tensors; uint8 episodes are views of
         their block's buffer (so holding one keeps its block alive: ~250 KB for 5-way 16-item Omniglot).
         """
-        if len(draw) and draw.fixed_shape:
-            return self._iter_fixed_shape(draw, dtype, block)
-        return self._iter_any_shape(draw, dtype, block)
+        episodes = (self._iter_fixed_shape(draw, dtype, block) if len(draw) and draw.fixed_shape
+                    else self._iter_any_shape(draw, dtype, block))
+        if not with_classes:
+            return episodes
+        classes = (torch.from_numpy(draw.classes[e, :int(draw.ways[e])]) for e in range(len(draw)))
+        return ((*episode, episode_classes) for episode, episode_classes in zip(episodes, classes))
 
     def _iter_any_shape(self, draw: EpisodeDraw, dtype: torch.dtype, block: int) -> Iterator[EpisodeTensors]:
         for start in range(0, len(draw), block):
@@ -260,12 +264,15 @@ class EpisodeDataset(IterableDataset):
     yields, in order, exactly this rank's single-process stream. `source` is a `TensorStore`, an object
     with a `tensor_store` attribute (used as is) or with `images`/`image_index`/`rotation` (fast path:
     episodes drawn `chunk` at a time, images gathered a few episodes at a time), or any map-style
-    dataset of `(x, y)` items (fetched one by one and collated).
+    dataset of `(x, y)` items (fetched one by one and collated). With `with_classes`, each episode also
+    carries its class ids `[ways]` (label j of the episode is class `classes[j]` of the sampler's labels).
     """
 
     def __init__(self, sampler: EpisodeSampler, source: Any, *, start: int = 0, rank: int | None = None,
-                 world_size: int | None = None, dtype: torch.dtype = torch.float32, chunk: int = 256) -> None:
+                 world_size: int | None = None, dtype: torch.dtype = torch.float32, chunk: int = 256,
+                 with_classes: bool = False) -> None:
         self.sampler = sampler
+        self.with_classes = with_classes
         if isinstance(source, TensorStore):
             self.store = source
         elif isinstance(getattr(source, "tensor_store", None), TensorStore):  # a source that keeps its own store
@@ -293,7 +300,8 @@ class EpisodeDataset(IterableDataset):
         for indices in chunks:
             draw = self.sampler.draw(indices)
             if self.store is not None:
-                yield from self.store.iter_episodes(draw, self.dtype)
+                yield from self.store.iter_episodes(draw, self.dtype, with_classes=self.with_classes)
             else:
                 for episode in draw.episodes():
-                    yield self.collate([self.source[int(i)] for i in episode.indices()])
+                    tensors = self.collate([self.source[int(i)] for i in episode.indices()])
+                    yield (*tensors, torch.from_numpy(episode.classes)) if self.with_classes else tensors

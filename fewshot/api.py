@@ -4,8 +4,9 @@
     model = load("runs/proto/best.pt")
     labels = model.classify(support=["a1.png", "b1.png"], support_labels=["a", "b"], query=["q.png"])
 
-Images go through exactly the preprocessing used to build the training data (for Omniglot,
-`fewshot.data.omniglot.preprocess_image`: grayscale, antialiased resize, ink = 1).
+Images go through exactly the preprocessing used to build the training data: the checkpoint's dataset
+declares it (for Omniglot, `fewshot.data.omniglot.preprocess_image`: grayscale, antialiased resize, ink = 1;
+for a user's folder, grayscale or RGB as trained, antialiased resize).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from fewshot.checkpoint import model_from_checkpoint
+from fewshot.data import DATASETS
 from fewshot.data.store import to_float
 from fewshot.learners.base import prototype_logits
 from fewshot.model import FewShotModel
@@ -25,17 +27,12 @@ from fewshot.model import FewShotModel
 ImageLike = Union[str, Path, Image.Image]
 
 
-def preprocessor(dataset: str, image_size: int):
-    """The function that turns one raw image into the uint8 tensor a dataset's model was trained on."""
-    if dataset == "omniglot":
-        from fewshot.data.omniglot import preprocess_image
-
-        return lambda image: preprocess_image(image, image_size)
-    if dataset == "miniimagenet":
-        from fewshot.data.miniimagenet import preprocess_image as preprocess_rgb
-
-        return lambda image: preprocess_rgb(image, image_size)
-    raise ValueError(f"no preprocessing known for dataset {dataset!r}; expected omniglot or miniimagenet")
+def preprocessor(dataset: str, image_size: int, channels: int | None = None):
+    """The function that turns one raw image into the uint8 tensor a dataset's model was trained on,
+    as the dataset's declaration gives it."""
+    info = DATASETS.get_or_raise(dataset)
+    channels = info.channels if channels is None else channels
+    return lambda image: info.preprocess(image, image_size, channels)
 
 
 class FewShotClassifier:
@@ -45,7 +42,7 @@ class FewShotClassifier:
         self.model = model.eval()
         self.dataset = dataset
         self.device = torch.device(device)
-        self._preprocess = preprocessor(dataset, model.spec.image_size)
+        self._preprocess = preprocessor(dataset, model.spec.image_size, model.spec.in_channels)
 
     def images_to_tensor(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
         """Float [n,C,H,W] model input from image paths / PIL images (or an already preprocessed uint8 tensor)."""
@@ -78,7 +75,7 @@ class FewShotClassifier:
         # Embed support and query in one pass, as in training and evaluation.
         embeddings = self._embed_on_device(torch.cat([support_x, self.images_to_tensor(query)]))
         support_e, query_e = embeddings[: len(support_y)], embeddings[len(support_y):]
-        logits = prototype_logits(self.model.learner.distance, support_e, support_y.to(self.device), query_e, len(classes))
+        logits = prototype_logits(self.model.learner.scoring_distance, support_e, support_y.to(self.device), query_e, len(classes))
         return logits.softmax(dim=1).cpu(), classes
 
     def classify(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],

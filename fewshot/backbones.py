@@ -10,6 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.registry import Registry, call_with_injected
+
+#: Backbones by name: ``nn.Module`` classes mapping images ``[n, C, H, W]`` to ``[n, dim]``. The model
+#: injects ``in_channels`` and ``normalize``; other constructor arguments are user settings.
+BACKBONES: Registry = Registry("backbone", injected=("in_channels", "normalize"))
+
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     # [conv, BN, ReLU, max-pool], computed with the pool before the ReLU: the two commute (ReLU is
@@ -30,6 +36,7 @@ def _check_input_shape(input_shape: tuple[int, ...], in_channels: int) -> tuple[
     return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
 
 
+@BACKBONES.register("conv4")
 class Conv4(nn.Module):
     """Four blocks of [3x3 conv, batch norm, ReLU, 2x2 max-pool], flattened.
 
@@ -90,6 +97,7 @@ class ResidualBlock(nn.Module):
         return self.activation(self.pool(self.body(x) + self.shortcut(x)))
 
 
+@BACKBONES.register("resnet12")
 class ResNet12(nn.Module):
     """The few-shot ResNet-12: four residual blocks, then global average pooling.
 
@@ -146,11 +154,8 @@ def embedding_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int
     return int(output.flatten(1).shape[1])
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
-
-
-def build_backbone(name: str, in_channels: int, normalize: bool = False) -> nn.Module:
-    """Build the backbone called ``name`` (one of ``BACKBONES``) with default widths."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](in_channels=in_channels, normalize=normalize)
+def build_backbone(name: str, in_channels: int, normalize: bool = False, **kwargs) -> nn.Module:
+    """Build the backbone called ``name`` (one of ``BACKBONES``); ``kwargs`` go to its constructor."""
+    factory = BACKBONES.get_or_raise(name)
+    BACKBONES.check_arguments(name, kwargs, "backbone argument")
+    return call_with_injected(factory, kwargs, in_channels=in_channels, normalize=normalize)

@@ -45,9 +45,19 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def spec_from_state(state: dict[str, Any], source: str | Path) -> ModelSpec:
+    """The ModelSpec a checkpoint names (old-style specs included), or an error saying what is missing."""
+    try:
+        return ModelSpec(**state["spec"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {source} names an architecture that cannot be built here: {error}. "
+                         "A learner, distance or backbone defined outside fewshot must be registered (its module "
+                         "imported) before the checkpoint is loaded") from error
+
+
 def load_model_state(model: FewShotModel, state: dict[str, Any], source: str | Path) -> None:
     """Load weights into `model`, explaining an architecture mismatch instead of a raw key diff."""
-    saved = ModelSpec(**state["spec"])
+    saved = spec_from_state(state, source)
     if saved != model.spec:
         differences = {
             key: (value, getattr(model.spec, key)) for key, value in saved.to_dict().items() if value != getattr(model.spec, key)
@@ -63,6 +73,6 @@ def load_model_state(model: FewShotModel, state: dict[str, Any], source: str | P
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotModel, dict[str, Any]]:
     """Rebuild the model a checkpoint was saved from and load its weights (in eval mode)."""
     state = load_checkpoint(path)
-    model = FewShotModel(ModelSpec(**state["spec"]))
+    model = FewShotModel(spec_from_state(state, path))
     load_model_state(model, state, path)
     return model.to(device).eval(), state

@@ -6,11 +6,15 @@ classification logits are ``-distance(query, prototypes)``.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fewshot.registry import Registry, call_with_injected
+
+#: Distance modules by name. A distance is an ``nn.Module`` mapping ``(x [n, d], y [m, d])`` to
+#: ``[n, m]``; its constructor may take ``dim`` (the embedding size), which the model injects.
+DISTANCES: Registry = Registry("distance", injected=("dim",))
 
 # Squared distances below this are clamped before the square root, which keeps the gradient
 # finite (zero) for coincident points instead of infinite.
@@ -38,6 +42,7 @@ def euclidean(x: torch.Tensor, y: torch.Tensor, eps: float = SQRT_EPS) -> torch.
     return squared_euclidean(x, y).clamp_min(eps).sqrt()
 
 
+@DISTANCES.register("euclidean")
 class SquaredEuclidean(nn.Module):
     """``d(x, y) = ||x - y||^2`` (Prototypical Networks)."""
 
@@ -56,6 +61,7 @@ class Euclidean(nn.Module):
         return euclidean(x, y, self.eps)
 
 
+@DISTANCES.register("cosine")
 class Cosine(nn.Module):
     """``-scale * cos(x, y)``: a distance only up to an additive constant.
 
@@ -78,6 +84,7 @@ class Cosine(nn.Module):
         return -self.scale * (F.normalize(x, dim=1) @ F.normalize(y, dim=1).T)
 
 
+@DISTANCES.register("mahalanobis")
 class Mahalanobis(nn.Module):
     """Learned Mahalanobis distance ``d(x, y) = ||L (x - y)||^2``, i.e. ``M = L^T L``.
 
@@ -120,18 +127,20 @@ class Mahalanobis(nn.Module):
         return f"dim={self.dim}, rank={self.rank}, diagonal={self.diagonal}"
 
 
-def _low_rank(dim: int, rank: int | None = None) -> Mahalanobis:
-    # Default rank: a quarter of the embedding size (16 for Conv-4 on Omniglot).
-    return Mahalanobis(dim, rank=max(1, dim // 4) if rank is None else rank)
+@DISTANCES.register("mahalanobis-diag")
+class DiagonalMahalanobis(Mahalanobis):
+    """Mahalanobis distance with a diagonal ``L``: a learned scale per embedding dimension."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, diagonal=True)
 
 
-DISTANCES: dict[str, Callable[..., nn.Module]] = {
-    "euclidean": lambda dim, **kw: SquaredEuclidean(**kw),
-    "cosine": lambda dim, **kw: Cosine(**kw),
-    "mahalanobis": lambda dim, **kw: Mahalanobis(dim, **kw),
-    "mahalanobis-diag": lambda dim, **kw: Mahalanobis(dim, diagonal=True, **kw),
-    "mahalanobis-lowrank": _low_rank,
-}
+@DISTANCES.register("mahalanobis-lowrank")
+class LowRankMahalanobis(Mahalanobis):
+    """Mahalanobis distance with a ``[rank, dim]`` ``L`` (default rank: a quarter of the embedding size)."""
+
+    def __init__(self, dim: int, rank: int | None = None) -> None:
+        super().__init__(dim, rank=max(1, dim // 4) if rank is None else rank)
 
 
 def build_distance(name: str, dim: int, **kwargs) -> nn.Module:
@@ -140,6 +149,6 @@ def build_distance(name: str, dim: int, **kwargs) -> nn.Module:
     ``euclidean`` is the *squared* Euclidean distance (Prototypical Networks); ``mahalanobis-lowrank``
     takes ``rank`` (default ``dim // 4``). Extra keyword arguments go to the distance's constructor.
     """
-    if name not in DISTANCES:
-        raise ValueError(f"unknown distance {name!r}; valid names: {', '.join(DISTANCES)}")
-    return DISTANCES[name](dim, **kwargs)
+    factory = DISTANCES.get_or_raise(name)
+    DISTANCES.check_arguments(name, kwargs, "distance argument")
+    return call_with_injected(factory, kwargs, dim=dim)

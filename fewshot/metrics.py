@@ -28,8 +28,12 @@ from numpy.typing import ArrayLike
 from scipy import integrate, stats
 from torch import Tensor
 
+from fewshot.distances import build_distance
+
 DistanceFn = Callable[[Tensor, Tensor], Tensor]
-"""Pairwise distance: ``(x[m, d], y[n, d]) -> [m, n]``, smaller means closer."""
+"""Pairwise distance: ``(x[m, d], y[n, d]) -> [m, n]``, smaller means closer. Distances may also be
+named: names are those of ``fewshot.distances.DISTANCES``, so a trained model's distance module or
+its name gives the same numbers here as in training. The default is the plain Euclidean distance."""
 
 Distance = Union[str, DistanceFn]
 
@@ -239,30 +243,12 @@ def episode_accuracy(logits: Tensor, labels: Tensor) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _cosine_distance(x: Tensor, y: Tensor) -> Tensor:
-    return 1.0 - F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
-
-
-def _squared_euclidean_distance(x: Tensor, y: Tensor) -> Tensor:
-    return torch.cdist(x, y).square()
-
-
-DISTANCES: dict[str, DistanceFn] = {
-    "euclidean": torch.cdist,
-    "squared_euclidean": _squared_euclidean_distance,
-    "cosine": _cosine_distance,
-}
-
-
-def _resolve_distance(distance: Distance) -> DistanceFn:
+def _resolve_distance(distance: Distance, dim: int) -> DistanceFn:
+    """A callable as it is; a name built from the distance registry that training uses (one vocabulary:
+    "euclidean" is the squared Euclidean distance here as in Prototypical Networks)."""
     if callable(distance):
         return distance
-    if distance not in DISTANCES:
-        raise ValueError(
-            f"unknown distance {distance!r}; expected one of {', '.join(DISTANCES)} or a "
-            f"callable (x[m, d], y[n, d]) -> [m, n]"
-        )
-    return DISTANCES[distance]
+    return build_distance(distance, dim)
 
 
 def _pairwise(distance_fn: DistanceFn, x: Tensor, y: Tensor) -> Tensor:
@@ -304,7 +290,7 @@ def _check_embeddings(embeddings: Tensor | ArrayLike, labels: Tensor | ArrayLike
 def pair_scores(
     embeddings: Tensor,
     labels: Tensor,
-    distance: Distance = "euclidean",
+    distance: Distance = torch.cdist,
     pairs: Tensor | ArrayLike | None = None,
     *,
     chunk_size: int = 1024,
@@ -316,7 +302,7 @@ def pair_scores(
     ``[p, 2]`` array of index pairs, scored in that order. Returns float64 scores and bool flags.
     """
     embeddings, labels = _check_embeddings(embeddings, labels)
-    distance_fn = _resolve_distance(distance)
+    distance_fn = _resolve_distance(distance, embeddings.shape[1])
     n = embeddings.shape[0]
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -509,7 +495,7 @@ def _neighbour_chunks(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    distance_fn = _resolve_distance(distance)
+    distance_fn = _resolve_distance(distance, embeddings.shape[1])
     n = embeddings.shape[0]
     with torch.no_grad():
         for start in range(0, n, chunk_size):
@@ -523,7 +509,7 @@ def recall_at_k(
     embeddings: Tensor,
     labels: Tensor,
     k: int = 1,
-    distance: Distance = "euclidean",
+    distance: Distance = torch.cdist,
     *,
     chunk_size: int = 1024,
 ) -> float:
@@ -546,7 +532,7 @@ def recall_at_k(
 def map_at_r(
     embeddings: Tensor,
     labels: Tensor,
-    distance: Distance = "euclidean",
+    distance: Distance = torch.cdist,
     *,
     chunk_size: int = 1024,
 ) -> float:

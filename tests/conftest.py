@@ -1,4 +1,9 @@
-"""Shared fixtures. Real data comes from $FEWSHOT_DATA; derived caches go to $FEWSHOT_CACHE (CI sets both)."""
+"""Shared fixtures. Real data comes from $FEWSHOT_DATA; derived caches go to $FEWSHOT_CACHE (CI sets both).
+
+`omniglot_root` is the real data (tests that need it skip without it); `data_root` is the real data
+when present and otherwise a miniature Omniglot written in the real formats (`tests/synthetic.py`), so
+the CLI, evaluator and API tests run either way.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,34 @@ def omniglot_root() -> Path:
     data = os.environ.get("FEWSHOT_DATA")
     if not data:
         pytest.skip("FEWSHOT_DATA is unset: these tests need the real Omniglot data (see README)")
-    return Path(data)
+    # Absolute now: a test may change directory before it reads the data.
+    return Path(data).resolve()
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature Omniglot (official zips and Vinyals split lists, drawn characters) for data-free tests."""
+    from synthetic import write_omniglot
+
+    return write_omniglot(tmp_path_factory.mktemp("synthetic-data"))
+
+
+@pytest.fixture(scope="session")
+def data_root(request: pytest.FixtureRequest) -> Path:
+    """The Omniglot data root: the real data when $FEWSHOT_DATA is set, else `synthetic_root`."""
+    data = os.environ.get("FEWSHOT_DATA")
+    return Path(data).resolve() if data else request.getfixturevalue("synthetic_root")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Without $FEWSHOT_CACHE, derived caches go to a session folder rather than the user's home."""
+    if os.environ.get("FEWSHOT_CACHE"):
+        yield
+        return
+    os.environ["FEWSHOT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    del os.environ["FEWSHOT_CACHE"]
 
 
 @pytest.fixture(scope="session")

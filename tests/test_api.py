@@ -1,4 +1,4 @@
-"""Public API on real Omniglot: load a trained checkpoint, embed raw PNGs exactly as in training, classify."""
+"""Public API on Omniglot (real, or the miniature in the real formats without FEWSHOT_DATA): load a trained checkpoint, embed raw PNGs exactly as in training, classify."""
 
 from __future__ import annotations
 
@@ -19,23 +19,33 @@ SHOTS = 3
 
 
 @pytest.fixture(scope="module")
-def best_checkpoint(tmp_path_factory: pytest.TempPathFactory, omniglot_root: Path) -> Path:
+def best_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
     """best.pt of a tiny real training run (30 episodes of 5-way protonet)."""
     output = tmp_path_factory.mktemp("api") / "run"
     train(TrainConfig(train_ways=5, queries=2, eval_queries=5, episodes=30, val_every=30, val_episodes=2,
-                      test_episodes=2, data_root=str(omniglot_root), output=str(output), threads=1), progress=False)
+                      test_episodes=2, data_root=str(data_root), output=str(output), threads=1), progress=False)
     return output / "best.pt"
 
 
 @pytest.fixture(scope="module")
-def characters(tmp_path_factory: pytest.TempPathFactory, omniglot_root: Path) -> dict[str, list[Path]]:
+def data_store(data_root: Path):
+    """The Omniglot store of `data_root` at 28x28."""
+    from fewshot.data import load_omniglot
+
+    return load_omniglot(data_root, image_size=28, download=False)
+
+
+@pytest.fixture(scope="module")
+def characters(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dict[str, list[Path]]:
     """All 20 PNGs of two test-split characters from different alphabets, extracted from the real zip."""
-    lines = (omniglot_root / "omniglot" / "splits" / "vinyals" / "test.txt").read_text().split()
+    lines = (data_root / "omniglot" / "splits" / "vinyals" / "test.txt").read_text().split()
     unrotated = [line.rsplit("/", 1)[0] for line in lines if line.endswith("/rot000")]
-    chosen = [unrotated[0], next(c for c in unrotated if c.split("/")[0] != unrotated[0].split("/")[0])]
+    other_alphabets = [c for c in unrotated if c.split("/")[0] != unrotated[0].split("/")[0]]
+    # Two alphabets where the test split has them (the real one); else two characters of its one alphabet.
+    chosen = [unrotated[0], (other_alphabets or unrotated[1:])[0]]
     folder = tmp_path_factory.mktemp("pngs")
     extracted: dict[str, list[Path]] = {}
-    with zipfile.ZipFile(omniglot_root / "omniglot" / "images_evaluation.zip") as archive:
+    with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as archive:
         for character in chosen:
             prefix = f"images_evaluation/{character}/"
             names = sorted(n for n in archive.namelist() if n.startswith(prefix) and n.endswith(".png"))
@@ -61,10 +71,10 @@ def test_load_gives_a_classifier_in_eval_mode(best_checkpoint: Path) -> None:
 
 
 def test_embedding_files_equals_embedding_the_training_tensor(best_checkpoint: Path, characters: dict[str, list[Path]],
-                                                               omniglot_store) -> None:
+                                                               data_store) -> None:
     classifier = load(best_checkpoint)
     character, paths = next(iter(characters.items()))
-    training_input = to_float(omniglot_store.images[torch.from_numpy(store_rows(omniglot_store, character, paths))])
+    training_input = to_float(data_store.images[torch.from_numpy(store_rows(data_store, character, paths))])
     # Same preprocessing, pixel for pixel, as the cached training data.
     assert torch.equal(classifier.images_to_tensor(paths), training_input)
     with torch.no_grad():
@@ -106,10 +116,10 @@ def test_classify_returns_support_labels_and_is_mostly_right_on_an_easy_task(bes
 
 
 def test_preprocessed_uint8_tensors_are_accepted(best_checkpoint: Path, characters: dict[str, list[Path]],
-                                                omniglot_store) -> None:
+                                                data_store) -> None:
     classifier = load(best_checkpoint)
     character, paths = next(iter(characters.items()))
-    raw = omniglot_store.images[torch.from_numpy(store_rows(omniglot_store, character, paths))]
+    raw = data_store.images[torch.from_numpy(store_rows(data_store, character, paths))]
     torch.testing.assert_close(classifier.embed(raw), classifier.embed(paths), rtol=0, atol=1e-6)
 
 

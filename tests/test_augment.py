@@ -83,20 +83,20 @@ def test_augment_episode_none_is_a_no_op_and_unknown_names_are_refused(character
         random_affine(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), augment_generator(0, 0))
 
 
-def test_augmented_run_is_reproducible_and_resumes_exactly(omniglot_root: Path, tmp_path: Path) -> None:
+def test_augmented_run_is_reproducible_and_resumes_exactly(data_root: Path, tmp_path: Path) -> None:
     augmented = ("--augment", "affine")
-    code, _, stderr = run_main(run_args(tmp_path / "full", omniglot_root, episodes=8, extra=augmented))
+    code, _, stderr = run_main(run_args(tmp_path / "full", data_root, episodes=8, extra=augmented))
     assert code == 0, stderr
-    code, _, stderr = run_main(run_args(tmp_path / "split", omniglot_root, episodes=4, extra=augmented))
+    code, _, stderr = run_main(run_args(tmp_path / "split", data_root, episodes=4, extra=augmented))
     assert code == 0, stderr
-    code, _, stderr = run_main(run_args(tmp_path / "split", omniglot_root, episodes=8, extra=(*augmented, "--resume")))
+    code, _, stderr = run_main(run_args(tmp_path / "split", data_root, episodes=8, extra=(*augmented, "--resume")))
     assert code == 0, stderr
     full, split = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
     assert full["config"]["augment"] == "affine"
     for key in ("model", "optimizer", "scheduler"):
         assert_identical(split[key], full[key], key)
     # and the augmentation changes training: the same run without it ends elsewhere
-    code, _, stderr = run_main(run_args(tmp_path / "plain", omniglot_root, episodes=8))
+    code, _, stderr = run_main(run_args(tmp_path / "plain", data_root, episodes=8))
     assert code == 0, stderr
     plain = load_checkpoint(tmp_path / "plain" / "last.pt")
     assert not torch.equal(plain["model"]["backbone.encoder.0.0.weight"], full["model"]["backbone.encoder.0.0.weight"])

@@ -1,4 +1,4 @@
-"""Evaluator on real Omniglot: per-episode accuracies and intervals, paired comparison, the novel-class guard,
+"""Evaluator on Omniglot (real, or the miniature in the real formats without FEWSHOT_DATA): per-episode accuracies and intervals, paired comparison, the novel-class guard,
 seeded episodes, chance level, bad input and the CLI's report, plot and table."""
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from fewshot.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def splits(omniglot_root: Path) -> DatasetSplits:
-    return load_splits("omniglot", "vinyals", omniglot_root)
+def splits(data_root: Path) -> DatasetSplits:
+    return load_splits("omniglot", "vinyals", data_root)
 
 
 @pytest.fixture(scope="module")
-def best_checkpoint(tmp_path_factory: pytest.TempPathFactory, omniglot_root: Path) -> Path:
+def best_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
     """best.pt of a tiny real training run (20 episodes of 5-way protonet)."""
     output = tmp_path_factory.mktemp("evaluate") / "run"
     train(TrainConfig(train_ways=5, queries=2, eval_queries=5, episodes=20, val_every=20, val_episodes=2,
-                      test_episodes=2, data_root=str(omniglot_root), output=str(output), threads=1), progress=False)
+                      test_episodes=2, data_root=str(data_root), output=str(output), threads=1), progress=False)
     return output / "best.pt"
 
 
@@ -44,7 +44,7 @@ def test_report_holds_per_episode_accuracies_and_their_intervals(best_checkpoint
     report = evaluate(best_checkpoint, settings=[(5, 1), (5, 5)], splits=splits)
     assert report["checkpoint_sha256"] == file_sha256(best_checkpoint)
     assert report["episode_source"] == {"kind": "seed", "seed": 0, "sampler": "episodes.EpisodeSampler"}
-    assert (report["eval_split"], report["split"], report["classes"]) == ("test", "vinyals", 1692)
+    assert (report["eval_split"], report["split"], report["classes"]) == ("test", "vinyals", splits.test.num_classes)
     assert [(r["ways"], r["shots"]) for r in report["results"]] == [(5, 1), (5, 5)]
     model, _ = model_from_checkpoint(best_checkpoint)
     for row in report["results"]:
@@ -80,13 +80,13 @@ def test_comparing_a_checkpoint_with_itself_gives_zero_difference_and_p_one(best
 
 def test_novel_class_guard_trips_on_training_classes_and_yields_to_the_flag(best_checkpoint: Path,
                                                                              splits: DatasetSplits) -> None:
-    with pytest.raises(ValueError, match=r"4112 of the 4112 classes .* 'train' split were seen") as error:
+    with pytest.raises(ValueError, match=rf"{splits.train.num_classes} of the {splits.train.num_classes} classes .* 'train' split were seen") as error:
         evaluate(best_checkpoint, eval_split="train", splits=splits)
     assert "--allow-seen-classes" in str(error.value)
     assert splits.train.class_names[0] in str(error.value)  # names the overlapping classes
     report = evaluate(best_checkpoint, eval_split="train", allow_seen=True, splits=splits)
-    assert report["eval_split"] == "train" and report["classes"] == 4112
-    assert evaluate(best_checkpoint, eval_split="val", splits=splits)["classes"] == 688  # novel: no flag needed
+    assert report["eval_split"] == "train" and report["classes"] == splits.train.num_classes
+    assert evaluate(best_checkpoint, eval_split="val", splits=splits)["classes"] == splits.val.num_classes  # novel: no flag needed
 
 
 def test_the_cli_refuses_seen_classes_without_the_flag(best_checkpoint: Path, tmp_path: Path,
@@ -139,10 +139,10 @@ def test_embeddings_that_carry_no_signal_score_chance(ways: int, splits: Dataset
 
 def test_more_ways_than_the_split_has_classes_is_refused(best_checkpoint: Path, splits: DatasetSplits,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ValueError, match="--ways 1700 exceeds the 1692 classes of the omniglot test split"):
+    with pytest.raises(ValueError, match=f"--ways 1700 exceeds the {splits.test.num_classes} classes of the omniglot test split"):
         evaluate(best_checkpoint, settings=[(1700, 1)], splits=splits)
     assert main([str(best_checkpoint), "--eval-split", "val", "--ways", "700", "--no-progress"]) == 2
-    assert "--ways 700 exceeds the 688 classes of the omniglot val split" in capsys.readouterr().err
+    assert f"--ways 700 exceeds the {splits.val.num_classes} classes of the omniglot val split" in capsys.readouterr().err
 
 
 def test_more_shots_and_queries_than_a_class_holds_is_refused_before_evaluating(best_checkpoint: Path,

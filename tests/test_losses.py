@@ -315,8 +315,10 @@ def test_build_learner_and_bad_episodes():
     assert set(LEARNERS) == {"protonet", "siamese", "triplet"}
     with pytest.raises(ValueError, match="unknown learner 'maml'.*protonet, siamese, triplet"):
         build_learner("maml", None)
-    with pytest.raises(ValueError, match="takes no distance"):
-        build_learner("siamese", SquaredEuclidean())
+    # Margin losses take their distance injected, but only a squared metric (they train its square root).
+    assert isinstance(build_learner("siamese", SquaredEuclidean()).distance, SquaredEuclidean)
+    with pytest.raises(ValueError, match="does not accept a Cosine distance"):
+        build_learner("siamese", Cosine())
     with pytest.raises(ValueError, match=r"missing \[1\]"):
         PrototypicalLearner()(SUPPORT, torch.tensor([0, 2]), QUERY, QUERY_LABELS)
     with pytest.raises(ValueError, match=r"query labels must lie in 0..1"):

@@ -397,9 +397,10 @@ def test_pair_scores_all_pairs() -> None:
     assert scores == pytest.approx(expected)
     assert np.array_equal(same, labels.numpy()[rows] == labels.numpy()[columns])
 
+    # Named distances are the training registry's: "cosine" is -scale * cos (scale 10 at initialisation).
     cosine_scores, _ = pair_scores(embeddings, labels, "cosine")
     normalised = torch.nn.functional.normalize(embeddings, dim=1).numpy()
-    assert cosine_scores == pytest.approx((normalised @ normalised.T)[rows, columns] - 1.0)
+    assert cosine_scores == pytest.approx(10.0 * (normalised @ normalised.T)[rows, columns])
 
     def manhattan(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.cdist(x, y, p=1.0)

@@ -294,8 +294,8 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
 def test_class_split_rejects_inconsistent_arrays() -> None:
     images = torch.zeros(5, 4, 4, dtype=torch.uint8)
     with pytest.raises(ValueError, match="labels has 2 entries, expected 3"):
-        ClassSplit(images, np.arange(3), np.zeros(3), np.zeros(2), ["a"], ["x", "y", "z"])
+        ClassSplit(images, np.zeros(2), ["a"], ["x", "y", "z"], image_index=np.arange(3), rotation=np.zeros(3))
     with pytest.raises(ValueError, match=r"image_index must lie in \[0, 5\)"):
-        ClassSplit(images, np.array([0, 9]), np.zeros(2), np.zeros(2), ["a"], ["x", "y"])
+        ClassSplit(images, np.zeros(2), ["a"], ["x", "y"], image_index=np.array([0, 9]), rotation=np.zeros(2))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\)"):
-        ClassSplit(images, np.arange(2), np.zeros(2), np.array([0, 1]), ["a"], ["x", "y"])
+        ClassSplit(images, np.array([0, 1]), ["a"], ["x", "y"], image_index=np.arange(2), rotation=np.zeros(2))

@@ -1,4 +1,4 @@
-"""Training CLI on real Omniglot: run artifacts, exact resume after SIGKILL / SIGINT, every learner, bad input, NaN."""
+"""Training CLI on Omniglot (real, or the miniature in the real formats without FEWSHOT_DATA): run artifacts, exact resume after SIGKILL / SIGINT, every learner, bad input, NaN."""
 
 from __future__ import annotations
 
@@ -108,12 +108,12 @@ def wait_for_checkpoint(process: subprocess.Popen, path: Path, episode: int, tim
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory, omniglot_root: Path) -> dict[str, Any]:
+def reference_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dict[str, Any]:
     """One uninterrupted tiny run, shared by the tests of this module (which never modify it)."""
     output = tmp_path_factory.mktemp("reference") / "run"
-    code, stdout, stderr = run_main(run_args(output, omniglot_root))
+    code, stdout, stderr = run_main(run_args(output, data_root))
     assert code == 0, stderr
-    return {"dir": output, "stdout": stdout, "stderr": stderr, "data_root": omniglot_root}
+    return {"dir": output, "stdout": stdout, "stderr": stderr, "data_root": data_root}
 
 
 def test_run_writes_config_log_curve_checkpoints_and_report(reference_run: dict[str, Any]) -> None:
@@ -138,7 +138,8 @@ def test_run_writes_config_log_curve_checkpoints_and_report(reference_run: dict[
 
     last = load_checkpoint(run_dir / "last.pt")
     assert last["episode"] == EPISODES and last["spec"]["backbone"] == "conv4"
-    assert len(last["train_classes"]) == 4112 and last["dataset"] == "omniglot"
+    train_classes = load_splits("omniglot", "vinyals", reference_run["data_root"]).train.num_classes
+    assert len(last["train_classes"]) == train_classes and last["dataset"] == "omniglot"
 
     report = json.loads((run_dir / "test_report.json").read_text())
     assert report["eval_split"] == "test" and report["checkpoint"] == str(run_dir / "best.pt")
@@ -228,23 +229,23 @@ LEARNER_SETTINGS = [
 
 @pytest.mark.parametrize(("learner", "metric", "miner"), LEARNER_SETTINGS)
 def test_every_learner_trains_through_the_cli(learner: str, metric: str, miner: str | None, tmp_path: Path,
-                                              omniglot_root: Path) -> None:
+                                              data_root: Path) -> None:
     extra = ["--learner", learner, "--metric", metric, "--val-every", "3", "--val-episodes", "2", "--test-episodes", "2"]
     if miner:
         extra += ["--miner", miner]
     if miner == "distance-weighted":
         extra += ["--normalize"]  # its distance distribution assumes embeddings on the unit sphere
-    code, stdout, stderr = run_main(run_args(tmp_path, omniglot_root, episodes=3, extra=tuple(extra)))
+    code, stdout, stderr = run_main(run_args(tmp_path, data_root, episodes=3, extra=tuple(extra)))
     assert code == 0, stderr
     train = [r for r in read_log(tmp_path) if r["kind"] == "train"]
     assert len(train) == 3 and all(np.isfinite(r["loss"]) for r in train)
     spec = load_checkpoint(tmp_path / "best.pt")["spec"]
-    assert (spec["learner"], spec["metric"], spec["miner"]) == (learner, metric, miner)
+    assert (spec["learner"], spec["metric"], spec["learner_args"].get("miner")) == (learner, metric, miner)
     assert "5-way 1-shot accuracy" in stdout
 
 
-def test_bf16_precision_autocasts_the_backbone_only(omniglot_root: Path, tmp_path: Path) -> None:
-    split = load_splits("omniglot", "vinyals", str(omniglot_root), 28).train
+def test_bf16_precision_autocasts_the_backbone_only(data_root: Path, tmp_path: Path) -> None:
+    split = load_splits("omniglot", "vinyals", str(data_root), 28).train
     images = split.to_float(split.gather(np.arange(0, 400, 20)))
     torch.manual_seed(0)
     model = FewShotModel(ModelSpec())
@@ -255,7 +256,7 @@ def test_bf16_precision_autocasts_the_backbone_only(omniglot_root: Path, tmp_pat
     assert embeddings.dtype == torch.float32 and not torch.equal(embeddings, reference)
     assert torch.allclose(embeddings, reference, rtol=0.05, atol=0.05 * reference.abs().max().item())
 
-    code, _, stderr = run_main(run_args(tmp_path, omniglot_root, episodes=3,
+    code, _, stderr = run_main(run_args(tmp_path, data_root, episodes=3,
                                         extra=("--precision", "bf16", "--val-every", "3", "--val-episodes", "2")))
     assert code == 0, stderr
     state = load_checkpoint(tmp_path / "last.pt")
@@ -278,30 +279,31 @@ def test_unknown_names_are_refused_with_the_valid_choices(flag: str, value: str,
     assert f"invalid choice: '{value}'" in message and valid in message
 
 
-def test_more_ways_than_the_split_has_classes_is_refused(omniglot_root: Path, tmp_path: Path) -> None:
-    code, _, stderr = run_main(run_args(tmp_path / "a", omniglot_root, extra=("--train-ways", "5000")))
+def test_more_ways_than_the_split_has_classes_is_refused(data_root: Path, tmp_path: Path) -> None:
+    splits = load_splits("omniglot", "vinyals", data_root)
+    code, _, stderr = run_main(run_args(tmp_path / "a", data_root, extra=("--train-ways", "5000")))
     assert code == 2
-    assert "--train-ways 5000 exceeds the 4112 classes of the omniglot vinyals train split" in stderr
-    code, _, stderr = run_main(run_args(tmp_path / "b", omniglot_root, extra=("--ways", "700")))
-    assert code == 2 and "--ways 700 exceeds the 688 classes of the omniglot vinyals val split" in stderr
+    assert f"--train-ways 5000 exceeds the {splits.train.num_classes} classes of the omniglot vinyals train split" in stderr
+    code, _, stderr = run_main(run_args(tmp_path / "b", data_root, extra=("--ways", "700")))
+    assert code == 2 and f"--ways 700 exceeds the {splits.val.num_classes} classes of the omniglot vinyals val split" in stderr
     assert not (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "b" / "last.pt").exists()
 
 
-def test_more_shots_and_queries_than_a_class_holds_is_refused_before_training(omniglot_root: Path, tmp_path: Path) -> None:
+def test_more_shots_and_queries_than_a_class_holds_is_refused_before_training(data_root: Path, tmp_path: Path) -> None:
     # Training episodes fit (5 + 5 <= 20 drawings); validation episodes (5 + 16) would fail only at the first validation.
     output = tmp_path / "run"
-    code, _, stderr = run_main(run_args(output, omniglot_root, extra=("--shots", "5", "--queries", "5", "--eval-queries", "16")))
+    code, _, stderr = run_main(run_args(output, data_root, extra=("--shots", "5", "--queries", "5", "--eval-queries", "16")))
     assert code == 2
     assert "--shots 5 + --eval-queries 16 needs 21 images per class, but classes of the omniglot vinyals val split " \
            "have as few as 20" in stderr
     assert not output.exists()
 
 
-def test_a_step_schedule_run_can_be_extended_but_a_cosine_one_cannot(reference_run: dict[str, Any], omniglot_root: Path,
+def test_a_step_schedule_run_can_be_extended_but_a_cosine_one_cannot(reference_run: dict[str, Any], data_root: Path,
                                                                      tmp_path: Path) -> None:
     extended = tmp_path / "extended"
     shutil.copytree(reference_run["dir"], extended)
-    code, _, stderr = run_main(run_args(extended, omniglot_root, episodes=EPISODES + 2, extra=("--resume",)))
+    code, _, stderr = run_main(run_args(extended, data_root, episodes=EPISODES + 2, extra=("--resume",)))
     assert code == 0, stderr
     train = [r for r in read_log(extended) if r["kind"] == "train"]
     reference_train = [r for r in read_log(reference_run["dir"]) if r["kind"] == "train"]
@@ -309,8 +311,8 @@ def test_a_step_schedule_run_can_be_extended_but_a_cosine_one_cannot(reference_r
 
     cosine = tmp_path / "cosine"
     tiny = ("--schedule", "cosine", "--val-every", "2", "--val-episodes", "2", "--test-episodes", "2")
-    assert run_main(run_args(cosine, omniglot_root, episodes=2, extra=tiny))[0] == 0
-    code, _, stderr = run_main(run_args(cosine, omniglot_root, episodes=4, extra=(*tiny, "--resume")))
+    assert run_main(run_args(cosine, data_root, episodes=2, extra=tiny))[0] == 0
+    code, _, stderr = run_main(run_args(cosine, data_root, episodes=4, extra=(*tiny, "--resume")))
     assert code == 2 and "episodes: run has 2, now 4" in stderr  # the lr would climb back up from zero
 
 
@@ -322,15 +324,15 @@ def test_a_step_schedule_run_can_be_extended_but_a_cosine_one_cannot(reference_r
     ("--test-episodes", "1", "--test-episodes must be at least 2 (for a confidence interval), got 1"),
 ])
 def test_run_settings_that_would_fail_later_are_refused_up_front(flag: str, value: str, message: str,
-                                                                 omniglot_root: Path, tmp_path: Path) -> None:
-    code, _, stderr = run_main(run_args(tmp_path / "run", omniglot_root, extra=(flag, value)))
+                                                                 data_root: Path, tmp_path: Path) -> None:
+    code, _, stderr = run_main(run_args(tmp_path / "run", data_root, extra=(flag, value)))
     assert code == 2 and message in stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_a_metric_with_a_learner_that_cannot_use_it_is_refused(omniglot_root: Path, tmp_path: Path) -> None:
-    code, _, stderr = run_main(run_args(tmp_path, omniglot_root, extra=("--learner", "siamese", "--metric", "cosine")))
-    assert code == 2 and "'cosine' applies to the protonet learner only" in stderr
+def test_a_metric_with_a_learner_that_cannot_use_it_is_refused(data_root: Path, tmp_path: Path) -> None:
+    code, _, stderr = run_main(run_args(tmp_path, data_root, extra=("--learner", "siamese", "--metric", "cosine")))
+    assert code == 2 and "--metric 'cosine' does not suit the siamese learner; it accepts: euclidean" in stderr
 
 
 def test_resume_with_a_changed_setting_is_refused(reference_run: dict[str, Any]) -> None:
@@ -350,8 +352,8 @@ def test_starting_over_an_existing_run_without_resume_is_refused(reference_run: 
     assert (run_dir / "metrics.jsonl").read_text() == log_before
 
 
-def test_resume_without_a_run_names_the_missing_checkpoint(omniglot_root: Path, tmp_path: Path) -> None:
-    code, _, stderr = run_main(run_args(tmp_path, omniglot_root, extra=("--resume",)))
+def test_resume_without_a_run_names_the_missing_checkpoint(data_root: Path, tmp_path: Path) -> None:
+    code, _, stderr = run_main(run_args(tmp_path, data_root, extra=("--resume",)))
     assert code == 2 and f"checkpoint {tmp_path / 'last.pt'} does not exist" in stderr
 
 
@@ -386,10 +388,10 @@ def test_corrupt_truncated_foreign_and_missing_checkpoints(reference_run: dict[s
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_non_finite_loss_stops_with_the_episode_and_keeps_the_last_finite_checkpoint(omniglot_root: Path,
+def test_non_finite_loss_stops_with_the_episode_and_keeps_the_last_finite_checkpoint(data_root: Path,
                                                                                      tmp_path: Path) -> None:
     # A learning rate of 1e30 blows the weights up after the first update; the next loss is NaN for real.
-    code, _, stderr = run_main(run_args(tmp_path, omniglot_root, extra=("--lr", "1e30", "--checkpoint-every", "1")))
+    code, _, stderr = run_main(run_args(tmp_path, data_root, extra=("--lr", "1e30", "--checkpoint-every", "1")))
     assert code == 2
     train = [r for r in read_log(tmp_path) if r["kind"] == "train"]
     assert train and all(np.isfinite(r["loss"]) for r in train)
@@ -402,12 +404,12 @@ def test_non_finite_loss_stops_with_the_episode_and_keeps_the_last_finite_checkp
     assert not (tmp_path / "test_report.json").exists()
 
 
-def test_without_output_each_run_gets_a_new_directory_and_resume_needs_one(omniglot_root: Path, tmp_path: Path,
+def test_without_output_each_run_gets_a_new_directory_and_resume_needs_one(data_root: Path, tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, _, stderr = run_main([*TINY, "--episodes", "2", "--val-every", "2", "--data-root", str(omniglot_root)])
+    code, _, stderr = run_main([*TINY, "--episodes", "2", "--val-every", "2", "--data-root", str(data_root)])
     assert code == 0, stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("omniglot-protonet-5w1s-") and (run_dir / "best.pt").exists()
-    code, _, stderr = run_main([*TINY, "--episodes", "2", "--data-root", str(omniglot_root), "--resume"])
+    code, _, stderr = run_main([*TINY, "--episodes", "2", "--data-root", str(data_root), "--resume"])
     assert code == 2 and "--resume needs --output" in stderr

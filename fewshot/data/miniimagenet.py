@@ -26,7 +26,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, load_cache, fetch_split_list, load_resized, resolve_data_root
+from fewshot.data.base import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
+from fewshot.data.store import (
+    ClassSplit,
+    atomic_write,
+    cache_dir,
+    describe_data_root,
+    fetch_split_list,
+    load_cache,
+    resolve_data_root,
+)
 
 SPLITS = ("train", "val", "test")
 RAVI_SPLITS_URL = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet"
@@ -48,7 +57,7 @@ def preprocess_image(image: Image.Image | str | Path, image_size: int = 84) -> t
     The resize is torchvision's antialiased bilinear resize on PIL images; an image already `image_size` square
     is left untouched (the 84x84 miniImageNet files at the default size).
     """
-    return torch.from_numpy(load_resized(image, image_size, "RGB")).permute(2, 0, 1).contiguous()
+    return preprocess_generic(image, image_size, 3)
 
 def read_split_csv(path: str | Path) -> list[tuple[str, str]]:
     """Return the (filename, wnid) rows of a Ravi split CSV, checking the header and that filenames are unique."""
@@ -290,11 +299,8 @@ def _load_split(
             atomic_write(cache_file, lambda file: torch.save(payload, file))
         except OSError as error:  # the cache only saves time; a read-only home must not block loading
             warnings.warn(f"could not write miniImageNet cache {cache_file}: {error}", stacklevel=3)
-    num_images = len(payload["images"])
     return ClassSplit(
-        images=payload["images"],
-        image_index=np.arange(num_images),
-        rotation=np.zeros(num_images, dtype=np.int8),
+        payload["images"],
         labels=payload["labels"].numpy(),
         class_names=payload["class_names"].split("\n"),
         item_ids=np.array(payload["item_ids"].split("\n"), dtype=np.str_),
@@ -326,3 +332,21 @@ def load_miniimagenet(
     return {
         split: _load_split(split, fmt, sources[split], csv_paths[split], rows[split], image_size) for split in SPLITS
     }
+
+
+def load_splits_miniimagenet(root: str | Path | None, scheme: str, image_size: int,
+                             download: bool = True) -> DatasetSplits:
+    """miniImageNet's Ravi & Larochelle class splits (the only scheme, "ravi")."""
+    splits = load_miniimagenet(root, image_size=image_size, download=download)
+    return DatasetSplits("miniimagenet", scheme, splits["train"], splits["val"], splits["test"], in_channels=3,
+                         image_size=image_size)
+
+
+MINIIMAGENET = register_dataset(DatasetInfo(
+    name="miniimagenet",
+    load=load_splits_miniimagenet,
+    preprocess=lambda image, image_size, channels: preprocess_image(image, image_size),
+    channels=3,
+    default_image_size=84,
+    schemes=("ravi",),
+))

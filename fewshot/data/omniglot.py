@@ -25,7 +25,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, describe_data_root, load_cache, download_file, fetch_split_list, load_resized, resolve_data_root
+from fewshot.data.base import DatasetInfo, DatasetSplits, register_dataset
+from fewshot.data.store import (
+    ClassSplit,
+    atomic_write,
+    cache_dir,
+    describe_data_root,
+    download_file,
+    fetch_split_list,
+    load_cache,
+    load_resized,
+    resolve_data_root,
+)
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 PARTS = (BACKGROUND, EVALUATION)
@@ -212,12 +223,12 @@ class OmniglotStore:
         class_names = [f"{self.characters[c]}/rot{90 * k:03d}" for c, k in classes]
         item_ids = np.char.add(np.repeat(np.array(class_names), counts), np.char.add("/", self.image_ids[image_index]))
         return ClassSplit(
-            images=self.images,
-            image_index=image_index,
-            rotation=np.repeat(turns, counts),
+            self.images,
             labels=np.repeat(np.arange(len(classes), dtype=np.int64), counts),
             class_names=class_names,
             item_ids=item_ids,
+            image_index=image_index,
+            rotation=np.repeat(turns, counts),
         )
 
     def _read_vinyals(self, name: str) -> list[tuple[int, int]]:
@@ -393,3 +404,45 @@ def load_omniglot(root: str | Path | None = None, image_size: int = 28, download
         cache_file=cache_file,
         from_cache=from_cache,
     )
+
+
+# Lake's protocol has no validation alphabets; hold out the last few background alphabets for
+# model selection so that the evaluation alphabets stay novel.
+LAKE_VAL_ALPHABETS = 5
+LAKE_TRAIN_ROTATIONS = (0, 90, 180, 270)
+
+
+def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,
+                         rotations: tuple[int, ...] | None = None, download: bool = True) -> DatasetSplits:
+    """Omniglot's class splits under `scheme`.
+
+    - "vinyals": the split files' `Alphabet/characterNN/rotDDD` classes (train / val / test / trainval);
+    - "lake": background alphabets (each character in four rotations; the last
+      `LAKE_VAL_ALPHABETS` alphabets held out as validation) against the evaluation alphabets.
+
+    `rotations` (degrees, from 0/90/180/270) replaces the scheme's rotations in every split: each
+    character then makes one class per listed rotation.
+    """
+    store = load_omniglot(root, image_size=image_size, download=download)
+    options = {} if rotations is None else {"rotations": tuple(rotations)}
+    if scheme == "vinyals":
+        train, val, test, trainval = (store.split(name, rotations) for name in ("train", "val", "test", "trainval"))
+        return DatasetSplits("omniglot", scheme, train, val, test, in_channels=1, image_size=image_size,
+                             trainval=trainval, options=options)
+    background = store.split("background", rotations=rotations if rotations is not None else LAKE_TRAIN_ROTATIONS)
+    alphabet = np.array([name.split("/")[0] for name in background.class_names])
+    held_out = sorted(set(alphabet))[-LAKE_VAL_ALPHABETS:]
+    is_val = np.isin(alphabet, held_out)
+    train, val = background.subset(np.flatnonzero(~is_val)), background.subset(np.flatnonzero(is_val))
+    return DatasetSplits("omniglot", scheme, train, val, store.split("evaluation", rotations), in_channels=1,
+                         image_size=image_size, trainval=background, options=options)
+
+
+OMNIGLOT = register_dataset(DatasetInfo(
+    name="omniglot",
+    load=load_splits_omniglot,
+    preprocess=lambda image, image_size, channels: preprocess_image(image, image_size),
+    channels=1,
+    default_image_size=28,
+    schemes=("vinyals", "lake"),
+))

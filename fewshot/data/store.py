@@ -27,14 +27,20 @@ def _user_cache_home() -> Path:
     return Path(xdg).expanduser() if xdg else Path.home() / ".cache"
 
 
+def absolute_path(path: str | Path) -> Path:
+    """`path` with `~` expanded, made absolute against the current directory now (not when it is used)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
 def resolve_data_root(root: str | Path | None = None) -> Path:
-    """Return the data root: `root` if given, else $FEWSHOT_DATA, else the user cache (`<cache>/fewshot/data`)."""
+    """Return the absolute data root: `root` if given, else $FEWSHOT_DATA, else the user cache
+    (`<cache>/fewshot/data`). Relative paths are taken against the current directory at this call."""
     if root is not None:
-        return Path(root).expanduser()
+        return absolute_path(root)
     env_root = os.environ.get(DATA_ENV)
     if env_root:
-        return Path(env_root).expanduser()
-    return _user_cache_home() / "fewshot" / "data"
+        return absolute_path(env_root)
+    return absolute_path(_user_cache_home() / "fewshot" / "data")
 
 
 def describe_data_root(root: str | Path | None = None) -> str:
@@ -55,8 +61,8 @@ def cache_dir() -> Path:
     """
     env_cache = os.environ.get(CACHE_ENV)
     if env_cache:
-        return Path(env_cache).expanduser()
-    return _user_cache_home() / "fewshot"
+        return absolute_path(env_cache)
+    return absolute_path(_user_cache_home() / "fewshot")
 
 
 def _current_umask() -> int:
@@ -106,38 +112,51 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 class ClassSplit(torch.utils.data.Dataset):
-    """A set of classes viewed over a shared uint8 image tensor; rotations are applied on access, never stored.
+    """A set of classes viewed over a shared uint8 image tensor.
 
-    Item `i` is `rot90(images[image_index[i]], rotation[i])` with label `labels[i]`.
+    Item `i` is `images[image_index[i]]` with label `labels[i]`; a dataset that defines rotated
+    classes (Omniglot) also gives `rotation`, applied on access and never stored.
 
     Attributes:
         images: shared uint8 tensor [N,H,W] or [N,C,H,W].
-        image_index: np.int64 [M], row of `images` for each item.
-        rotation: np.int8 [M], quarter turns k as in `torch.rot90(x, k, dims=(-2, -1))` (counter-clockwise).
         labels: np.int64 [M], class of each item in 0..num_classes-1.
         class_names: one name per class, e.g. "Alphabet/character01/rot090".
-        item_ids: np.str_ array [M], a name for each item, unique within the split.
+        item_ids: np.str_ array [M], a name for each item, unique within the split (default: the row number).
+        image_index: np.int64 [M], row of `images` for each item (default: item i is row i).
+        rotation: np.int8 [M], quarter turns k as in `torch.rot90(x, k, dims=(-2, -1))` (counter-clockwise),
+            or None (default) for no rotation.
     """
 
     def __init__(
         self,
         images: torch.Tensor,
-        image_index: np.ndarray,
-        rotation: np.ndarray,
         labels: np.ndarray,
         class_names: Sequence[str],
-        item_ids: Sequence[str] | np.ndarray,
+        item_ids: Sequence[str] | np.ndarray | None = None,
+        *,
+        image_index: np.ndarray | None = None,
+        rotation: np.ndarray | None = None,
     ) -> None:
-        if images.dtype != torch.uint8 or images.dim() not in (3, 4):
-            raise ValueError(f"images must be uint8 [N,H,W] or [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() not in (3, 4):
+            described = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a uint8 tensor [N,H,W] or [N,C,H,W], got {described}")
         self.images = images
-        self.image_index = np.asarray(image_index, dtype=np.int64)
-        self.rotation = np.asarray(rotation, dtype=np.int8)
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.image_index = (np.arange(len(self.labels), dtype=np.int64) if image_index is None
+                            else np.asarray(image_index, dtype=np.int64))
+        self._rotation = None if rotation is None else np.asarray(rotation, dtype=np.int8)
         self.class_names = list(class_names)
-        self.item_ids = np.asarray(item_ids, dtype=np.str_)
+        self.item_ids = (np.arange(len(self.labels)).astype(np.str_) if item_ids is None
+                         else np.asarray(item_ids, dtype=np.str_))
         self._store: TensorStore | None = None
         self._validate()
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """Quarter turns per item (all zero for a dataset without rotations)."""
+        if self._rotation is None:
+            self._rotation = np.zeros(len(self.image_index), dtype=np.int8)
+        return self._rotation
 
     def _validate(self) -> None:
         num_items = len(self.image_index)
@@ -145,18 +164,33 @@ class ClassSplit(torch.utils.data.Dataset):
         def span(values: np.ndarray) -> str:
             return f"{values.min()}..{values.max()}"
 
-        for name in ("rotation", "labels", "item_ids"):
+        for name in ("labels", "item_ids") + (("rotation",) if self._rotation is not None else ()):
             if len(getattr(self, name)) != num_items:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {num_items} (one per item)")
         if num_items and not (0 <= self.image_index.min() and self.image_index.max() < len(self.images)):
             raise ValueError(f"image_index must lie in [0, {len(self.images)}), got {span(self.image_index)}")
-        if num_items and not (0 <= self.rotation.min() and self.rotation.max() <= 3):
-            raise ValueError(f"rotation must be quarter turns in 0..3, got {span(self.rotation)}")
-        height, width = self.images.shape[-2:]
-        if height != width and np.any(self.rotation % 2 == 1):
-            raise ValueError(f"quarter-turn rotations need square images, got {height}x{width}")
+        if self._rotation is not None and num_items:
+            if not (0 <= self._rotation.min() and self._rotation.max() <= 3):
+                raise ValueError(f"rotation must be quarter turns in 0..3, got {span(self._rotation)}")
+            height, width = self.images.shape[-2:]
+            if height != width and np.any(self._rotation % 2 == 1):
+                raise ValueError(f"quarter-turn rotations need square images, got {height}x{width}")
         if num_items and not (0 <= self.labels.min() and self.labels.max() < self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got {span(self.labels)}")
+
+    def class_counts(self) -> np.ndarray:
+        """Items per class, [num_classes]."""
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def subset(self, keep: np.ndarray | Sequence[int]) -> "ClassSplit":
+        """The classes `keep` (class indices) of this split, relabelled 0..len(keep)-1, over the same images."""
+        keep = np.asarray(keep, dtype=np.int64)
+        relabel = np.full(self.num_classes, -1, dtype=np.int64)
+        relabel[keep] = np.arange(len(keep))
+        rows = np.flatnonzero(relabel[self.labels] >= 0)
+        return ClassSplit(self.images, relabel[self.labels[rows]], [self.class_names[i] for i in keep],
+                          self.item_ids[rows], image_index=self.image_index[rows],
+                          rotation=None if self._rotation is None else self._rotation[rows])
 
     @property
     def num_classes(self) -> int:

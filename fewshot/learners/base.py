@@ -1,13 +1,32 @@
-"""What every learner shares: its output type and nearest-prototype logits."""
+"""The learner (loss) base class, its registry, and nearest-prototype logits.
+
+A learner turns the embeddings of one episode (or batch) into a training loss. To add one, write one
+file with a subclass of :class:`Learner`, decorate it with ``@register_learner("name")`` and import
+it before training; the CLI's ``--learner`` choices and ``--loss-arg name=value`` come from its
+constructor, and checkpoints rebuild it from its name and arguments. See docs/extending.md.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fewshot.distances import Euclidean
+from fewshot.distances import DISTANCES, SQRT_EPS, build_distance
+from fewshot.registry import Registry
+
+#: Learners by name. Constructors may take ``distance`` (an ``nn.Module`` built from the distance
+#: registry), ``num_classes`` (training classes, for losses with class proxies) and ``dim`` (the
+#: embedding size); the model injects those.
+LEARNERS: Registry = Registry("learner", injected=("distance", "num_classes", "dim"))
+register_learner = LEARNERS.register
+
+#: The distances that are squared metrics (``||L (x - y)||^2``): their square root is a metric, which
+#: is what margin-based pair and triplet losses are defined on.
+SQUARED_METRICS = ("euclidean", "mahalanobis", "mahalanobis-diag", "mahalanobis-lowrank")
 
 
 @dataclass
@@ -74,18 +93,84 @@ def check_query_labels(query_labels: torch.Tensor, query: torch.Tensor, ways: in
         )
 
 
-class PooledLearner(nn.Module):
-    """A learner whose loss is over the episode's support and query embeddings pooled together
-    (pairs or triplets), trained and monitored with the Euclidean distance.
+@dataclass
+class EpisodeEmbeddings:
+    """What a loss sees of one episode: embeddings, episode labels ``0..ways-1`` and, where the
+    caller knows them, the global class ids (``classes[label]`` is the training-split class of
+    episode label ``label``; proxy losses index their class proxies with it)."""
 
-    Subclasses implement `pooled_loss`; logits are Euclidean nearest-prototype logits.
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+    ways: int
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    classes: torch.Tensor | None = None
+    _logits: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Nearest-prototype logits ``[n_query, ways]`` under the learner's distance (computed once)."""
+        if self._logits is None:
+            self._logits = prototype_logits(self.distance, self.support, self.support_labels, self.query, self.ways)
+        return self._logits
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """Support and query embeddings pooled ``[n_support + n_query, d]``."""
+        return torch.cat([self.support, self.query])
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Episode labels of `embeddings`."""
+        return torch.cat([self.support_labels, self.query_labels])
+
+    @property
+    def global_labels(self) -> torch.Tensor:
+        """Global class ids of `embeddings` (needs `classes`)."""
+        if self.classes is None:
+            raise ValueError("this loss needs the global class ids of the episode (classes=...), which were not given")
+        return self.classes.to(self.labels.device)[self.labels]
+
+
+class Learner(nn.Module):
+    """Base class of a loss over an episode's embeddings.
+
+    Subclasses implement :meth:`loss` and may set:
+
+    - ``normalize``: whether the model L2-normalises embeddings by default for this loss (margins
+      assume unit norm);
+    - ``distances``: the names of the registered distances the loss is defined on (``None``: any);
+    - ``default_distance``: the distance used when none is named.
+
+    The distance arrives built (``distance``), so a learnable one trains with the loss. At test time
+    every learner classifies by nearest prototype under its distance (``EpisodeEmbeddings.logits``).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.distance = Euclidean()
+    normalize: ClassVar[bool] = False
+    distances: ClassVar[tuple[str, ...] | None] = None
+    default_distance: ClassVar[str] = "euclidean"
 
-    def pooled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def __init__(self, distance: nn.Module | None = None) -> None:
+        super().__init__()
+        self.distance = distance if distance is not None else build_distance(self.default_distance, dim=1)
+
+    @classmethod
+    def check_distance(cls, name: str, learner: str | None = None) -> None:
+        """Raise a ValueError unless the loss is defined on the distance called `name`."""
+        DISTANCES.get_or_raise(name)
+        if cls.distances is not None and name not in cls.distances:
+            raise ValueError(f"--metric {name!r} does not suit the {learner or cls.__name__} learner; "
+                             f"it accepts: {', '.join(cls.distances)}")
+
+    @property
+    def scoring_distance(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The distance that nearest-prototype logits and embedding metrics use: the injected
+        distance itself, unless a loss trains a function of it (the margin losses: its square root)."""
+        return self.distance
+
+    def loss(self, batch: EpisodeEmbeddings, generator: torch.Generator | None) -> torch.Tensor:
+        """The scalar training loss of one episode."""
         raise NotImplementedError
 
     def forward(
@@ -95,8 +180,45 @@ class PooledLearner(nn.Module):
         query: torch.Tensor,
         query_labels: torch.Tensor,
         generator: torch.Generator | None = None,
+        classes: torch.Tensor | None = None,
     ) -> LearnerOutput:
+        """Loss and nearest-prototype logits of an episode; `classes` are its global class ids ``[ways]``."""
         ways = episode_ways(support_labels)
         check_query_labels(query_labels, query, ways)
-        loss = self.pooled_loss(torch.cat([support, query]), torch.cat([support_labels, query_labels]), generator)
-        return LearnerOutput(loss=loss, logits=prototype_logits(self.distance, support, support_labels, query, ways))
+        if classes is not None and classes.shape != (ways,):
+            raise ValueError(f"classes must hold one global class id per way ({ways}), got shape {tuple(classes.shape)}")
+        batch = EpisodeEmbeddings(support, support_labels, query, query_labels, ways, self.scoring_distance, classes)
+        return LearnerOutput(loss=self.loss(batch, generator), logits=batch.logits)
+
+
+class SquareRoot:
+    """The metric ``sqrt(d)`` of a squared metric ``d`` (Euclidean, Mahalanobis), clamped below at ``eps``
+    before the root, which keeps the gradient finite for coincident points. Not a module: it holds no
+    parameters of its own, so checkpoints keep the wrapped distance's names."""
+
+    def __init__(self, squared: nn.Module, eps: float = SQRT_EPS) -> None:
+        self.squared = squared
+        self.eps = eps
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.squared(x, y).clamp_min(self.eps).sqrt()
+
+    def __repr__(self) -> str:
+        return f"SquareRoot({self.squared!r})"
+
+
+def metric_distances(distance: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = SQRT_EPS) -> torch.Tensor:
+    """``[n, m]`` distances that are a metric: the square root of the squared metric `distance`."""
+    return SquareRoot(distance, eps)(x, y)
+
+
+def build_learner(name: str, distance: nn.Module | None = None, **kwargs: Any) -> Learner:
+    """Build the learner called ``name`` (one of ``LEARNERS``) with an optional built ``distance``."""
+    factory = LEARNERS.get_or_raise(name)
+    LEARNERS.check_arguments(name, kwargs, "learner argument")
+    if distance is not None and factory.distances is not None:
+        matching = [n for n in factory.distances if type(distance) is DISTANCES[n]]
+        if not matching:
+            raise ValueError(f"learner {name!r} does not accept a {type(distance).__name__} distance; "
+                             f"it accepts: {', '.join(factory.distances)}")
+    return factory(distance=distance, **kwargs)

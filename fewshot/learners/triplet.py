@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from fewshot.distances import euclidean
-from fewshot.learners.base import PooledLearner
+from fewshot.learners.base import SQUARED_METRICS, EpisodeEmbeddings, Learner, SquareRoot, metric_distances, register_learner
 from fewshot.miners import Miner, build_miner
 
 REDUCTIONS = ("mean", "mean-nonzero")
 
 
-class TripletLearner(PooledLearner):
+@register_learner("triplet")
+class TripletLearner(Learner):
     """``max(0, d(a, p) - d(a, n) + margin)`` over triplets mined from the episode's embeddings.
 
-    ``d`` is the Euclidean (not squared) distance; support and query embeddings are mined
-    together. ``reduction="mean"`` averages over all mined triplets (so the value falls as
-    triplets become easy); ``"mean-nonzero"`` averages over the triplets with a positive loss
-    (Hermans et al.'s advice for batch-all). With no triplet (or none active) the loss is 0.
-    With the semi-hard miner every mined triplet has a loss in (0, margin) by construction, so
-    the loss stays near margin/2 while training improves: watch the accuracy instead.
+    ``d`` is a metric (not squared): the Euclidean distance by default, or a learned Mahalanobis one;
+    support and query embeddings are mined together. ``reduction="mean"`` averages over all mined
+    triplets (so the value falls as triplets become easy); ``"mean-nonzero"`` averages over the
+    triplets with a positive loss (Hermans et al.'s advice for batch-all). With no triplet (or none
+    active) the loss is 0. With the semi-hard miner every mined triplet has a loss in (0, margin) by
+    construction, so the loss stays near margin/2 while training improves: watch the accuracy instead.
     ``miner`` is a name from ``fewshot.miners.MINERS`` or a ``Miner``; ``margin`` is passed to the
-    semi-hard miner. Logits are Euclidean nearest-prototype logits.
+    semi-hard miner.
     """
 
-    def __init__(self, margin: float = 0.2, miner: str | Miner = "semi-hard", reduction: str = "mean") -> None:
-        super().__init__()
+    normalize = True
+    distances = SQUARED_METRICS
+
+    @property
+    def scoring_distance(self) -> SquareRoot:
+        # Nearest-prototype logits under the metric the margins are set in, not its square.
+        return SquareRoot(self.distance)
+
+    def __init__(self, distance: nn.Module | None = None, margin: float = 0.2, miner: str | Miner = "semi-hard",
+                 reduction: str = "mean") -> None:
+        super().__init__(distance)
         if margin <= 0:
             raise ValueError(f"margin must be positive, got {margin}")
         if reduction not in REDUCTIONS:
@@ -36,9 +46,10 @@ class TripletLearner(PooledLearner):
         self.miner = miner
         self.reduction = reduction
 
-    def pooled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        dist = euclidean(embeddings, embeddings)
-        anchor, positive, negative = self.miner(dist, labels, generator, embedding_dim=embeddings.shape[1])
+    def loss(self, batch: EpisodeEmbeddings, generator: torch.Generator | None) -> torch.Tensor:
+        embeddings = batch.embeddings
+        dist = metric_distances(self.distance, embeddings, embeddings)
+        anchor, positive, negative = self.miner(dist, batch.labels, generator, embedding_dim=embeddings.shape[1])
         losses = (dist[anchor, positive] - dist[anchor, negative] + self.margin).clamp_min(0.0)
         if self.reduction == "mean-nonzero":
             losses = losses[losses > 0]

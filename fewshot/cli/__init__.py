@@ -1,0 +1,1 @@
+"""Command lines: thin argparse layers over the library (`fewshot.training`, `fewshot.evaluation`)."""

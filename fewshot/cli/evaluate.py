@@ -1,0 +1,61 @@
+"""The evaluation command line: `python -m fewshot.evaluate runs/proto/best.pt --ways 5 20 --shots 1 5`
+(argparse over `fewshot.evaluation`): novel-class accuracy with 95% intervals, paired comparison,
+verification and retrieval."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fewshot.data import DATASETS
+from fewshot.data.store import atomic_write
+from fewshot.devices import resolve_device
+from fewshot.evaluation import EVAL_SPLITS, evaluate_checkpoint, format_table, plot_report, report_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fewshot.evaluate", description=__doc__.split("\n")[0].strip("`"),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="default: the checkpoint's")
+    p.add_argument("--split", default=None, help="split scheme (default: the checkpoint's)")
+    p.add_argument("--eval-split", choices=EVAL_SPLITS, default="test", help="which classes to evaluate on")
+    p.add_argument("--ways", type=int, nargs="+", default=[5])
+    p.add_argument("--shots", type=int, nargs="+", default=[1])
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="episodes are a pure function of the seed")
+    p.add_argument("--episode-list", default=None, help="evaluate on a saved episode list (JSON, episodes.lists) instead of seeded episodes")
+    p.add_argument("--save-episodes", default=None, help="write the seeded episodes as episode lists PATH_<ways>way<shots>shot.json")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compare", default=None, help="a second checkpoint, evaluated on identical episodes")
+    p.add_argument("--allow-seen-classes", action="store_true", help="evaluate even on classes seen in training")
+    p.add_argument("--embedding-metrics", action="store_true", help="also verification (ROC-AUC, EER, TAR@FAR) and retrieval (Recall@1, MAP@R)")
+    p.add_argument("--report", default=None, help="JSON report path (default: beside the checkpoint)")
+    p.add_argument("--plot", default=None, help="PNG plot path (default: beside the report)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = evaluate_checkpoint(
+            args.checkpoint, dataset=args.dataset, split=args.split, eval_split=args.eval_split,
+            settings=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
+            seed=args.seed, data_root=args.data_root, device=str(resolve_device(args.device)), compare=args.compare,
+            allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
+            episode_list=args.episode_list, save_episode_lists=args.save_episodes,
+            progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report_path = Path(args.report or Path(args.checkpoint).with_name(f"eval_{Path(args.checkpoint).stem}_{args.eval_split}.json"))
+    plot_path = Path(args.plot or report_path.with_suffix(".png"))
+    atomic_write(report_path, lambda f: f.write(report_json(report)))
+    plot_report(report, plot_path)
+    print(format_table(report))
+    print(f"report: {report_path}\nplot: {plot_path}")
+    return 0

@@ -1,0 +1,71 @@
+"""Verification and retrieval metrics of a model's embeddings, with the model's own distance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from fewshot import metrics
+from fewshot.data.store import ClassSplit
+from fewshot.model import FewShotModel
+
+
+@torch.no_grad()
+def embed_split(model: FewShotModel, split: ClassSplit, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Embeddings [len(split), d] of every item of a split (eval mode)."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(split), batch_size):
+        indices = np.arange(start, min(start + batch_size, len(split)))
+        chunks.append(model.embed(split.to_float(split.gather(indices)).to(device)).cpu())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, device: torch.device,
+                      pairs: int = 100_000, seed: int = 0, far: tuple[float, ...] = (1e-3, 1e-2, 1e-1)) -> dict[str, Any]:
+    """Verification (threshold chosen on validation classes) and retrieval metrics on the test classes."""
+    def balanced_pairs(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        # Half same-class pairs (anchor, another item of its class), half different-class pairs.
+        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(labels)) - starts[labels[order]]
+        anchor = rng.integers(0, len(labels), pairs // 2)
+        size = counts[labels[anchor]]
+        partner = order[starts[labels[anchor]] + (rank[anchor] + rng.integers(1, size)) % size]
+        first, second = rng.integers(0, len(labels), (2, pairs - pairs // 2))
+        different = labels[first] != labels[second]
+        return np.stack([np.concatenate([anchor, first[different]]), np.concatenate([partner, second[different]])], axis=1)
+
+    rng = np.random.default_rng(seed)
+    distance = model.learner.scoring_distance
+    scores = {}
+    for name, split in (("val", val), ("test", test)):
+        embeddings = embed_split(model, split, device)
+        labels = torch.from_numpy(split.labels)
+        chosen = torch.from_numpy(balanced_pairs(split.labels, rng))
+        scores[name] = metrics.pair_scores(embeddings, labels, distance=distance, pairs=chosen)
+        if name == "test":
+            test_embeddings, test_labels = embeddings, labels
+    threshold = metrics.choose_threshold(*scores["val"], criterion="eer")
+    test_scores, test_same = scores["test"]
+    eer, _ = metrics.equal_error_rate(test_scores, test_same)
+    return {
+        "verification": {
+            "pairs": int(len(test_scores)),
+            "roc_auc": metrics.roc_auc(test_scores, test_same),
+            "eer": eer,
+            "tar_at_far": {str(f): metrics.tar_at_far(test_scores, test_same, f) for f in far},
+            "threshold_from_val": float(threshold),
+            "accuracy_at_val_threshold": metrics.verification_accuracy(test_scores, test_same, threshold),
+        },
+        "retrieval": {
+            "items": int(len(test_labels)),
+            "recall_at_1": metrics.recall_at_k(test_embeddings, test_labels, k=1, distance=distance),
+            "map_at_r": metrics.map_at_r(test_embeddings, test_labels, distance=distance),
+        },
+    }

@@ -1,0 +1,217 @@
+"""Evaluating checkpoints: novel-class accuracy with 95% intervals, paired comparison, the JSON report,
+its table and its plot. Episodes come from a seed (or a saved episode list), and the report records
+which, with the checkpoint's SHA-256, so any number can be reproduced exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from episodes.lists import load_episodes, save_episodes
+from episodes.sampler import Episode
+from fewshot import metrics
+from fewshot.checkpoint import file_sha256, model_from_checkpoint
+from fewshot.data.base import DatasetSplits, dataset_options, load_splits
+from fewshot.data.store import ClassSplit
+from fewshot.evaluation.embedding import embedding_metrics
+from fewshot.evaluation.episodes import evaluate_model, evaluation_episodes
+
+EVAL_SPLITS = ("test", "val", "train")
+
+
+def check_novel(state: dict[str, Any], dataset: str, split: ClassSplit, split_name: str, allow_seen: bool) -> None:
+    """Refuse to report 'novel-class' accuracy on classes the checkpoint was trained on."""
+    if state.get("dataset") != dataset:
+        return  # another dataset's class names cannot overlap
+    seen = set(state.get("train_classes", []))
+    overlap = [name for name in split.class_names if name in seen]
+    if overlap and not allow_seen:
+        raise ValueError(
+            f"{len(overlap)} of the {split.num_classes} classes of the {dataset} '{split_name}' split were seen in "
+            f"training by this checkpoint (e.g. {', '.join(overlap[:3])}); accuracy on them is not few-shot accuracy "
+            "on novel classes. Pass --allow-seen-classes to evaluate anyway."
+        )
+
+
+def _interval_dict(interval: metrics.Interval) -> dict[str, Any]:
+    return {"mean": interval.mean, "half_width": interval.half_width, "low": interval.low, "high": interval.high,
+            "method": interval.method, "n": interval.n, "confidence": interval.confidence}
+
+
+def checkpoint_splits(state: dict[str, Any], *, dataset: str | None = None, split: str | None = None,
+                      data_root: str | Path | None = None, image_size: int | None = None) -> DatasetSplits:
+    """The class splits a checkpoint is evaluated on: its own dataset, scheme, data root and dataset
+    arguments (the same preprocessing), unless another dataset is named."""
+    own = state.get("dataset", "omniglot")
+    dataset = dataset or own
+    if dataset != own:
+        return load_splits(dataset, split, data_root, image_size)
+    config = state.get("config", {})
+    accepted = dataset_options(dataset).parameters(dataset)
+    options = {k: v for k, v in state.get("dataset_args", {}).items() if k in accepted}
+    options.update({k: v for k, v in config.get("dataset_args", {}).items() if k in accepted})
+    if data_root is None and config.get("data_root") and Path(config["data_root"]).is_dir():
+        data_root = config["data_root"]  # where the run read its data (recorded as an absolute path)
+    return load_splits(dataset, split or state.get("split_scheme"), data_root, image_size, **options)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    eval_split: str = "test",
+    settings: list[tuple[int, int]] = ((5, 1),),
+    queries: int = 15,
+    episodes: int = 1000,
+    seed: int = 0,
+    data_root: str | None = None,
+    device: str = "cpu",
+    compare: str | Path | None = None,
+    allow_seen: bool = False,
+    with_embedding_metrics: bool = False,
+    episode_list: str | Path | None = None,
+    save_episode_lists: str | Path | None = None,
+    splits: DatasetSplits | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (and optionally a second one on identical episodes); return the report dict.
+
+    Episodes come from `seed`, or from a saved `episode_list` (then `settings`, `queries` and
+    `episodes` are those of the list). `save_episode_lists` writes each setting's seeded episodes
+    as an episode list `<stem>_<ways>way<shots>shot.json`, for other models or libraries.
+    """
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
+    device_t = torch.device(device)
+    model, state = model_from_checkpoint(checkpoint, device_t)
+    if splits is None:
+        splits = checkpoint_splits(state, dataset=dataset, split=split, data_root=data_root,
+                                   image_size=model.spec.image_size)
+    dataset = splits.dataset
+    target = splits.get(eval_split)
+    check_novel(state, dataset, target, eval_split, allow_seen)
+    models = [model]
+    other_state = None
+    if compare is not None:
+        other, other_state = model_from_checkpoint(compare, device_t)
+        check_novel(other_state, dataset, target, eval_split, allow_seen)
+        models.append(other)
+
+    fixed: list[Episode] | None = None
+    if episode_list is not None:
+        fixed = load_episodes(episode_list, target)
+        shapes = sorted({(e.ways, e.shots, e.queries) for e in fixed})
+        if len(shapes) != 1:
+            raise ValueError(f"{episode_list} mixes episode shapes (ways, shots, queries) {shapes}; evaluate one shape per list")
+        (ways, shots, queries), = shapes
+        settings, episodes = [(ways, shots)], len(fixed)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
+        "spec": model.spec.to_dict(), "dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
+        "classes": target.num_classes, "queries": queries,
+        "episode_source": ({"kind": "seed", "seed": seed, "sampler": "episodes.EpisodeSampler"} if fixed is None else
+                           {"kind": "list", "path": str(episode_list), "sha256": file_sha256(episode_list)}),
+        "results": [],
+    }
+    if compare is not None:
+        report["compare"] = {"checkpoint": str(compare), "checkpoint_sha256": file_sha256(compare),
+                             "spec": other_state["spec"], "results": []}
+    smallest = int(np.bincount(target.labels).min())
+    for ways, shots in settings:  # every setting checked before any is evaluated
+        if ways > target.num_classes:
+            raise ValueError(f"--ways {ways} exceeds the {target.num_classes} classes of the {dataset} {eval_split} split")
+        if shots + queries > smallest:
+            raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
+                             f"of the {dataset} {eval_split} split have as few as {smallest}")
+    for ways, shots in settings:
+        chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, seed)
+        if save_episode_lists is not None and fixed is None:
+            base = Path(save_episode_lists)
+            path = base.with_name(f"{base.stem}_{ways}way{shots}shot.json")
+            save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
+                                                          "seed": seed, "ways": ways, "shots": shots, "queries": queries})
+            report.setdefault("saved_episode_lists", []).append(str(path))
+        accuracies = evaluate_model(models, target, ways, shots, queries, episode_list=chosen, device=device_t, progress=progress)
+        normal = metrics.confidence_interval(accuracies[0], "normal")
+        student = metrics.confidence_interval(accuracies[0], "t")
+        report["results"].append({
+            "ways": ways, "shots": shots, "episodes": episodes, "accuracy": normal.mean, "ci95": normal.half_width,
+            "normal": _interval_dict(normal), "t": _interval_dict(student),
+            "per_episode": accuracies[0].tolist(),
+        })
+        if compare is not None:
+            other_interval = metrics.confidence_interval(accuracies[1], "normal")
+            paired = metrics.paired_comparison(accuracies[0], accuracies[1])
+            report["compare"]["results"].append({
+                "ways": ways, "shots": shots, "accuracy": other_interval.mean, "ci95": other_interval.half_width,
+                "difference": _interval_dict(paired.difference), "t_statistic": paired.t_statistic,
+                "p_value": paired.p_value, "wilcoxon_p_value": paired.wilcoxon_p_value,
+            })
+    if with_embedding_metrics:
+        report["embedding_metrics"] = embedding_metrics(model, splits.val, target, device_t, seed=seed)
+    return report
+
+
+def report_json(report: dict[str, Any]) -> bytes:
+    """The report as strict JSON: non-finite numbers (an infinite t statistic) become strings."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(report), indent=2, allow_nan=False).encode()
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report's accuracy table as text."""
+    lines = [f"{report['dataset']} ({report['split']}) {report['eval_split']} classes: {report['classes']}, "
+             f"{report['queries']} queries per class, episodes from "
+             + (f"seed {source['seed']}" if (source := report["episode_source"])["kind"] == "seed" else f"list {source['path']}"),
+             f"{'ways':>5} {'shots':>5} {'episodes':>8} {'accuracy':>9} {'±95% normal':>12} {'±95% t':>8}"]
+    compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
+    if compared:
+        lines[-1] += f" {'other':>8} {'difference (95% CI)':>22} {'p (t)':>8}"
+    for row in report["results"]:
+        line = (f"{row['ways']:>5} {row['shots']:>5} {row['episodes']:>8} {100 * row['accuracy']:>8.2f}% "
+                f"{100 * row['normal']['half_width']:>11.2f}% {100 * row['t']['half_width']:>7.2f}%")
+        other = compared.get((row["ways"], row["shots"]))
+        if other:
+            d = other["difference"]
+            line += (f" {100 * other['accuracy']:>7.2f}% {100 * d['mean']:>+8.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+                     f" {other['p_value']:>8.3g}")
+        lines.append(line)
+    if "embedding_metrics" in report:
+        v, r = report["embedding_metrics"]["verification"], report["embedding_metrics"]["retrieval"]
+        lines.append(f"verification: ROC-AUC {v['roc_auc']:.4f}, EER {100 * v['eer']:.2f}%, "
+                     + ", ".join(f"TAR@FAR={k} {100 * t:.2f}%" for k, t in v["tar_at_far"].items())
+                     + f", accuracy at the val-chosen threshold {100 * v['accuracy_at_val_threshold']:.2f}%")
+        lines.append(f"retrieval: Recall@1 {100 * r['recall_at_1']:.2f}%, MAP@R {100 * r['map_at_r']:.2f}% ({r['items']} items)")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> None:
+    """Accuracy against shots, one line per ways, with 95% CI bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for ways in sorted({r["ways"] for r in report["results"]}):
+        rows = sorted((r for r in report["results"] if r["ways"] == ways), key=lambda r: r["shots"])
+        ax.errorbar([r["shots"] for r in rows], [100 * r["accuracy"] for r in rows],
+                    yerr=[100 * r["ci95"] for r in rows], fmt="o-", capsize=3, label=f"{ways}-way")
+    ax.set(xlabel="shots", ylabel="accuracy (%)", title=f"{report['dataset']} {report['eval_split']} classes (95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

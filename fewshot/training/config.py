@@ -1,0 +1,156 @@
+"""A training run's settings (`TrainConfig`), their checks, and the model spec they describe."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fewshot.augment import AUGMENTATIONS
+from fewshot.data.base import DatasetSplits
+from fewshot.learners import LEARNERS
+from fewshot.model import ModelSpec
+
+SCHEDULES = ("step", "cosine", "none")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved as config.json and inside each checkpoint.
+
+    `learner_args`, `metric_args`, `backbone_args` and `dataset_args` are the keyword arguments of the
+    registered learner, distance, backbone and dataset loader (`--loss-arg name=value` and friends).
+    `margin` and `miner` are shorthands for the learner arguments of the same names.
+    """
+
+    ways: int = 5
+    shots: int = 1
+    queries: int = 5
+    train_ways: int = 60
+    eval_queries: int = 15
+    learner: str = "protonet"
+    metric: str | None = None  # None: the learner's default distance
+    backbone: str = "conv4"
+    normalize: bool | None = None  # None: the learner's default (on for siamese and triplet: their margins assume unit norm)
+    margin: float | None = None
+    miner: str | None = None
+    learner_args: dict[str, Any] = field(default_factory=dict)
+    metric_args: dict[str, Any] = field(default_factory=dict)
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "omniglot"
+    split: str | None = None
+    dataset_args: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"  # "trainval": train on train + val classes, keep the final model
+    image_size: int | None = None
+    augment: str = "none"  # "affine": a random small affine distortion of every training image
+    episodes: int = 6000
+    lr: float = 1e-3
+    schedule: str = "step"
+    lr_step: int = 1500
+    lr_gamma: float = 0.5
+    weight_decay: float = 0.0
+    val_every: int = 500
+    val_episodes: int = 200
+    test_episodes: int = 1000
+    checkpoint_every: int = 100
+    seed: int = 0
+    data_root: str | None = None
+    output: str | None = None  # default: a new runs/<dataset>-<learner>-<ways>w<shots>s-<time> directory
+    device: str = "auto"
+    threads: int | None = None
+    precision: str = "fp32"  # "bf16": backbone under bfloat16 autocast (2x faster on CPUs with AVX512-BF16 or AMX)
+
+    # Settings that may change between a run and its resumption without changing its numbers.
+    RESUMABLE_CHANGES = ("episodes", "output", "device", "data_root", "test_episodes", "threads")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A saved or current config as a dict with every default filled in: settings added since a run
+    was saved take their defaults, and `metric` / `normalize` left to the learner are made explicit,
+    so that two configs compare equal exactly when they train the same way."""
+    merged = {**asdict(TrainConfig()), **settings}
+    learner = LEARNERS.get(merged["learner"])
+    if learner is not None:
+        if merged["metric"] is None:
+            merged["metric"] = learner.default_distance
+        if merged["normalize"] is None:
+            merged["normalize"] = bool(learner.normalize)
+    return merged
+
+
+def model_spec(config: TrainConfig, splits: DatasetSplits) -> ModelSpec:
+    """The architecture a config trains on `splits` (the learner's own defaults filled in)."""
+    return ModelSpec(
+        backbone=config.backbone,
+        learner=config.learner,
+        metric=config.metric,
+        normalize=config.normalize,
+        in_channels=splits.in_channels,
+        image_size=splits.image_size,
+        backbone_args=config.backbone_args,
+        learner_args=config.learner_args,
+        metric_args=config.metric_args,
+        # Only learners with per-class parameters (proxies) record the class count: other specs stay as before.
+        num_classes=(splits.get(config.train_split).num_classes
+                     if "num_classes" in LEARNERS.signature(config.learner) else None),
+        margin=config.margin,
+        miner=config.miner,
+    )
+
+
+def _too_small(split, needed: int) -> str:
+    counts = split.class_counts()
+    small = np.flatnonzero(counts < needed)
+    listed = ", ".join(f"{split.class_names[c]} ({counts[c]})" for c in small[:5])
+    return f"{len(small)} classes have fewer: {listed}{', ...' if len(small) > 5 else ''}"
+
+
+def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
+    """Fail before training on settings the data cannot serve."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"unknown --precision {config.precision!r}; expected one of {sorted(PRECISIONS)}")
+    for name, value in (("ways", config.ways), ("shots", config.shots), ("queries", config.queries),
+                        ("train_ways", config.train_ways), ("eval_queries", config.eval_queries), ("episodes", config.episodes),
+                        ("val_every", config.val_every), ("checkpoint_every", config.checkpoint_every),
+                        ("lr_step", config.lr_step)):
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, value in (("val_episodes", config.val_episodes), ("test_episodes", config.test_episodes)):
+        if value < 2:  # a confidence interval needs two episodes; the test episodes come after all the training
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 2 (for a confidence interval), got {value}")
+    if config.train_split not in ("train", "trainval"):
+        raise ValueError(f"unknown --train-split {config.train_split!r}; expected train or trainval")
+    for split_name, ways in ((config.train_split, config.train_ways), ("val", config.ways), ("test", config.ways)):
+        available = splits.get(split_name).num_classes
+        if ways > available:
+            flag = "--train-ways" if split_name == config.train_split else "--ways"
+            raise ValueError(f"{flag} {ways} exceeds the {available} classes of the {splits.dataset} {splits.scheme} {split_name} split")
+    # Validation samples its first episode only after --val-every training episodes: check it now.
+    for split_name, queries, flag in ((config.train_split, config.queries, "--queries"), ("val", config.eval_queries, "--eval-queries"),
+                                      ("test", config.eval_queries, "--eval-queries")):
+        split = splits.get(split_name)
+        smallest = int(split.class_counts().min())
+        if config.shots + queries > smallest:
+            raise ValueError(f"--shots {config.shots} + {flag} {queries} needs {config.shots + queries} images per class, but "
+                             f"classes of the {splits.dataset} {splits.scheme} {split_name} split have as few as {smallest} "
+                             f"({_too_small(split, config.shots + queries)})")
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown --augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-episode learning-rate schedule."""
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.episodes)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

@@ -1,0 +1,84 @@
+"""A run's metrics log (append-only JSONL, trimmed exactly on resume) and its learning-curve plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewshot.data.store import atomic_write
+
+
+def read_records(path: Path, up_to: int | None = None) -> list[dict[str, Any]]:
+    """Records of a metrics log up to episode `up_to`; a torn last line (a crash mid-write) ends the log."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if up_to is None or record["episode"] <= up_to:
+            records.append(record)
+    return records
+
+
+class MetricsLog:
+    """Append-only JSONL log; on resume, records after the checkpoint's episode are dropped so the log
+    reads exactly as if the run had never stopped."""
+
+    def __init__(self, path: Path, resume_episode: int | None) -> None:
+        self.path = path
+        if resume_episode is None:
+            path.write_text("")
+        elif path.exists():
+            kept = read_records(path, resume_episode)
+            atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+        self.file = open(path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def sync(self) -> None:
+        """Make the log durable, so it covers at least what the next checkpoint covers."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_records(self.path)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def plot_curve(records: list[dict[str, Any]], path: Path, config: Any) -> None:
+    """Learning curve PNG: smoothed training loss and accuracy, validation accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    if not train:
+        return
+    episode = np.array([r["episode"] for r in train])
+    window = max(1, len(train) // 100)
+    kernel = np.ones(window) / window
+    smooth = lambda key: np.convolve([r[key] for r in train], kernel, mode="valid")  # noqa: E731
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(episode[window - 1:], smooth("loss"))
+    ax_loss.set(xlabel="episode", ylabel="training loss", yscale="log", title="loss")
+    ax_acc.plot(episode[window - 1:], smooth("accuracy"), label=f"train ({config.train_ways}-way, query accuracy)")
+    if val:
+        ax_acc.errorbar([r["episode"] for r in val], [r["accuracy"] for r in val],
+                        yerr=[r["ci95"] for r in val], fmt="o-", capsize=3,
+                        label=f"validation ({config.ways}-way {config.shots}-shot, 95% CI)")
+    ax_acc.set(xlabel="episode", ylabel="accuracy", title="accuracy")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
