@@ -9,24 +9,27 @@ import torch
 
 from fewshot import metrics
 from fewshot.data.store import ClassSplit
+from fewshot.evaluation.embeddings import SplitEmbeddings
 from fewshot.model import FewShotModel
 
 
-@torch.no_grad()
-def embed_split(model: FewShotModel, split: ClassSplit, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    """Embeddings [len(split), d] of every item of a split (eval mode)."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(split), batch_size):
-        indices = np.arange(start, min(start + batch_size, len(split)))
-        chunks.append(model.embed(split.to_float(split.gather(indices)).to(device)).cpu())
-    return torch.cat(chunks)
+def embed_split(model: FewShotModel, split: ClassSplit, device: torch.device,
+                embeddings: SplitEmbeddings | None = None) -> torch.Tensor:
+    """Embeddings [len(split), d] of every item of a split (eval mode), reusing `embeddings` where given."""
+    items = np.arange(len(split))
+    if embeddings is None or embeddings.split is not split or embeddings.model is not model:
+        embeddings = SplitEmbeddings(model, split, device)
+    embeddings.max_bytes = max(embeddings.max_bytes, 4 * len(split) * (embeddings.dim or 1))  # all items at once
+    embeddings.ensure(items)
+    return embeddings.rows(items).cpu()
 
 
 @torch.no_grad()
 def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, device: torch.device,
-                      pairs: int = 100_000, seed: int = 0, far: tuple[float, ...] = (1e-3, 1e-2, 1e-1)) -> dict[str, Any]:
-    """Verification (threshold chosen on validation classes) and retrieval metrics on the test classes."""
+                      pairs: int = 100_000, seed: int = 0, far: tuple[float, ...] = (1e-3, 1e-2, 1e-1),
+                      test_embeddings: SplitEmbeddings | None = None) -> dict[str, Any]:
+    """Verification (threshold chosen on validation classes) and retrieval metrics on the test classes
+    (`test_embeddings`: the test items the evaluation already embedded, reused)."""
     def balanced_pairs(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # Half same-class pairs (anchor, another item of its class), half different-class pairs.
         order = np.argsort(labels, kind="stable")
@@ -45,7 +48,7 @@ def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, de
     distance = model.learner.scoring_distance
     scores = {}
     for name, split in (("val", val), ("test", test)):
-        embeddings = embed_split(model, split, device)
+        embeddings = embed_split(model, split, device, test_embeddings if name == "test" else None)
         labels = torch.from_numpy(split.labels)
         chosen = torch.from_numpy(balanced_pairs(split.labels, rng))
         scores[name] = metrics.pair_scores(embeddings, labels, distance=distance, pairs=chosen)

@@ -9,12 +9,30 @@ from tqdm import tqdm
 from episodes.sampler import Episode, EpisodeSampler
 from fewshot import metrics
 from fewshot.data.store import ClassSplit
+from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings
+from fewshot.learners.base import prototype_logits
 from fewshot.model import FewShotModel
+
 
 def evaluation_episodes(split: ClassSplit, ways: int, shots: int, queries: int, episodes: int, seed: int) -> list[Episode]:
     """The `episodes` evaluation episodes of a split for a seed: the same list for every model."""
     sampler = EpisodeSampler(split.labels, ways, shots, queries, seed=seed, num_episodes=episodes)
     return sampler.episodes(np.arange(episodes))
+
+
+def _episode_chunks(episodes: list[Episode], capacity: int) -> list[list[int]]:
+    """Consecutive groups of episode positions whose distinct items number at most `capacity` each
+    (an episode larger than that on its own is a group of its own)."""
+    groups: list[list[int]] = [[]]
+    seen: set[int] = set()
+    for e, episode in enumerate(episodes):
+        items = set(episode.support.tolist()) | set(episode.query.tolist())
+        if groups[-1] and len(seen | items) > capacity:
+            groups.append([])
+            seen = set()
+        groups[-1].append(e)
+        seen |= items
+    return groups
 
 
 @torch.no_grad()
@@ -29,24 +47,52 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     episode_list: list[Episode] | None = None,
     progress: bool = False,
+    *,
+    per_episode: bool = False,
+    embeddings: list[SplitEmbeddings] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> np.ndarray:
     """Per-episode nearest-prototype accuracy of `model` (or of each model, on identical episodes).
 
     Returns [episodes] (or [models, episodes]) accuracies. Models are put in eval mode and restored.
+    Each image an episode touches is embedded once per model (`SplitEmbeddings`; pass `embeddings`
+    to share them across calls) and episodes index those rows; `per_episode=True`, or a model whose
+    `embeds_independently` is False (its embedding of an image depends on the episode), embeds every
+    episode's images afresh instead. Both give the same accuracies.
     """
     models = model if isinstance(model, list) else [model]
     device = torch.device(device)
     chosen = episode_list if episode_list is not None else evaluation_episodes(split, ways, shots, queries, episodes, seed)
+    if embeddings is None:
+        embeddings = [SplitEmbeddings(m, split, device, max_bytes=max_bytes, progress=progress) for m in models]
+    if len(embeddings) != len(models) or any(e.model is not m or e.split is not split for e, m in zip(embeddings, models)):
+        raise ValueError("embeddings must hold one SplitEmbeddings per model, over this split")
     modes = [m.training for m in models]
     for m in models:
         m.eval()
     accuracies = np.zeros((len(models), len(chosen)))
     try:
-        for e, episode in enumerate(tqdm(chosen, desc=f"{ways}-way {shots}-shot", disable=not progress, leave=False)):
-            support_x, support_y, query_x, query_y = split.episode_tensors(episode, device)
-            for m_index, m in enumerate(models):
-                logits = m.logits(support_x, support_y, query_x)
-                accuracies[m_index, e] = metrics.episode_accuracy(logits, query_y)
+        for m_index, m in enumerate(models):
+            if per_episode or not m.embeds_independently:
+                continue
+            cache = embeddings[m_index]
+            if cache.dim is None and chosen:  # the embedding size (hence the capacity) from the first episode
+                cache.ensure(chosen[0].indices())
+            for group in _episode_chunks(chosen, cache.capacity):
+                cache.ensure(np.concatenate([chosen[e].indices() for e in group]))
+                for e in group:
+                    episode = chosen[e]
+                    support_y = torch.from_numpy(episode.support_labels).to(device)
+                    logits = prototype_logits(m.learner.scoring_distance, cache.rows(episode.support), support_y,
+                                              cache.rows(episode.query), episode.ways)
+                    accuracies[m_index, e] = metrics.episode_accuracy(logits, torch.from_numpy(episode.query_labels).to(device))
+        slow = [i for i, m in enumerate(models) if per_episode or not m.embeds_independently]
+        if slow:
+            for e, episode in enumerate(tqdm(chosen, desc=f"{ways}-way {shots}-shot", disable=not progress, leave=False)):
+                support_x, support_y, query_x, query_y = split.episode_tensors(episode, device)
+                for m_index in slow:
+                    logits = models[m_index].logits(support_x, support_y, query_x)
+                    accuracies[m_index, e] = metrics.episode_accuracy(logits, query_y)
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

@@ -18,7 +18,9 @@ from fewshot.checkpoint import file_sha256, model_from_checkpoint
 from fewshot.data.base import DatasetSplits, dataset_options, load_splits
 from fewshot.data.store import ClassSplit
 from fewshot.evaluation.embedding import embedding_metrics
+from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings
 from fewshot.evaluation.episodes import evaluate_model, evaluation_episodes
+from fewshot.model import FewShotModel
 
 EVAL_SPLITS = ("test", "val", "train")
 
@@ -78,12 +80,20 @@ def evaluate_checkpoint(
     save_episode_lists: str | Path | None = None,
     splits: DatasetSplits | None = None,
     progress: bool = True,
+    per_episode: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (and optionally a second one on identical episodes); return the report dict.
 
     Episodes come from `seed`, or from a saved `episode_list` (then `settings`, `queries` and
     `episodes` are those of the list). `save_episode_lists` writes each setting's seeded episodes
     as an episode list `<stem>_<ways>way<shots>shot.json`, for other models or libraries.
+
+    Each model embeds every image the episodes touch once (at most `max_bytes` of embeddings held
+    at a time), and all settings, the comparison and the embedding metrics are scored from those
+    embeddings; `per_episode=True` embeds each episode's images afresh instead (same numbers).
+    A compared checkpoint gets its own preprocessing (its own image size, channels and dataset
+    arguments); the comparison is refused when its data does not hold the same items.
     """
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
@@ -95,12 +105,13 @@ def evaluate_checkpoint(
     dataset = splits.dataset
     target = splits.get(eval_split)
     check_novel(state, dataset, target, eval_split, allow_seen)
-    models = [model]
+    models, targets = [model], [target]
     other_state = None
     if compare is not None:
         other, other_state = model_from_checkpoint(compare, device_t)
         check_novel(other_state, dataset, target, eval_split, allow_seen)
         models.append(other)
+        targets.append(comparison_split(other, other_state, state, splits, eval_split, compare, data_root))
 
     fixed: list[Episode] | None = None
     if episode_list is not None:
@@ -128,6 +139,7 @@ def evaluate_checkpoint(
         if shots + queries > smallest:
             raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
                              f"of the {dataset} {eval_split} split have as few as {smallest}")
+    caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress) for m, t in zip(models, targets)]
     for ways, shots in settings:
         chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, seed)
         if save_episode_lists is not None and fixed is None:
@@ -136,7 +148,10 @@ def evaluate_checkpoint(
             save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
                                                           "seed": seed, "ways": ways, "shots": shots, "queries": queries})
             report.setdefault("saved_episode_lists", []).append(str(path))
-        accuracies = evaluate_model(models, target, ways, shots, queries, episode_list=chosen, device=device_t, progress=progress)
+        accuracies = np.stack([
+            evaluate_model(m, t, ways, shots, queries, episode_list=chosen, device=device_t, progress=progress,
+                           per_episode=per_episode, embeddings=[cache])
+            for m, t, cache in zip(models, targets, caches)])
         normal = metrics.confidence_interval(accuracies[0], "normal")
         student = metrics.confidence_interval(accuracies[0], "t")
         report["results"].append({
@@ -153,8 +168,40 @@ def evaluate_checkpoint(
                 "p_value": paired.p_value, "wilcoxon_p_value": paired.wilcoxon_p_value,
             })
     if with_embedding_metrics:
-        report["embedding_metrics"] = embedding_metrics(model, splits.val, target, device_t, seed=seed)
+        report["embedding_metrics"] = embedding_metrics(model, splits.val, target, device_t, seed=seed,
+                                                        test_embeddings=caches[0])
+    report["embedding"] = {
+        "path": "per-episode" if per_episode else "embed-once",
+        "images_embedded": [cache.embedded for cache in caches],
+        "matrix_bytes": [cache.nbytes for cache in caches],
+    }
     return report
+
+
+def comparison_split(other: FewShotModel, other_state: dict[str, Any], state: dict[str, Any], splits: DatasetSplits,
+                     eval_split: str, compare: str | Path, data_root: str | Path | None) -> ClassSplit:
+    """The evaluation split as the compared model was trained to see it: the same items, prepared with
+    its own preprocessing (image size, channels, dataset arguments). Refuses a comparison whose data
+    would not hold the same items, or whose images the other model cannot take."""
+    target = splits.get(eval_split)
+    same_shape = (other.spec.image_size, other.spec.in_channels) == (splits.image_size, splits.in_channels)
+    other_dataset = other_state.get("dataset", "omniglot")
+    if other_dataset != splits.dataset:
+        if same_shape:
+            return target  # a model of another dataset, evaluated on these images as they are
+        raise ValueError(f"cannot compare {compare}: it takes {other.spec.in_channels}-channel {other.spec.image_size}px "
+                         f"{other_dataset} images, and the evaluation data is {splits.dataset} at "
+                         f"{splits.in_channels} channel(s), {splits.image_size}px")
+    if same_shape and other_state.get("dataset_args", {}) == splits.options:
+        return target
+    other_splits = checkpoint_splits({**other_state, "split_scheme": splits.scheme}, data_root=data_root,
+                                     image_size=other.spec.image_size)
+    other_target = other_splits.get(eval_split)
+    if other_target.class_names != target.class_names or not np.array_equal(other_target.item_ids, target.item_ids):
+        raise ValueError(f"cannot compare {compare} on identical episodes: prepared as it was trained "
+                         f"({other.spec.image_size}px, {other.spec.in_channels} channel(s), dataset arguments "
+                         f"{other_state.get('dataset_args', {})}), its {eval_split} split holds other classes or items")
+    return other_target
 
 
 def report_json(report: dict[str, Any]) -> bytes:

@@ -1,0 +1,83 @@
+"""Embed each image once: a model in eval mode embeds an image the same way whatever episode it is in,
+so evaluation embeds the items its episodes touch once per model, and episodes only index rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fewshot.data.store import ClassSplit
+from fewshot.model import FewShotModel
+
+#: Default memory for one model's embedding matrix; beyond it, episodes are scored in chunks.
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+class SplitEmbeddings:
+    """Float32 embeddings of a split's items under one model, computed on demand, once per item.
+
+    `ensure(items)` embeds the items not yet held (in item order, `batch_size` at a time, under the
+    model's precision, on its device); `rows(items)` returns their embeddings. At most `max_bytes`
+    of embeddings are held: `ensure` clears what it holds when the new items would not fit, so a
+    caller that needs more than that at once must chunk its work (`capacity` items per chunk).
+    """
+
+    def __init__(self, model: FewShotModel, split: ClassSplit, device: torch.device | str = "cpu",
+                 batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False) -> None:
+        if max_bytes < 1 or batch_size < 1:
+            raise ValueError(f"max_bytes and batch_size must be positive, got {max_bytes} and {batch_size}")
+        self.model, self.split, self.device = model, split, torch.device(device)
+        self.batch_size, self.max_bytes, self.progress = batch_size, max_bytes, progress
+        self.position = np.full(len(split), -1, dtype=np.int64)  # item -> row of `matrix`, -1 if not held
+        self.matrix: torch.Tensor | None = None
+        self.dim: int | None = None
+        self.embedded = 0  # items embedded so far (counting re-embeddings after a clear)
+
+    @property
+    def capacity(self) -> int:
+        """Items that fit in `max_bytes` (known after the first embedding; before it, one batch)."""
+        return self.batch_size if self.dim is None else max(1, self.max_bytes // (4 * self.dim))
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.matrix is None else self.matrix.numel() * 4
+
+    def clear(self) -> None:
+        self.position[:] = -1
+        self.matrix = None
+
+    @torch.no_grad()
+    def ensure(self, items: np.ndarray) -> None:
+        """Hold the embeddings of `items` (ids into the split)."""
+        missing = np.unique(np.asarray(items, dtype=np.int64))
+        missing = missing[self.position[missing] < 0]
+        if not len(missing):
+            return
+        held = 0 if self.matrix is None else len(self.matrix)
+        if self.dim is not None and held + len(missing) > self.capacity:
+            self.clear()
+            return self.ensure(items)
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        try:
+            for start in tqdm(range(0, len(missing), self.batch_size), desc="embedding", unit="batch",
+                              disable=not self.progress, leave=False):
+                batch = missing[start:start + self.batch_size]
+                images = self.split.to_float(self.split.gather(batch)).to(self.device, non_blocking=True)
+                chunks.append(self.model.embed(images).float())
+        finally:
+            self.model.train(was_training)
+        new = torch.cat(chunks)
+        self.dim = new.shape[1]
+        self.position[missing] = held + np.arange(len(missing))
+        self.matrix = new if self.matrix is None else torch.cat([self.matrix, new])
+        self.embedded += len(missing)
+
+    def rows(self, items: np.ndarray) -> torch.Tensor:
+        """Embeddings [len(items), d] of items already held (see `ensure`)."""
+        rows = self.position[np.asarray(items, dtype=np.int64)]
+        if self.matrix is None or (rows < 0).any():
+            raise KeyError("some items are not embedded; call ensure(items) first")
+        return self.matrix[torch.from_numpy(rows).to(self.matrix.device)]
