@@ -172,6 +172,44 @@ class DistanceWeightedMiner(Miner):
         return anchor, pos, neg.to(anchor.device)
 
 
+class MultiSimilarityMiner:
+    """Pair mining of the multi-similarity loss (Wang et al., 2019, "Multi-Similarity Loss with General
+    Pair Weighting for Deep Metric Learning", section 4.1).
+
+    A pair miner, not a triplet `Miner`: it sees an ``[n, n]`` *similarity* matrix (larger = closer,
+    the cosine for the multi-similarity loss) and returns boolean ``[n, n]`` masks of the kept positive
+    and negative pairs. With ``S`` the similarities and ``epsilon`` the mining margin, for anchor ``i``:
+
+    - a negative pair ``(i, k)`` is kept if ``S_ik + epsilon > min_{j positive} S_ij`` (it is more
+      similar than the hardest positive, up to ``epsilon``);
+    - a positive pair ``(i, j)`` is kept if ``S_ij - epsilon < max_{k negative} S_ik``.
+
+    An anchor without positives keeps no negative, and one without negatives keeps no positive.
+    Deterministic (no generator); the similarities are detached.
+    """
+
+    def __init__(self, epsilon: float = 0.1) -> None:
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon < float("inf"):
+            raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+
+    def __call__(self, similarity: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positive, negative)`` masks of the kept pairs of the ``[n, n]`` `similarity`."""
+        if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+            raise ValueError(f"similarity must be a square [n, n] matrix, got shape {tuple(similarity.shape)}")
+        if labels.shape != (similarity.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({similarity.shape[0]},) to match similarity, got {tuple(labels.shape)}"
+            )
+        similarity = similarity.detach()
+        positive, negative = _masks(labels)
+        hardest_positive = similarity.masked_fill(~positive, float("inf")).min(1, keepdim=True).values
+        hardest_negative = similarity.masked_fill(~negative, float("-inf")).max(1, keepdim=True).values
+        kept_negative = negative & (similarity + self.epsilon > hardest_positive)
+        kept_positive = positive & (similarity - self.epsilon < hardest_negative)
+        return kept_positive, kept_negative
+
+
 MINERS: dict[str, type[Miner]] = {
     "batch-all": BatchAllMiner,
     "batch-hard": BatchHardMiner,

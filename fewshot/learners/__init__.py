@@ -13,20 +13,50 @@ from fewshot.learners.base import (
     prototypes,
     register_learner,
 )
+# Registration order is the order registries list names in (CLI choices, error messages): the three
+# episodic learners first, then the proxy and pair losses.
 from fewshot.learners.protonet import PrototypicalLearner
 from fewshot.learners.siamese import SiameseLearner, contrastive_loss
 from fewshot.learners.triplet import TripletLearner
+from fewshot.learners.normface import NormFaceLearner
+from fewshot.learners.cosface import CosFaceLearner
+from fewshot.learners.arcface import ArcFaceLearner
+from fewshot.learners.sphereface import SphereFaceLearner
+from fewshot.learners.proxy_nca import ProxyNCALearner
+from fewshot.learners.proxy_anchor import ProxyAnchorLearner
+from fewshot.learners.lifted_structure import LiftedStructureLearner, lifted_structure_loss
+from fewshot.learners.n_pair import NPairLearner, n_pair_loss
+from fewshot.learners.multi_similarity import MultiSimilarityLearner, multi_similarity_loss
+from fewshot.learners.circle import CircleLearner, ClassCircleLearner, circle_loss
+from fewshot.learners.proxies import CosineSoftmaxLearner, ProxyLearner
 
 __all__ = [
     "LEARNERS",
+    "ArcFaceLearner",
+    "CircleLearner",
+    "ClassCircleLearner",
+    "CosFaceLearner",
+    "CosineSoftmaxLearner",
     "EpisodeEmbeddings",
     "Learner",
     "LearnerOutput",
+    "LiftedStructureLearner",
+    "MultiSimilarityLearner",
+    "NPairLearner",
+    "NormFaceLearner",
     "PrototypicalLearner",
+    "ProxyAnchorLearner",
+    "ProxyLearner",
+    "ProxyNCALearner",
     "SiameseLearner",
+    "SphereFaceLearner",
     "TripletLearner",
     "build_learner",
+    "circle_loss",
     "contrastive_loss",
+    "lifted_structure_loss",
+    "multi_similarity_loss",
+    "n_pair_loss",
     "prototype_logits",
     "prototypes",
     "register_learner",
