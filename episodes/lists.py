@@ -23,6 +23,7 @@ An item is identified by its class name and its item id (ids need only be unique
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,26 +82,90 @@ def save_episodes(path: str | Path, episodes: Iterable[Episode], dataset: Any = 
         })
     document = {"format": FORMAT, "version": VERSION, "metadata": dict(metadata or {}), "episodes": records}
     path = Path(path)
-    path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    # Written beside the target and renamed over it: a reader never sees half a list.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        temporary.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
+def _is_item_id(value: Any) -> bool:
+    # Ids are written as strings; integers are read as their decimal string (as other tools may write them).
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _check_episode(record: Any) -> str | None:
+    """What is wrong with one episode of a list (None: nothing): its structure and JSON types, at least
+    two distinct classes, non-empty equal-size groups, and support and query items disjoint."""
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, expected an object with \"classes\", \"support\" and \"query\""
+    classes = record.get("classes")
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        return f"\"classes\" must be a list of class names (strings), got {classes!r:.80}"
+    if len(classes) < 2:
+        return f"has {len(classes)} class(es); an episode needs at least 2 ways (one class is always 100% accurate)"
+    repeated = sorted({name for name in classes if classes.count(name) > 1})
+    if repeated:
+        return f"names class(es) {repeated[:5]} more than once; the classes of an episode must be distinct"
+    ways = len(classes)
+    for part in ("support", "query"):
+        groups = record.get(part)
+        if not isinstance(groups, list) or len(groups) != ways or not all(isinstance(g, list) for g in groups):
+            return f"needs \"{part}\" as one list of item ids per class ({ways} lists), got {groups!r:.80}"
+        if not all(_is_item_id(item) for group in groups for item in group):
+            bad = next(item for group in groups for item in group if not _is_item_id(item))
+            return f"has {part} item {bad!r} of JSON type {type(bad).__name__}; item ids are strings"
+        sizes = [len(group) for group in groups]
+        if len(set(sizes)) > 1:
+            return f"has {part} lists of unequal sizes {sizes}"
+        if sizes[0] == 0:
+            return f"has empty {part} lists; every class needs at least one {part} item"
+    for name, support, query in zip(classes, record["support"], record["query"]):
+        ids = [str(item) for item in support + query]
+        if len(set(ids)) < len(ids):
+            leaked = sorted(set(map(str, support)) & set(map(str, query)))
+            if leaked:  # the answer is in the support set: accuracy would be meaningless
+                return f"puts items {leaked[:5]} of class {name!r} in both support and query"
+            return f"repeats items {sorted({i for i in ids if ids.count(i) > 1})[:5]} of class {name!r}"
+    return None
+
+
 def read_episode_list(path: str | Path) -> dict[str, Any]:
-    """Read and check the structure of an episode list file; return the parsed document."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read and check an episode list file; return the parsed document.
+
+    Raises ValueError naming the file (and the episode, counted from 0 as in `Episode.index`) for anything
+    that is not a well-formed list: unreadable or empty files, bad JSON, wrong JSON types, no episodes,
+    1-way episodes, repeated classes, and support items repeated in the query.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"episode list {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read episode list {path}: {error}") from None
+    if not text.strip():
+        raise ValueError(f"episode list {path} is empty; expected a JSON episode list (\"format\": \"{FORMAT}\")")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"episode list {path} is not valid JSON ({error.msg} at line {error.lineno}, "
+                         f"column {error.colno})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{path} is not an episode list (expected \"format\": \"{FORMAT}\")")
     if document.get("version") != VERSION:
         raise ValueError(f"{path} has episode list version {document.get('version')!r}; this reader knows {VERSION}")
-    for number, record in enumerate(document.get("episodes", [])):
-        ways = len(record.get("classes", []))
-        for part in ("support", "query"):
-            groups = record.get(part)
-            if not isinstance(groups, list) or len(groups) != ways:
-                raise ValueError(f"{path}: episode {number} needs one {part} list per class ({ways})")
-            if len({len(group) for group in groups}) > 1:
-                raise ValueError(f"{path}: episode {number} has {part} lists of unequal sizes "
-                                 f"{[len(group) for group in groups]}")
+    episodes = document.get("episodes")
+    if not isinstance(episodes, list):
+        raise ValueError(f"{path}: \"episodes\" must be a list of episodes, got {episodes!r:.80}")
+    if not episodes:
+        raise ValueError(f"{path} holds no episodes (\"episodes\": []); there is nothing to evaluate")
+    for number, record in enumerate(episodes):
+        problem = _check_episode(record)
+        if problem:
+            raise ValueError(f"{path}: episode {number} {problem}")
     return document
 
 

@@ -100,6 +100,14 @@ def _size_range(name: str, value: Any) -> tuple[int, int]:
     return low, high
 
 
+def _is_int(value: Any) -> bool:
+    """An int or numpy integer, not a bool (True would silently count as 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+_MAX_INDEX = np.iinfo(np.int64).max
+
+
 def as_labels(labels: Any) -> np.ndarray:
     """Return a 1-D int64 labels array from an array-like or from an object's `.labels` (or `.targets`)."""
     for attribute in ("labels", "targets"):
@@ -238,7 +246,7 @@ class EpisodeSampler:
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= int(seed) < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = int(seed)
-        if num_episodes is not None and (not isinstance(num_episodes, (int, np.integer)) or num_episodes < 1):
+        if num_episodes is not None and (not _is_int(num_episodes) or num_episodes < 1):
             raise ValueError(f"num_episodes must be a positive int or None, got {num_episodes!r}")
         self.num_episodes = None if num_episodes is None else int(num_episodes)
         if too_small not in ("error", "exclude"):
@@ -314,11 +322,11 @@ class EpisodeSampler:
 
         The shards are disjoint and together give start, start + 1, ... (up to num_episodes).
         """
-        if not isinstance(start, (int, np.integer)) or start < 0:
+        if not _is_int(start) or start < 0:
             raise ValueError(f"start must be a non-negative int, got {start!r}")
-        if not isinstance(num_shards, (int, np.integer)) or num_shards < 1:
+        if not _is_int(num_shards) or num_shards < 1:
             raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
-        if not isinstance(shard, (int, np.integer)) or not 0 <= shard < num_shards:
+        if not _is_int(shard) or not 0 <= shard < num_shards:
             raise ValueError(f"shard must be in [0, {num_shards}), got {shard!r}")
         first = int(start) + int(shard)
         if self.num_episodes is None:
@@ -332,7 +340,7 @@ class EpisodeSampler:
 
     def index_chunks(self, start: int = 0, *, shard: int = 0, num_shards: int = 1, chunk: int = 64) -> Iterator[np.ndarray]:
         """Episode indices of a shard, grouped into arrays of up to `chunk` (for vectorised draws)."""
-        if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        if not _is_int(chunk) or chunk < 1:
             raise ValueError(f"chunk must be a positive int, got {chunk!r}")
         indices = self.episode_indices(start, shard=shard, num_shards=num_shards)
         while True:
@@ -343,9 +351,18 @@ class EpisodeSampler:
 
     def draw(self, indices: Sequence[int] | np.ndarray) -> EpisodeDraw:
         """Draw the episodes at `indices` together; return their raw arrays (see `EpisodeDraw`)."""
+        raw = indices
         indices = np.asarray(indices)
+        if indices.ndim == 1 and indices.dtype == object and all(_is_int(i) for i in indices):
+            # Python ints beyond 64 bits: numpy keeps them as objects
+            bad = next(int(i) for i in indices if not 0 <= i <= _MAX_INDEX)
+            raise IndexError(f"episode indices must be >= 0, got {bad}" if bad < 0 else
+                             f"episode index {bad} is too large; indices are at most 2**63 - 1")
         if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
-            raise ValueError(f"episode indices must be a 1-D sequence of ints, got {indices!r}")
+            raise ValueError(f"episode indices must be a 1-D sequence of ints, got {raw!r}")
+        if indices.size and np.issubdtype(indices.dtype, np.unsignedinteger) and indices.max() > _MAX_INDEX:
+            # Checked before the int64 conversion, which would wrap 2**63 to a negative number.
+            raise IndexError(f"episode index {int(indices.max())} is too large; indices are at most 2**63 - 1")
         indices = indices.astype(np.int64)
         if indices.size and indices.min() < 0:
             raise IndexError(f"episode indices must be >= 0, got {indices.min()}")

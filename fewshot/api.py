@@ -39,19 +39,58 @@ class FewShotClassifier:
     """A trained model with its preprocessing: embed images and classify queries by nearest prototype."""
 
     def __init__(self, model: FewShotModel, dataset: str, device: str | torch.device = "cpu") -> None:
-        self.model = model.eval()
+        self.device = check_device(device)
+        self.model = model.to(self.device).eval()
         self.dataset = dataset
-        self.device = torch.device(device)
         self._preprocess = preprocessor(dataset, model.spec.image_size, model.spec.in_channels)
 
-    def images_to_tensor(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
-        """Float [n,C,H,W] model input from image paths / PIL images (or an already preprocessed uint8 tensor)."""
-        if isinstance(images, torch.Tensor):
-            return to_float(images) if images.dtype == torch.uint8 else images
-        if isinstance(images, (str, Path, Image.Image)):
-            raise TypeError("pass a list of images, not a single image")
+    @property
+    def expected_input(self) -> str:
+        """The tensor input this model takes, in words (for error messages)."""
+        side, channels = self.model.spec.image_size, self.model.spec.in_channels
+        shapes = f"[n,{side},{side}] or [n,1,{side},{side}]" if channels == 1 else f"[n,{channels},{side},{side}]"
+        return (f"{shapes} images ({channels} channel(s), {side}x{side} px, prepared like its {self.dataset} "
+                "training data): uint8 in 0..255 or float in 0..1")
+
+    def _check_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """The float32 [n,C,H,W] model input of a preprocessed tensor, after checking it fits the model."""
+        side, channels = self.model.spec.image_size, self.model.spec.in_channels
+        expected = self.expected_input
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise TypeError(f"images are a {images.dtype} tensor; this model takes {expected}")
+        if images.dim() == 3 and channels == 1:
+            images = images.unsqueeze(1)
+        if images.dim() != 4 or tuple(images.shape[1:]) != (channels, side, side):
+            raise ValueError(f"images have shape {list(images.shape)}; this model takes {expected}")
         if len(images) == 0:
             raise ValueError("no images given")
+        if images.dtype == torch.uint8:
+            return to_float(images)
+        images = images.detach().cpu()
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError(f"images hold NaN or inf values; this model takes {expected}")
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            hint = " (0..255 values: divide by 255, or pass a uint8 tensor)" if high > 1.0 else ""
+            raise ValueError(f"float images have values in {low:g}..{high:g}, outside 0..1{hint}; this model takes "
+                             f"{expected}")
+        return images.float()
+
+    def images_to_tensor(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
+        """Float [n,C,H,W] model input from image paths / PIL images, or from an already preprocessed tensor
+        (uint8 in 0..255 or float in 0..1, of the model's channels and image size: checked)."""
+        if isinstance(images, torch.Tensor):
+            return self._check_tensor(images)
+        if isinstance(images, (str, Path, Image.Image)):
+            raise TypeError("pass a list of images, not a single image")
+        if not isinstance(images, Sequence):
+            raise TypeError(f"images must be a list of image paths or PIL images, or a tensor; got {type(images).__name__}")
+        if len(images) == 0:
+            raise ValueError("no images given")
+        for position, image in enumerate(images):
+            if not isinstance(image, (str, Path, Image.Image)):
+                raise TypeError(f"image {position} is a {type(image).__name__}; a list holds image paths or PIL images "
+                                "(pass preprocessed pixels as one tensor)")
         return to_float(torch.stack([self._preprocess(image) for image in images]))
 
     @torch.no_grad()
@@ -85,7 +124,26 @@ class FewShotClassifier:
         return [classes[i] for i in probabilities.argmax(dim=1).tolist()]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, refused with a clear message when it is not a valid name or not present here."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for CUDA, but torch sees no CUDA device here; use device='cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    return resolved
+
+
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> FewShotClassifier:
-    """Load a checkpoint written by `fewshot.train` (weights-only unpickling) as a classifier."""
+    """Load a checkpoint written by `fewshot.train` (weights-only unpickling) as a classifier.
+
+    The device is checked first; a checkpoint with non-finite weights is refused (`model_from_checkpoint`).
+    """
+    device = check_device(device)
     model, state = model_from_checkpoint(checkpoint, device)
     return FewShotClassifier(model, state.get("dataset", "omniglot"), device)

@@ -4,19 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fewshot.data.store import atomic_write
+from fewshot.data.store import atomic_write, load_error_reason
 from fewshot.model import FewShotModel, ModelSpec
 
 FORMAT_VERSION = 1
 
 
+def non_finite_tensors(value: Any, where: str = "") -> Iterator[str]:
+    """Names (dotted paths) of the floating-point tensors in a nested state that hold NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            yield where or "tensor"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite_tensors(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from non_finite_tensors(item, f"{where}[{index}]")
+
+
+def describe_names(names: list[str], limit: int = 5) -> str:
+    """`a, b, c` for a few names, `a, b, ... (12 in all)` for many."""
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` (tensors, numbers, strings, lists, dicts) to `path` atomically."""
+    """Write `state` (tensors, numbers, strings, lists, dicts) to `path` atomically.
+
+    Refuses (ValueError, nothing written) a state whose model or optimizer tensors hold NaN or inf: such a
+    checkpoint would only give chance-level results, and it would replace a good one.
+    """
+    bad = [*non_finite_tensors(state.get("model", {}), "model"), *non_finite_tensors(state.get("optimizer", {}), "optimizer")]
+    if bad:
+        raise ValueError(f"refusing to write checkpoint {path}: {len(bad)} tensors hold NaN or inf ({describe_names(bad)})")
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
     return atomic_write(path, lambda file: file.write(buffer.getvalue()))
@@ -30,7 +56,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"checkpoint {path} is corrupt or not a fewshot checkpoint: {error}") from error
+        # Not chained: torch's own message advises re-running with weights_only=False, which for a damaged or
+        # untrusted file is exactly the unsafe thing to do. The reason is kept, without that advice.
+        raise ValueError(f"checkpoint {path} is corrupt or not a fewshot checkpoint (not a checkpoint written by "
+                         f"this project): {load_error_reason(error)}") from None
     if not isinstance(state, dict) or "model" not in state or "spec" not in state:
         raise ValueError(f"checkpoint {path} is not a fewshot checkpoint (expected keys 'model' and 'spec')")
     return state
@@ -64,6 +93,11 @@ def load_model_state(model: FewShotModel, state: dict[str, Any], source: str | P
         }
         described = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in differences.items())
         raise ValueError(f"checkpoint {source} was saved from another architecture ({described})")
+    bad = list(non_finite_tensors(state["model"]))
+    if bad:  # a diverged run's weights: every prediction would be chance, with a confident-looking interval
+        raise ValueError(f"checkpoint {source} holds non-finite weights (NaN or inf in {len(bad)} of {len(state['model'])} "
+                         f"tensors: {describe_names(bad)}); it cannot give meaningful results. It comes from a run "
+                         "whose training diverged: use an earlier checkpoint, or train again with a lower --lr")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

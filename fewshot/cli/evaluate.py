@@ -35,12 +35,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-metrics", action="store_true", help="also verification (ROC-AUC, EER, TAR@FAR) and retrieval (Recall@1, MAP@R)")
     p.add_argument("--report", default=None, help="JSON report path (default: beside the checkpoint)")
     p.add_argument("--plot", default=None, help="PNG plot path (default: beside the report)")
+    p.add_argument("--per-episode", action="store_true",
+                   help="embed every episode's images afresh instead of each image once (same numbers; for checks)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    report_path = Path(args.report or Path(args.checkpoint).with_name(f"eval_{Path(args.checkpoint).stem}_{args.eval_split}.json"))
+    plot_path = Path(args.plot or report_path.with_suffix(".png"))
+    # The output paths are checked before the (long) evaluation, so a typo costs nothing.
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    problems = [f"--report {report_path} is a directory; name a JSON file"] if report_path.is_dir() else []
+    if plot_path.is_dir():
+        problems.append(f"--plot {plot_path} is a directory; name an image file")
+    elif plot_path.suffix.lower().lstrip(".") not in formats:
+        problems.append(f"--plot {plot_path}: unknown image format {plot_path.suffix or '(no extension)'}; "
+                        f"use one of {', '.join('.' + f for f in formats)}")
+    if problems:
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        return 2
     try:
         report = evaluate_checkpoint(
             args.checkpoint, dataset=args.dataset, split=args.split, eval_split=args.eval_split,
@@ -48,14 +65,19 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, data_root=args.data_root, device=str(resolve_device(args.device)), compare=args.compare,
             allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
             episode_list=args.episode_list, save_episode_lists=args.save_episodes,
-            progress=not args.no_progress)
+            progress=not args.no_progress, per_episode=args.per_episode)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report_path = Path(args.report or Path(args.checkpoint).with_name(f"eval_{Path(args.checkpoint).stem}_{args.eval_split}.json"))
-    plot_path = Path(args.plot or report_path.with_suffix(".png"))
-    atomic_write(report_path, lambda f: f.write(report_json(report)))
-    plot_report(report, plot_path)
-    print(format_table(report))
+    print(format_table(report))  # first: the numbers are on screen even if a file cannot be written
+    current = report_path
+    try:
+        atomic_write(report_path, lambda f: f.write(report_json(report)))
+        current = plot_path
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_report(report, plot_path)
+    except OSError as error:  # a read-only folder or a full disk: one line, the table above stands
+        print(f"error: cannot write {current}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(f"report: {report_path}\nplot: {plot_path}")
     return 0

@@ -13,7 +13,16 @@ from fewshot.data.base import dataset_options
 from fewshot.distances import DISTANCES
 from fewshot.learners import LEARNERS
 from fewshot.miners import MINERS
-from fewshot.training import PRECISIONS, SCHEDULES, NonFiniteLoss, TrainConfig, train
+from fewshot.training import (
+    PRECISIONS,
+    SCHEDULES,
+    NonFiniteLoss,
+    OutputError,
+    RunInUse,
+    TrainConfig,
+    TrainingInterrupted,
+    train,
+)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -87,20 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=sorted(PRECISIONS), default=defaults.precision,
                      help="bf16: run the backbone under bfloat16 autocast (weights, distances and losses stay float32)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
+    start = run.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start over in a non-empty --output, deleting the run files there (checkpoints, log, reports)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = None
     try:
         config = config_from_args(args)
-        report = train(config, resume=args.resume, progress=not args.no_progress)
-    except KeyboardInterrupt as stop:
+        report = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    except TrainingInterrupted as stop:  # SIGINT or SIGTERM: the state is saved, the run can go on
         print(f"\n{stop}\nresume with: python -m fewshot.train ... --output {config.output} --resume", file=sys.stderr)
+        return 128 + stop.signum  # the shell's code for the signal (130, 143), as a scheduler expects
+    except KeyboardInterrupt:  # before training started (loading data): nothing to save
+        print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, OutputError, RunInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     row = report["results"][0]

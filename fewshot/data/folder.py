@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from fewshot.data.arrays import check_split_sizes, random_class_ids, random_class_splits
 from fewshot.data.base import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
-from fewshot.data.store import ClassSplit, atomic_write, cache_dir, load_cache
+from fewshot.data.store import ClassSplit, cache_dir, check_memory, load_cache, write_cache
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -198,6 +198,8 @@ def _cache_key(entries: list[list[str]], image_size: int, channels: int | None) 
 
 def _decode(paths: list[Path], image_size: int, channels: int, progress: bool) -> torch.Tensor:
     shape = (len(paths), image_size, image_size) if channels == 1 else (len(paths), 3, image_size, image_size)
+    check_memory(int(np.prod(shape)), f"decoding {len(paths):,} images at {image_size}x{image_size} px",
+                 f"choose a smaller image size (the folder default is {DEFAULT_IMAGE_SIZE})")
     images = torch.empty(shape, dtype=torch.uint8)
     for row, path in enumerate(tqdm(paths, desc="Decoding images", unit="img", disable=None if progress else True)):
         try:
@@ -275,10 +277,9 @@ def _load(root: str | Path, scheme: str, image_size: int | None, channels: int |
     if payload is None:
         resolved = _resolve_channels(channels, _modes(paths), relative, root)
         payload = {"key": key, "channels": resolved, "images": _decode(paths, image_size, resolved, progress)}
-        try:  # written only now, after every image decoded: a failure above leaves no cache behind
-            atomic_write(cache_file, lambda file: torch.save(payload, file))
-        except OSError as error:  # the cache only saves time; a read-only cache folder must not block loading
-            warnings.warn(f"could not write image folder cache {cache_file}: {error}", stacklevel=3)
+        # Written only now, after every image decoded: a failure above leaves no cache behind. The cache only
+        # saves time: a failure to write it warns and loading goes on.
+        write_cache(cache_file, payload, "image folder")
     channels = int(payload["channels"])
 
     full = ClassSplit(payload["images"], np.array(labels, dtype=np.int64), class_names, np.array(relative, dtype=np.str_))

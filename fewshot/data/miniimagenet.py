@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import pickle
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -29,12 +28,13 @@ from tqdm import tqdm
 from fewshot.data.base import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
 from fewshot.data.store import (
     ClassSplit,
-    atomic_write,
     cache_dir,
+    check_memory,
     describe_data_root,
     fetch_split_list,
     load_cache,
     resolve_data_root,
+    write_cache,
 )
 
 SPLITS = ("train", "val", "test")
@@ -222,8 +222,14 @@ def _cache_key(fmt: str, source: Path, csv_path: Path, image_size: int, file_sta
 _Built = tuple[torch.Tensor, list[str], list[str]]  # images, item ids, wnid of each image
 
 
+def _check_memory(count: int, image_size: int, desc: str) -> None:
+    check_memory(count * 3 * image_size * image_size, f"{desc} ({count:,} RGB images at {image_size}x{image_size} px)",
+                 "choose a smaller --image-size (miniImageNet's default is 84)")
+
+
 def _build_from_jpegs(paths: list[str], rows: list[tuple[str, str]], image_size: int, desc: str) -> _Built:
     """Images in CSV order, their ids (the CSV file names) and their wnids."""
+    _check_memory(len(paths), image_size, desc)
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     for row, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=None)):
         images[row] = preprocess_image(path, image_size)  # names the file when it is corrupt
@@ -248,6 +254,7 @@ def _build_from_pickle(path: Path, csv_path: Path, rows: list[tuple[str, str]], 
         if len(rows_of[wnid]) != count:
             raise ValueError(f"{path}: class {wnid} has {len(rows_of[wnid])} images; {csv_path} lists {count}")
     order = np.concatenate([rows_of[wnid] for wnid in expected])
+    _check_memory(len(order), image_size, desc)
     images = torch.empty((len(order), 3, image_size, image_size), dtype=torch.uint8)
     for out_row, data_row in enumerate(tqdm(order, desc=desc, unit="img", disable=None)):
         images[out_row] = preprocess_image(Image.fromarray(data[data_row]), image_size)
@@ -295,10 +302,7 @@ def _load_split(
             "labels": torch.tensor([index[wnid] for wnid in wnids], dtype=torch.int64),
             "item_ids": "\n".join(item_ids),
         }
-        try:
-            atomic_write(cache_file, lambda file: torch.save(payload, file))
-        except OSError as error:  # the cache only saves time; a read-only home must not block loading
-            warnings.warn(f"could not write miniImageNet cache {cache_file}: {error}", stacklevel=3)
+        write_cache(cache_file, payload, "miniImageNet")  # the cache only saves time: a failure warns and loading goes on
     return ClassSplit(
         payload["images"],
         labels=payload["labels"].numpy(),

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -28,14 +27,15 @@ from tqdm import tqdm
 from fewshot.data.base import DatasetInfo, DatasetSplits, register_dataset
 from fewshot.data.store import (
     ClassSplit,
-    atomic_write,
     cache_dir,
+    check_memory,
     describe_data_root,
     download_file,
     fetch_split_list,
     load_cache,
     load_resized,
     resolve_data_root,
+    write_cache,
 )
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
@@ -353,6 +353,10 @@ def _build(sources: list[_Source], image_size: int) -> dict:
             character_of.append(len(characters) - 1)
             drawer.append(int(match["drawer"]))
             image_ids.append(match["image_id"])
+    # Estimated before allocating: a large --image-size would otherwise die mid-decode (or thrash) with no message.
+    check_memory(len(image_ids) * image_size * image_size,
+                 f"decoding {len(image_ids):,} Omniglot images at {image_size}x{image_size} px",
+                 "choose a smaller --image-size (Omniglot's default is 28)")
     images = torch.empty((len(image_ids), image_size, image_size), dtype=torch.uint8)
     with tqdm(total=len(image_ids), desc="Decoding Omniglot", unit="img", disable=None) as progress:
         start = 0
@@ -388,10 +392,7 @@ def load_omniglot(root: str | Path | None = None, image_size: int = 28, download
     if payload is None:
         payload = _build(sources, image_size)
         payload["key"] = key
-        try:
-            atomic_write(cache_file, lambda file: torch.save(payload, file))
-        except OSError as error:  # the cache only saves time; a read-only home must not block loading
-            warnings.warn(f"could not write Omniglot cache {cache_file}: {error}", stacklevel=2)
+        write_cache(cache_file, payload, "Omniglot")  # the cache only saves time: a failure warns and loading goes on
     return OmniglotStore(
         images=payload["images"],
         characters=payload["characters"].split("\n"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +72,10 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+class NonFiniteParameters(NonFiniteLoss):
+    """Training produced NaN or infinite weights (or optimizer state); they are never saved."""
+
+
 def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """A saved or current config as a dict with every default filled in: settings added since a run
     was saved take their defaults, and `metric` / `normalize` left to the learner are made explicit,
@@ -112,8 +117,43 @@ def _too_small(split, needed: int) -> str:
     return f"{len(small)} classes have fewer: {listed}{', ...' if len(small) > 5 else ''}"
 
 
+def _non_finite_arguments(values: Any, where: str) -> list[str]:
+    """`where` names of the float values in component arguments (nested tuples included) that are NaN or inf."""
+    if isinstance(values, dict):
+        return [name for key, value in values.items() for name in _non_finite_arguments(value, f"{where} {key}")]
+    if isinstance(values, (list, tuple)):
+        return [name for value in values for name in _non_finite_arguments(value, where)]
+    if isinstance(values, float) and not math.isfinite(values):
+        return [f"{where}={values}"]
+    return []
+
+
+def check_settings(config: TrainConfig) -> None:
+    """Fail on settings that are wrong whatever the data: non-finite hyper-parameters (one update with
+    --lr inf fills the weights with NaN, and a model of NaN scores chance), a thread count torch refuses."""
+    bounds = (("lr", config.lr, 0.0, False), ("lr_gamma", config.lr_gamma, 0.0, False),
+              ("weight_decay", config.weight_decay, 0.0, True))
+    for name, value, low, low_allowed in bounds:
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value!r}")
+        if value < low or (value == low and not low_allowed):
+            raise ValueError(f"{flag} must be {'at least' if low_allowed else 'greater than'} {low:g}, got {value!r}")
+    if config.margin is not None and (isinstance(config.margin, bool) or not isinstance(config.margin, (int, float))
+                                      or not math.isfinite(config.margin)):
+        raise ValueError(f"--margin must be a finite number, got {config.margin!r}")
+    bad = [*_non_finite_arguments(config.learner_args, "--loss-arg"), *_non_finite_arguments(config.metric_args, "--metric-arg"),
+           *_non_finite_arguments(config.backbone_args, "--backbone-arg"), *_non_finite_arguments(config.dataset_args, "--dataset-arg")]
+    if bad:
+        raise ValueError(f"non-finite argument values {', '.join(bad)}; give finite numbers")
+    if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int)
+                                       or config.threads < 1):
+        raise ValueError(f"--threads must be a positive int (or left out for torch's choice), got {config.threads!r}")
+
+
 def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
-    """Fail before training on settings the data cannot serve."""
+    """Fail before training on settings the data cannot serve (and on those `check_settings` refuses)."""
+    check_settings(config)
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown --precision {config.precision!r}; expected one of {sorted(PRECISIONS)}")
     for name, value in (("ways", config.ways), ("shots", config.shots), ("queries", config.queries),

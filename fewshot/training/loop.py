@@ -8,10 +8,13 @@ killed at any point and resumed gives the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
+import threading
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from tqdm import tqdm
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
 from fewshot.augment import augment_episode, augment_generator
-from fewshot.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from fewshot.checkpoint import describe_names, load_checkpoint, load_model_state, non_finite_tensors, save_checkpoint
 from fewshot.data.base import DatasetSplits, load_splits
 from fewshot.data.store import ClassSplit, absolute_path, atomic_write
 from fewshot.devices import resolve_device
@@ -32,13 +35,16 @@ from fewshot.model import FewShotModel
 from fewshot.training.config import (
     PRECISIONS,
     NonFiniteLoss,
+    NonFiniteParameters,
     TrainConfig,
     check_config,
+    check_settings,
     make_scheduler,
     model_spec,
     resolved_settings,
 )
-from fewshot.training.runlog import MetricsLog, plot_curve, read_records
+from fewshot.training.rundir import RunLock, check_run_dir, describe_write_error, writing
+from fewshot.training.runlog import MetricsLog, plot_curve
 
 
 def episode_generator(seed: int, episode: int) -> torch.Generator:
@@ -63,8 +69,23 @@ def _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, 
     }
 
 
+def _intact_checkpoint_hint(run_dir: Path) -> str:
+    """What to do when last.pt cannot be read: resume from best.pt if that one is intact, else start over."""
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    try:
+        episode = load_checkpoint(best)["episode"]
+    except (FileNotFoundError, ValueError):
+        return ("No intact checkpoint is left to resume from: start the run over with --overwrite, "
+                "or choose another --output")
+    return (f"To continue from {best} (episode {episode}), replace the damaged last.pt with it "
+            f"(cp {best} {last}) and run with --resume again; or start the run over with --overwrite")
+
+
 def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
-    state = load_checkpoint(run_dir / "last.pt")
+    try:
+        state = load_checkpoint(run_dir / "last.pt")
+    except ValueError as error:  # a damaged last.pt blocks the run: say how to get going again
+        raise ValueError(f"{error}.\n{_intact_checkpoint_hint(run_dir)}") from None
     # A cosine schedule spans the run's length: a longer run would climb the lr back up from zero.
     resumable = [k for k in TrainConfig.RESUMABLE_CHANGES if not (k == "episodes" and config.schedule == "cosine")]
     saved, now = resolved_settings(state["config"]), resolved_settings(asdict(config))
@@ -76,6 +97,34 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     return state
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after saving its state; `signum` is the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+# Signals that stop training cleanly: SIGINT (Ctrl-C) and SIGTERM (what SLURM, Kubernetes and torchrun send
+# before a kill). The episode under way is finished, last.pt saved, then TrainingInterrupted is raised.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _output_dir(config: TrainConfig, resume: bool) -> Path:
+    """The run directory (a new timestamped one without --output), refused early when it cannot serve."""
+    if config.output is None:
+        if resume:
+            raise ValueError("--resume needs --output: the run directory to continue")
+        config.output = f"runs/{config.dataset}-{config.learner}-{config.ways}w{config.shots}s-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(config.output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--output {run_dir} is a file, not a directory; name a new (or empty) directory for the run")
+    if resume and not (run_dir / "last.pt").is_file():
+        raise FileNotFoundError(f"checkpoint {run_dir / 'last.pt'} does not exist: --resume continues the run whose "
+                                "last.pt is in --output")
+    return run_dir
+
+
 def validation_interval(model: FewShotModel, split: ClassSplit, config: TrainConfig, device: torch.device) -> Interval:
     """Validation accuracy of the model being trained (fixed validation episodes, seed-derived)."""
     accuracies = evaluate_model(model, split, config.ways, config.shots, config.eval_queries,
@@ -84,13 +133,19 @@ def validation_interval(model: FewShotModel, split: ClassSplit, config: TrainCon
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          splits: DatasetSplits | None = None) -> dict[str, Any]:
+          splits: DatasetSplits | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train, validate, keep the best checkpoint, then evaluate it on novel classes. Returns the final report.
 
     `splits` are any class splits (e.g. `fewshot.data.from_folder(...)` or `from_arrays(...)`); without
-    them the config's dataset is loaded by name.
+    them the config's dataset is loaded by name. The output directory must be new or empty, unless
+    `resume` (continue the run there) or `overwrite` (delete that run's files and start over). It is
+    locked for the run's life (`RunInUse` for a second process). SIGINT and SIGTERM finish the episode,
+    save last.pt and raise `TrainingInterrupted`; a failed write raises `OutputError` with what is intact.
     """
-    if config.threads:
+    check_settings(config)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over")
+    if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     if config.data_root is not None:
@@ -98,22 +153,30 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if splits is None:
         splits = load_splits(config.dataset, config.split, config.data_root, config.image_size, **config.dataset_args)
     config.dataset, config.split, config.image_size = splits.dataset, splits.scheme, splits.image_size
-    if config.output is None:
-        if resume:
-            raise ValueError("--resume needs --output: the run directory to continue")
-        config.output = f"runs/{config.dataset}-{config.learner}-{config.ways}w{config.shots}s-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(config.output)
-    if not resume and (run_dir / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run (last.pt); pass --resume to continue it or choose another --output")
+    run_dir = _output_dir(config, resume)
+    if not overwrite:  # refused before anything is created (deleting for --overwrite waits for the lock)
+        check_run_dir(run_dir, resume, overwrite=False)
     check_config(config, splits)
     spec = model_spec(config, splits)
 
+    with writing(run_dir, "choose an --output where you can write"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        # Checked again under the lock: another process may have started a run here since the check above.
+        check_run_dir(run_dir, resume, overwrite)
+        return _train_locked(config, resume, progress, splits, spec, device, run_dir)
+
+
+def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: DatasetSplits, spec: Any,
+                  device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """`train` once the run directory is locked and checked."""
     torch.manual_seed(config.seed)
     model = FewShotModel(spec).to(device)
     model.compute_dtype = PRECISIONS[config.precision]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
     start, best = 0, {"episode": None, "accuracy": -1.0}
+    saved: dict[str, int] = {}  # episode of each checkpoint of this run on disk, for the failure messages
     seconds_before, started = 0.0, time.perf_counter()  # wall time of training and validation, summed over resumes
     if resume:
         state = _resume_state(run_dir, config)
@@ -122,11 +185,24 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         scheduler.load_state_dict(state["scheduler"])
         start, best = int(state["episode"]), dict(state["best"])
         seconds_before = float(state.get("train_seconds", 0.0))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(asdict(config), indent=2).encode()))
-    record = {"dataset": splits.dataset, "scheme": splits.scheme, "options": splits.options, **splits.class_lists()}
-    atomic_write(run_dir / "splits.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
-    log = MetricsLog(run_dir / "metrics.jsonl", start if resume else None)
+        saved["last.pt"] = start
+        if best["episode"] is not None and (run_dir / "best.pt").is_file():
+            saved["best.pt"] = int(best["episode"])
+
+    def intact() -> str:
+        """Which checkpoints a failure leaves, and how to go on from them."""
+        if "last.pt" in saved:
+            return (f"{run_dir / 'last.pt'} (episode {saved['last.pt']}) is intact: fix the cause and continue "
+                    "with --resume")
+        return "no last.pt was written yet, so there is nothing to resume: fix the cause and start over with --overwrite"
+
+    # The log is read (and checked) before anything is written, so a bad log leaves the run as it was.
+    with writing(run_dir / "metrics.jsonl", intact()):
+        log = MetricsLog(run_dir / "metrics.jsonl", start if resume else None)
+    with writing(run_dir, intact()):
+        atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(asdict(config), indent=2).encode()))
+        record = {"dataset": splits.dataset, "scheme": splits.scheme, "options": splits.options, **splits.class_lists()}
+        atomic_write(run_dir / "splits.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
 
     train_split = splits.get(config.train_split)
     # Trained on val classes too, validation accuracy is no longer a fair guide: keep the final model
@@ -134,13 +210,32 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     select_on_val = config.train_split == "train"
     sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
                              seed=config.seed, num_episodes=config.episodes)
-    stop = {"signal": None}
-    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: stop.update(signal=signum))
+    stop: dict[str, int | None] = {"signal": None}
+    previous_handlers = {}
+    if threading.current_thread() is threading.main_thread():  # Python runs signal handlers in the main thread only
+        for signum in STOP_SIGNALS:
+            previous_handlers[signum] = signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
 
     def save(name: str, episode: int) -> None:
-        log.sync()
-        seconds = seconds_before + time.perf_counter() - started
-        save_checkpoint(run_dir / name, _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits, seconds))
+        bad = [*non_finite_tensors(model.state_dict(), "model"), *non_finite_tensors(optimizer.state_dict(), "optimizer")]
+        if bad:  # never replace a good checkpoint with one that can only score chance
+            raise NonFiniteParameters(f"after episode {episode} the weights hold NaN or inf ({describe_names(bad)}); "
+                                      f"{name} was not written. {_checkpoint_note(run_dir, saved)} Train again with a "
+                                      "lower --lr (in another --output, or with --overwrite)")
+        path = run_dir / name
+        previous = f"the previous {name} (episode {saved[name]}) is unchanged; " if name in saved else ""
+        with writing(path, previous + intact()):
+            log.sync()
+            seconds = seconds_before + time.perf_counter() - started
+            save_checkpoint(path, _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits, seconds))
+        saved[name] = episode
+
+    def plot() -> None:
+        try:
+            plot_curve(log.records(), run_dir / "curve.png", config)
+        except OSError as error:  # the curve is a view of metrics.jsonl: training goes on without it
+            warnings.warn(f"could not write the learning curve: {describe_write_error(error, run_dir / 'curve.png')}",
+                          stacklevel=2)
 
     if progress:
         print(f"run directory: {run_dir}\n{splits.describe()}", file=sys.stderr)
@@ -153,7 +248,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         for index, episode in zip(bar, episode_stream):
             if stop["signal"] is not None:
                 save("last.pt", index)
-                raise KeyboardInterrupt(f"interrupted before episode {index}; state saved to {run_dir / 'last.pt'}")
+                name = signal.Signals(stop["signal"]).name
+                raise TrainingInterrupted(f"{name} received: interrupted before episode {index}; state saved to "
+                                          f"{run_dir / 'last.pt'}", stop["signal"])
             model.train()
             support_x, support_y, query_x, query_y, classes = (t.to(device, non_blocking=True) for t in episode)
             support_x, query_x = augment_episode(config.augment, support_x, query_x, augment_generator(config.seed, index))
@@ -161,36 +258,59 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                            classes=classes)
             if not torch.isfinite(output.loss):
                 # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.
-                raise NonFiniteLoss(f"loss is {output.loss.item()} at episode {index + 1}; stopped before that update "
-                                    f"(checkpoints so far are in {run_dir}). Train again with a lower --lr and another --output")
+                raise NonFiniteLoss(f"loss is {output.loss.item()} at episode {index + 1}; stopped before that update. "
+                                    f"{_checkpoint_note(run_dir, saved)} Train again with a lower --lr (in another "
+                                    "--output, or with --overwrite)")
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             optimizer.step()
             scheduler.step()
             accuracy = (output.logits.argmax(1) == query_y).float().mean().item()
-            log.write({"kind": "train", "episode": index + 1, "loss": output.loss.item(), "accuracy": accuracy,
-                       "lr": optimizer.param_groups[0]["lr"]})
+            with writing(log.path, intact()):
+                log.write({"kind": "train", "episode": index + 1, "loss": output.loss.item(), "accuracy": accuracy,
+                           "lr": optimizer.param_groups[0]["lr"]})
             bar.set_postfix(loss=f"{output.loss.item():.3f}", acc=f"{accuracy:.3f}", refresh=False)
             done = index + 1
             if done % config.val_every == 0 or done == config.episodes:
                 result = validation_interval(model, splits.val, config, device)
-                log.write({"kind": "val", "episode": done, "accuracy": result.mean, "ci95": result.half_width})
+                with writing(log.path, intact()):
+                    log.write({"kind": "val", "episode": done, "accuracy": result.mean, "ci95": result.half_width})
                 if result.mean > best["accuracy"] or not select_on_val:
                     best = {"episode": done, "accuracy": result.mean}
                     save("best.pt", done)
                 bar.write(f"episode {done}: val {100 * result.mean:.2f} +- {100 * result.half_width:.2f}% "
                           f"(best {100 * best['accuracy']:.2f}% at {best['episode']})")
-                plot_curve(log.records(), run_dir / "curve.png", config)
+                plot()
             if done % config.checkpoint_every == 0 or done == config.episodes or done % config.val_every == 0:
                 save("last.pt", done)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error under way says what failed; a failed flush must not mask it
+            log.close()
+        raise
+    else:
+        with writing(log.path, intact()):
+            log.close()
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         bar.close()
-        log.close()
-    plot_curve(read_records(run_dir / "metrics.jsonl"), run_dir / "curve.png", config)
+    if stop["signal"] is not None:  # asked to stop during the last episode or its validation: last.pt is saved
+        raise TrainingInterrupted(f"{signal.Signals(stop['signal']).name} received: stopped after the last episode, "
+                                  f"before the test evaluation; state saved to {run_dir / 'last.pt'}", stop["signal"])
+    plot()
     report = evaluate_checkpoint(run_dir / "best.pt", eval_split="test", settings=[(config.ways, config.shots)],
                                  queries=config.eval_queries, episodes=config.test_episodes, seed=config.seed,
                                  device=str(device), splits=splits, progress=progress)
     report["train_seconds"] = float(load_checkpoint(run_dir / "last.pt").get("train_seconds", 0.0))
-    atomic_write(run_dir / "test_report.json", lambda f: f.write(report_json(report)))
+    with writing(run_dir / "test_report.json", "the checkpoints are intact: evaluate best.pt with python -m "
+                                               "fewshot.evaluate and a --report path where there is room"):
+        atomic_write(run_dir / "test_report.json", lambda f: f.write(report_json(report)))
     return report
+
+
+def _checkpoint_note(run_dir: Path, saved: dict[str, int]) -> str:
+    """The checkpoints this run has on disk (only those that exist), for a message about stopping."""
+    if not saved:
+        return "No checkpoint was written yet."
+    listed = ", ".join(f"{run_dir / name} (episode {episode})" for name, episode in sorted(saved.items(), reverse=True))
+    return f"The checkpoints so far hold finite weights: {listed}."

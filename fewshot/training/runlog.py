@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -13,13 +14,29 @@ from fewshot.data.store import atomic_write
 
 
 def read_records(path: Path, up_to: int | None = None) -> list[dict[str, Any]]:
-    """Records of a metrics log up to episode `up_to`; a torn last line (a crash mid-write) ends the log."""
+    """Records of a metrics log up to episode `up_to`.
+
+    Only a torn last line (a crash mid-write: no newline at its end) is dropped. Any other line that is
+    not a JSON record with a string "kind" and an integer "episode" is an error naming the line, so that
+    a resume never silently drops the records after it.
+    """
+    text = path.read_text()
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last record
     records = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            break
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # torn while being written: the checkpoint never covers it
+            raise ValueError(f"{path}, line {number}: not a JSON record ({error.msg}): {line[:80]!r}. Only a torn "
+                             "last line can be dropped; fix or delete this line (records after it are kept)") from None
+        if (not isinstance(record, dict) or not isinstance(record.get("kind"), str)
+                or isinstance(record.get("episode"), bool) or not isinstance(record.get("episode"), int)):
+            raise ValueError(f"{path}, line {number}: {line[:80]!r} is not a metrics record (expected a JSON object "
+                             "with a string \"kind\" and an integer \"episode\"); fix or delete this line")
         if up_to is None or record["episode"] <= up_to:
             records.append(record)
     return records
@@ -80,5 +97,8 @@ def plot_curve(records: list[dict[str, Any]], path: Path, config: Any) -> None:
     ax_acc.set(xlabel="episode", ylabel="accuracy", title="accuracy")
     ax_acc.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    # Atomic: a run killed while plotting leaves the previous curve, not half a PNG.
+    atomic_write(path, lambda file: file.write(buffer.getvalue()))
