@@ -1,15 +1,19 @@
 """episodes: a standalone, seeded, random-access episodic sampler (numpy core).
 
 Episode i of seed s is a pure function of (s, i): exact resume, disjoint shards, vectorised draws.
-The core (`sampler`, `pairs`, `lists`) needs numpy only; `episodes.torch` and `episodes.learn2learn`
+Class-balanced batches (M items from each of P classes, `batches`) come from the same machinery.
+The core (`sampler`, `batches`, `pairs`, `lists`) needs numpy only; `episodes.torch` and `episodes.learn2learn`
 hold the optional PyTorch and learn2learn adapters and are imported explicitly.
 """
 
+from .batches import ClassBalancedSampler, ClassBatch
 from .lists import load_episodes, read_episode_list, save_episodes
 from .pairs import PairBatch, PairSampler, TripletBatch, TripletSampler
 from .sampler import Episode, EpisodeDraw, EpisodeSampler
 
 __all__ = [
+    "ClassBalancedSampler",
+    "ClassBatch",
     "Episode",
     "EpisodeDraw",
     "EpisodeSampler",

@@ -240,9 +240,7 @@ class EpisodeSampler:
         self.labels = as_labels(labels)
         self.ways_range = _size_range("ways", ways)
         self.shots_range = _size_range("shots", shots)
-        self.queries = _size_range("queries", queries)[0]
-        if isinstance(queries, (tuple, list)):
-            raise ValueError(f"queries must be a single int (the collate infers shots from it), got {queries!r}")
+        self.queries = self._check_queries(queries)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= int(seed) < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = int(seed)
@@ -271,15 +269,15 @@ class EpisodeSampler:
         self.excluded: dict[int, int] = {int(c): int(s) for c, s in zip(present[small], sizes[small])}
         if self.excluded:
             listing = ", ".join(f"class {c}: {s} items" for c, s in list(self.excluded.items())[:20])
-            message = (f"{len(self.excluded)} classes have fewer than shots + queries = {needed} items ({listing}"
+            message = (f"{len(self.excluded)} classes have fewer than {self._items_name} = {needed} items ({listing}"
                        f"{', ...' if len(self.excluded) > 20 else ''})")
             if too_small == "error":
                 raise ValueError(message + "; pass too_small='exclude' to leave them out")
             warnings.warn(message + "; excluded from episodes (see sampler.excluded)", stacklevel=2)
             present, sizes = present[~small], sizes[~small]
         if self.ways_range[1] > len(present):
-            raise ValueError(f"ways={ways!r} needs {self.ways_range[1]} classes but only {len(present)} are available"
-                             f"{' after exclusions' if self.excluded else ''}")
+            raise ValueError(f"{self._ways_name}={ways!r} needs {self.ways_range[1]} classes but only {len(present)} "
+                             f"are available{' after exclusions' if self.excluded else ''}")
 
         self.class_ids = present
         self.class_sizes = sizes
@@ -291,6 +289,18 @@ class EpisodeSampler:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         # Sorting one key per item is faster than Floyd while classes are small next to a draw.
         self._items_by_keys = bool(sizes.max() <= max(64, 4 * needed))
+
+    # How messages name the episode size and the items a class must hold (a subclass names its own parameters).
+    _ways_name: str = "ways"
+    _items_name: str = "shots + queries"
+
+    @staticmethod
+    def _check_queries(queries: Any) -> int:
+        """The validated query count: a single int >= 1 (a subclass may allow other values)."""
+        value = _size_range("queries", queries)[0]
+        if isinstance(queries, (tuple, list)):
+            raise ValueError(f"queries must be a single int (the collate infers shots from it), got {queries!r}")
+        return value
 
     @property
     def num_classes(self) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from fewshot.backbones import BACKBONES
 from fewshot.data.store import atomic_write, load_error_reason
 from fewshot.model import FewShotModel, ModelSpec
 
@@ -102,6 +103,53 @@ def load_model_state(model: FewShotModel, state: dict[str, Any], source: str | P
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         raise ValueError(f"checkpoint {source} does not match the {saved.backbone} architecture: {error}") from error
+
+
+def _backbone_architecture(spec: dict[str, Any]) -> dict[str, Any]:
+    """What fixes a backbone's weights: its registered name, its arguments (defaults filled in, so an
+    argument given at its default value compares equal to one left out) and its input channels.
+    Image size and normalisation are left out: they change no weight, so a backbone may be fine-tuned
+    at another size or under a loss that does not normalise its embeddings."""
+    defaults = ModelSpec()
+    name = spec.get("backbone", defaults.backbone)
+    arguments = dict(spec.get("backbone_args") or {})
+    if name in BACKBONES:
+        for key, parameter in BACKBONES.parameters(name).items():
+            if parameter.default is not parameter.empty:
+                arguments.setdefault(key, parameter.default)
+    return {"backbone": name, "backbone_args": arguments, "in_channels": spec.get("in_channels", defaults.in_channels)}
+
+
+def load_backbone_state(model: FewShotModel, state: dict[str, Any], source: str | Path) -> None:
+    """Load only the backbone of checkpoint `state` into `model` (pretrain, then fine-tune).
+
+    The learner's parameters in the checkpoint (class proxies, a learned distance, a scale) are dropped:
+    they belong to the pretraining loss and its classes. Refuses, with the reason, a checkpoint whose
+    backbone differs in architecture (name, arguments, input channels, or any tensor's shape) or holds
+    non-finite weights.
+    """
+    saved, wanted = _backbone_architecture(state["spec"]), _backbone_architecture(model.spec.to_dict())
+    if saved != wanted:
+        described = ", ".join(f"{key}: checkpoint {saved[key]!r} vs this run {wanted[key]!r}"
+                              for key in saved if saved[key] != wanted[key])
+        raise ValueError(f"--init {source} holds another backbone architecture ({described}); initialise from a "
+                         "checkpoint of the same backbone, or train this one from scratch")
+    prefix = "backbone."
+    weights = {key[len(prefix):]: value for key, value in state["model"].items() if key.startswith(prefix)}
+    own = model.backbone.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    reshaped = [f"{key} {tuple(weights[key].shape)} vs {tuple(own[key].shape)}" for key in own
+                if key in weights and weights[key].shape != own[key].shape]
+    if missing or unexpected or reshaped:
+        problems = [f"{label}: {describe_names(names)}" for label, names in
+                    (("missing", missing), ("unexpected", unexpected), ("other shapes", reshaped)) if names]
+        raise ValueError(f"--init {source}: its backbone weights do not fit the {model.spec.backbone} backbone "
+                         f"({'; '.join(problems)})")
+    bad = list(non_finite_tensors(weights, "backbone"))
+    if bad:
+        raise ValueError(f"--init {source} holds non-finite backbone weights ({describe_names(bad)}): it comes from a "
+                         "run whose training diverged; initialise from an earlier checkpoint")
+    model.backbone.load_state_dict(weights)
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotModel, dict[str, Any]]:

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", default=None, help="a second checkpoint, evaluated on identical episodes")
     p.add_argument("--allow-seen-classes", action="store_true", help="evaluate even on classes seen in training")
-    p.add_argument("--embedding-metrics", action="store_true", help="also verification (ROC-AUC, EER, TAR@FAR) and retrieval (Recall@1, MAP@R)")
+    p.add_argument("--embedding-metrics", action="store_true",
+                   help="also verification (ROC-AUC, EER, TAR@FAR), retrieval (Recall@1, R-precision, MAP@R) and "
+                        "clustering (NMI, AMI of k-means)")
     p.add_argument("--report", default=None, help="JSON report path (default: beside the checkpoint)")
     p.add_argument("--plot", default=None, help="PNG plot path (default: beside the report)")
     p.add_argument("--per-episode", action="store_true",

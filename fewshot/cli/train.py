@@ -15,6 +15,7 @@ from fewshot.learners import LEARNERS
 from fewshot.miners import MINERS
 from fewshot.training import (
     PRECISIONS,
+    SAMPLINGS,
     SCHEDULES,
     NonFiniteLoss,
     OutputError,
@@ -47,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     episode.add_argument("--queries", type=int, default=defaults.queries, help="query images per class in training episodes")
     episode.add_argument("--train-ways", type=int, default=defaults.train_ways, help="classes per training episode (higher-way training is standard)")
     episode.add_argument("--eval-queries", type=int, default=defaults.eval_queries, help="query images per class in validation/test episodes")
+    episode.add_argument("--sampling", choices=SAMPLINGS, default=defaults.sampling,
+                         help="training batches: episodes (--train-ways, --shots, --queries) or balanced "
+                              "(--batch-classes x --batch-images images, no queries: for the proxy and pair losses); "
+                              "validation and test always use episodes")
+    episode.add_argument("--batch-classes", type=int, default=defaults.batch_classes,
+                         help="classes per balanced training batch (P)")
+    episode.add_argument("--batch-images", type=int, default=defaults.batch_images,
+                         help="images per class in a balanced training batch (M)")
     model = p.add_argument_group("model")
     model.add_argument("--learner", "--loss", dest="learner", choices=sorted(LEARNERS), default=defaults.learner,
                        help="the loss (any registered learner)")
@@ -63,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="L2-normalise embeddings (default: on for siamese and triplet, off for protonet)")
     model.add_argument("--margin", type=float, default=None, help="shorthand for --loss-arg margin=VALUE")
     model.add_argument("--miner", choices=sorted(MINERS), default=None, help="shorthand for --loss-arg miner=NAME (triplet)")
+    model.add_argument("--init", default=None, metavar="CHECKPOINT",
+                       help="start from this checkpoint's backbone (another run's last.pt or best.pt; its learner "
+                            "parameters, e.g. proxies, are dropped): pretrain, then fine-tune")
+    model.add_argument("--freeze-backbone", action="store_true",
+                       help="train only the learner's parameters (proxies, a learned distance), the backbone fixed with "
+                            "its batch norm in eval mode: a linear probe")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=sorted(DATASETS), default=defaults.dataset,
                       help="a registered dataset; folder: your own ImageFolder tree at --data-root")

@@ -1,4 +1,4 @@
-"""Verification and retrieval metrics of a model's embeddings, with the model's own distance."""
+"""Verification, retrieval and clustering metrics of a model's embeddings, with the model's own distance."""
 
 from __future__ import annotations
 
@@ -28,8 +28,13 @@ def embed_split(model: FewShotModel, split: ClassSplit, device: torch.device,
 def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, device: torch.device,
                       pairs: int = 100_000, seed: int = 0, far: tuple[float, ...] = (1e-3, 1e-2, 1e-1),
                       test_embeddings: SplitEmbeddings | None = None) -> dict[str, Any]:
-    """Verification (threshold chosen on validation classes) and retrieval metrics on the test classes
-    (`test_embeddings`: the test items the evaluation already embedded, reused)."""
+    """Verification (threshold chosen on validation classes), retrieval and clustering metrics on the test
+    classes (`test_embeddings`: the test items the evaluation already embedded, reused).
+
+    Clustering is k-means with k the number of test classes, seeded by `seed`, on the embeddings as
+    the model outputs them (L2-normalised first when the model compares them by cosine), scored by
+    NMI and AMI against the classes.
+    """
     def balanced_pairs(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # Half same-class pairs (anchor, another item of its class), half different-class pairs.
         order = np.argsort(labels, kind="stable")
@@ -69,6 +74,18 @@ def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, de
         "retrieval": {
             "items": int(len(test_labels)),
             "recall_at_1": metrics.recall_at_k(test_embeddings, test_labels, k=1, distance=distance),
+            "r_precision": metrics.r_precision(test_embeddings, test_labels, distance=distance),
             "map_at_r": metrics.map_at_r(test_embeddings, test_labels, distance=distance),
         },
+        "clustering": _clustering(model, test_embeddings, test, seed),
     }
+
+
+def _clustering(model: FewShotModel, embeddings: torch.Tensor, split: ClassSplit, seed: int) -> dict[str, Any]:
+    """NMI and AMI of seeded k-means (k = the split's classes) on the split's embeddings."""
+    # Cosine-scored models (cosine distance, the cosine-softmax losses' CosineScore) see only directions.
+    cosine = model.spec.metric == "cosine"
+    clusters = metrics.kmeans_clusters(embeddings, split.num_classes, seed=seed, normalize=cosine)
+    scores = metrics.clustering_scores(split.labels, clusters)
+    return {"method": "k-means", "k": split.num_classes, "seed": seed, "normalized": cosine,
+            "items": int(len(split.labels)), "nmi": scores.nmi, "ami": scores.ami}

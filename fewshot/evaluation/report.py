@@ -241,7 +241,14 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"verification: ROC-AUC {v['roc_auc']:.4f}, EER {100 * v['eer']:.2f}%, "
                      + ", ".join(f"TAR@FAR={k} {100 * t:.2f}%" for k, t in v["tar_at_far"].items())
                      + f", accuracy at the val-chosen threshold {100 * v['accuracy_at_val_threshold']:.2f}%")
-        lines.append(f"retrieval: Recall@1 {100 * r['recall_at_1']:.2f}%, MAP@R {100 * r['map_at_r']:.2f}% ({r['items']} items)")
+        # Reports written before R-precision and clustering were added lack them: print what there is.
+        r_precision = f", R-precision {100 * r['r_precision']:.2f}%" if "r_precision" in r else ""
+        lines.append(f"retrieval: Recall@1 {100 * r['recall_at_1']:.2f}%{r_precision}, MAP@R {100 * r['map_at_r']:.2f}% "
+                     f"({r['items']} items)")
+        if (c := report["embedding_metrics"].get("clustering")) is not None:
+            normalized = ", L2-normalised" if c["normalized"] else ""
+            lines.append(f"clustering: k-means (k={c['k']}, seed {c['seed']}{normalized}) NMI {c['nmi']:.4f}, "
+                         f"AMI {c['ami']:.4f} ({c['items']} items)")
     return "\n".join(lines)
 
 

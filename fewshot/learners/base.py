@@ -141,7 +141,11 @@ class Learner(nn.Module):
     - ``normalize``: whether the model L2-normalises embeddings by default for this loss (margins
       assume unit norm);
     - ``distances``: the names of the registered distances the loss is defined on (``None``: any);
-    - ``default_distance``: the distance used when none is named.
+    - ``default_distance``: the distance used when none is named;
+    - ``needs_queries``: whether the loss needs the episode's support / query split (True, the
+      default: prototypical losses score queries against support prototypes). A loss over all of
+      a batch's embeddings and labels (pair and proxy losses) sets it False and then also trains on
+      class-balanced batches, which arrive as a support set with no queries.
 
     The distance arrives built (``distance``), so a learnable one trains with the loss. At test time
     every learner classifies by nearest prototype under its distance (``EpisodeEmbeddings.logits``).
@@ -150,6 +154,7 @@ class Learner(nn.Module):
     normalize: ClassVar[bool] = False
     distances: ClassVar[tuple[str, ...] | None] = None
     default_distance: ClassVar[str] = "euclidean"
+    needs_queries: ClassVar[bool] = True
 
     def __init__(self, distance: nn.Module | None = None) -> None:
         super().__init__()
@@ -185,6 +190,10 @@ class Learner(nn.Module):
         """Loss and nearest-prototype logits of an episode; `classes` are its global class ids ``[ways]``."""
         ways = episode_ways(support_labels)
         check_query_labels(query_labels, query, ways)
+        if self.needs_queries and len(query) == 0:
+            # Its loss would be a mean over no queries (NaN): say so instead.
+            raise ValueError(f"the {type(self).__name__} loss needs query embeddings (it scores queries against the "
+                             "support), got a batch without queries; train it on episodes")
         if classes is not None and classes.shape != (ways,):
             raise ValueError(f"classes must hold one global class id per way ({ways}), got shape {tuple(classes.shape)}")
         batch = EpisodeEmbeddings(support, support_labels, query, query_labels, ways, self.scoring_distance, classes)

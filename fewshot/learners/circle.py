@@ -53,6 +53,7 @@ class CircleLearner(Learner):
     normalize = True
     distances = ("cosine",)
     default_distance = "cosine"
+    needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
 
     def __init__(self, distance: nn.Module | None = None, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__(distance)

@@ -36,6 +36,7 @@ class MultiSimilarityLearner(Learner):
     normalize = True
     distances = ("cosine",)
     default_distance = "cosine"
+    needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
 
     def __init__(self, distance: nn.Module | None = None, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
                  epsilon: float = 0.1, mine: bool = True) -> None:

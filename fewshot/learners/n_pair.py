@@ -58,6 +58,7 @@ class NPairLearner(Learner):
 
     distances = ("cosine",)
     default_distance = "cosine"
+    needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
 
     def __init__(self, distance: nn.Module | None = None, l2_reg: float = 0.002) -> None:
         super().__init__(distance)

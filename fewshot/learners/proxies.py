@@ -93,6 +93,8 @@ class ProxyLearner(Learner):
 
     #: The loss's name in messages.
     title: ClassVar[str] = "this proxy loss"
+    # Every embedding is scored against the proxies: episodes or class-balanced batches alike.
+    needs_queries = False
 
     def __init__(self, distance: nn.Module | None = None, num_classes: int | None = None, dim: int | None = None) -> None:
         super().__init__(distance)

@@ -40,6 +40,7 @@ class SiameseLearner(Learner):
 
     normalize = True
     distances = SQUARED_METRICS
+    needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
 
     @property
     def scoring_distance(self) -> SquareRoot:

@@ -27,6 +27,7 @@ class TripletLearner(Learner):
 
     normalize = True
     distances = SQUARED_METRICS
+    needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
 
     @property
     def scoring_distance(self) -> SquareRoot:

@@ -2,6 +2,7 @@
 
 from fewshot.training.config import (
     PRECISIONS,
+    SAMPLINGS,
     SCHEDULES,
     NonFiniteLoss,
     NonFiniteParameters,
@@ -16,6 +17,7 @@ from fewshot.training.runlog import MetricsLog, plot_curve, read_records
 
 __all__ = [
     "PRECISIONS",
+    "SAMPLINGS",
     "SCHEDULES",
     "STOP_SIGNALS",
     "MetricsLog",

@@ -15,6 +15,8 @@ from fewshot.learners import LEARNERS
 from fewshot.model import ModelSpec
 
 SCHEDULES = ("step", "cosine", "none")
+# "episodes": N-way K-shot episodes with queries; "balanced": class-balanced batches (P classes x M images).
+SAMPLINGS = ("episodes", "balanced")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -25,6 +27,12 @@ class TrainConfig:
     `learner_args`, `metric_args`, `backbone_args` and `dataset_args` are the keyword arguments of the
     registered learner, distance, backbone and dataset loader (`--loss-arg name=value` and friends).
     `margin` and `miner` are shorthands for the learner arguments of the same names.
+
+    `sampling="balanced"` trains on class-balanced batches of `batch_classes` x `batch_images` images
+    (each a pure function of (seed, step), like the episodes) instead of `train_ways`-way episodes with
+    `queries`; `episodes` then counts batches. `init` names a checkpoint whose backbone the run starts
+    from (its learner parameters dropped); `init_sha256` is that file's digest, filled in when the run
+    starts (a given value must match the file). `freeze_backbone` trains only the learner's parameters.
     """
 
     ways: int = 5
@@ -63,6 +71,12 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     precision: str = "fp32"  # "bf16": backbone under bfloat16 autocast (2x faster on CPUs with AVX512-BF16 or AMX)
+    sampling: str = "episodes"  # "balanced": class-balanced batches, for the proxy and pair losses
+    batch_classes: int = 64  # P, classes per balanced batch
+    batch_images: int = 4  # M, images per class in a balanced batch
+    init: str | None = None  # a checkpoint whose backbone the run starts from (pretrain, then fine-tune)
+    init_sha256: str | None = None  # SHA-256 of `init`, recorded when the run starts
+    freeze_backbone: bool = False  # train the learner's parameters only; backbone BN layers in eval mode
 
     # Settings that may change between a run and its resumption without changing its numbers.
     RESUMABLE_CHANGES = ("episodes", "output", "device", "data_root", "test_episodes", "threads")
@@ -167,14 +181,23 @@ def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 2 (for a confidence interval), got {value}")
     if config.train_split not in ("train", "trainval"):
         raise ValueError(f"unknown --train-split {config.train_split!r}; expected train or trainval")
-    for split_name, ways in ((config.train_split, config.train_ways), ("val", config.ways), ("test", config.ways)):
+    if config.sampling not in SAMPLINGS:
+        raise ValueError(f"unknown --sampling {config.sampling!r}; expected one of {', '.join(SAMPLINGS)}")
+    balanced = config.sampling == "balanced"
+    if balanced:
+        check_balanced(config, splits)
+    # Balanced batches replace the training episodes: --train-ways and --queries then do not apply.
+    episode_splits = (("val", "test") if balanced else (config.train_split, "val", "test"))
+    for split_name in episode_splits:
+        ways = config.train_ways if split_name == config.train_split else config.ways
         available = splits.get(split_name).num_classes
         if ways > available:
             flag = "--train-ways" if split_name == config.train_split else "--ways"
             raise ValueError(f"{flag} {ways} exceeds the {available} classes of the {splits.dataset} {splits.scheme} {split_name} split")
     # Validation samples its first episode only after --val-every training episodes: check it now.
-    for split_name, queries, flag in ((config.train_split, config.queries, "--queries"), ("val", config.eval_queries, "--eval-queries"),
-                                      ("test", config.eval_queries, "--eval-queries")):
+    for split_name in episode_splits:
+        queries, flag = ((config.queries, "--queries") if split_name == config.train_split
+                         else (config.eval_queries, "--eval-queries"))
         split = splits.get(split_name)
         smallest = int(split.class_counts().min())
         if config.shots + queries > smallest:
@@ -185,6 +208,28 @@ def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
         raise ValueError(f"unknown --augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
     if config.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def check_balanced(config: TrainConfig, splits: DatasetSplits) -> None:
+    """Fail on class-balanced batches that the learner or the training split cannot serve."""
+    learner = LEARNERS.get_or_raise(config.learner)
+    if learner.needs_queries:
+        usable = ", ".join(name for name, factory in LEARNERS.items() if not factory.needs_queries)
+        raise ValueError(f"--sampling balanced gives batches without queries, and the {config.learner} loss needs "
+                         f"queries (it scores them against the support); train {config.learner} on episodes "
+                         f"(--sampling episodes), or use a loss over the whole batch: {usable}")
+    for flag, value in (("--batch-classes", config.batch_classes), ("--batch-images", config.batch_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} must be a positive int, got {value!r}")
+    split = splits.get(config.train_split)
+    if config.batch_classes > split.num_classes:
+        raise ValueError(f"--batch-classes {config.batch_classes} exceeds the {split.num_classes} classes of the "
+                         f"{splits.dataset} {splits.scheme} {config.train_split} split")
+    smallest = int(split.class_counts().min())
+    if config.batch_images > smallest:
+        raise ValueError(f"--batch-images {config.batch_images} exceeds the images of some classes of the "
+                         f"{splits.dataset} {splits.scheme} {config.train_split} split, which have as few as {smallest} "
+                         f"({_too_small(split, config.batch_images)})")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:

@@ -1,9 +1,11 @@
-"""The episodic training loop as library code: `train(config, splits=None)`.
+"""The training loop as library code: `train(config, splits=None)`.
 
-A run directory holds the resolved config, the class splits, a JSONL metrics log, a PNG learning
-curve and the checkpoints (`last.pt` to resume, `best.pt` chosen on validation classes). Episode i
-of a run is a pure function of (seed, i), and every other piece of state is in `last.pt`, so a run
-killed at any point and resumed gives the same numbers as an uninterrupted one.
+A run trains on episodes or on class-balanced batches (`config.sampling`), from scratch or from
+another run's backbone (`config.init`). A run directory holds the resolved config, the class splits,
+a JSONL metrics log, a PNG learning curve and the checkpoints (`last.pt` to resume, `best.pt` chosen
+on validation classes). Episode (or batch) i of a run is a pure function of (seed, i), and every other
+piece of state is in `last.pt`, so a run killed at any point and resumed gives the same numbers as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,16 +24,25 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from episodes.batches import ClassBalancedSampler
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
 from fewshot.augment import augment_episode, augment_generator
-from fewshot.checkpoint import describe_names, load_checkpoint, load_model_state, non_finite_tensors, save_checkpoint
+from fewshot.checkpoint import (
+    describe_names,
+    file_sha256,
+    load_backbone_state,
+    load_checkpoint,
+    load_model_state,
+    non_finite_tensors,
+    save_checkpoint,
+)
 from fewshot.data.base import DatasetSplits, load_splits
 from fewshot.data.store import ClassSplit, absolute_path, atomic_write
 from fewshot.devices import resolve_device
 from fewshot.evaluation import evaluate_checkpoint, evaluate_model, report_json
 from fewshot.metrics import Interval, confidence_interval
-from fewshot.model import FewShotModel
+from fewshot.model import FewShotModel, ModelSpec
 from fewshot.training.config import (
     PRECISIONS,
     NonFiniteLoss,
@@ -88,6 +99,11 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"{error}.\n{_intact_checkpoint_hint(run_dir)}") from None
     # A cosine schedule spans the run's length: a longer run would climb the lr back up from zero.
     resumable = [k for k in TrainConfig.RESUMABLE_CHANGES if not (k == "episodes" and config.schedule == "cosine")]
+    # The other sampling's sizes are not used by this run, so they cannot change its numbers.
+    resumable += ["train_ways", "queries"] if config.sampling == "balanced" else ["batch_classes", "batch_images"]
+    if config.init is not None and config.init_sha256 is None:
+        # The digest is the one recorded when the run started: resuming never reads the --init file again.
+        config.init_sha256 = state["config"].get("init_sha256")
     saved, now = resolved_settings(state["config"]), resolved_settings(asdict(config))
     changed = {k: (saved.get(k), v) for k, v in now.items() if k not in resumable and saved.get(k) != v}
     if changed:
@@ -132,15 +148,51 @@ def validation_interval(model: FewShotModel, split: ClassSplit, config: TrainCon
     return confidence_interval(accuracies, "normal")
 
 
+def _init_state(config: TrainConfig) -> dict[str, Any]:
+    """The checkpoint named by `config.init` (weights-only), its SHA-256 recorded in the config."""
+    try:
+        state = load_checkpoint(config.init)
+    except (FileNotFoundError, ValueError) as error:
+        raise type(error)(f"--init: {error}") from None
+    digest = file_sha256(config.init)
+    if config.init_sha256 is not None and config.init_sha256 != digest:
+        raise ValueError(f"--init {config.init} has SHA-256 {digest}, but the config records {config.init_sha256}: the "
+                         "file changed since that config was written; initialise from the recorded file, or drop "
+                         "init_sha256 to start from this one")
+    config.init_sha256 = digest
+    return state
+
+
+def _build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
+                 init_state: dict[str, Any] | None) -> FewShotModel:
+    """The model a run starts from: seeded initialisation, the --init backbone, the --freeze-backbone
+    switch (refused when it would leave nothing to train)."""
+    torch.manual_seed(config.seed)
+    model = FewShotModel(spec)
+    if init_state is not None:
+        load_backbone_state(model, init_state, config.init)
+    if config.freeze_backbone:
+        model.backbone.requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"--freeze-backbone leaves nothing to train: the {spec.learner} learner with the "
+                             f"{spec.metric} distance has no parameters of its own; use a loss with class proxies "
+                             "(e.g. --learner cosface) or a learned distance (e.g. --metric mahalanobis-diag)")
+    model = model.to(device)
+    model.compute_dtype = PRECISIONS[config.precision]
+    return model
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           splits: DatasetSplits | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train, validate, keep the best checkpoint, then evaluate it on novel classes. Returns the final report.
 
     `splits` are any class splits (e.g. `fewshot.data.from_folder(...)` or `from_arrays(...)`); without
-    them the config's dataset is loaded by name. The output directory must be new or empty, unless
-    `resume` (continue the run there) or `overwrite` (delete that run's files and start over). It is
-    locked for the run's life (`RunInUse` for a second process). SIGINT and SIGTERM finish the episode,
-    save last.pt and raise `TrainingInterrupted`; a failed write raises `OutputError` with what is intact.
+    them the config's dataset is loaded by name. With `config.init` a new run starts from that
+    checkpoint's backbone (checked and loaded before the run directory is touched). The output
+    directory must be new or empty, unless `resume` (continue the run there) or `overwrite` (delete
+    that run's files and start over). It is locked for the run's life (`RunInUse` for a second
+    process). SIGINT and SIGTERM finish the episode, save last.pt and raise `TrainingInterrupted`; a
+    failed write raises `OutputError` with what is intact.
     """
     check_settings(config)
     if resume and overwrite:
@@ -150,6 +202,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     device = resolve_device(config.device)
     if config.data_root is not None:
         config.data_root = str(absolute_path(config.data_root))
+    if config.init is not None:
+        config.init = str(absolute_path(config.init))
     if splits is None:
         splits = load_splits(config.dataset, config.split, config.data_root, config.image_size, **config.dataset_args)
     config.dataset, config.split, config.image_size = splits.dataset, splits.scheme, splits.image_size
@@ -158,22 +212,25 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         check_run_dir(run_dir, resume, overwrite=False)
     check_config(config, splits)
     spec = model_spec(config, splits)
+    # Read before --overwrite may delete files: --init may name a checkpoint in the run directory itself.
+    init_state = _init_state(config) if config.init is not None and not resume else None
+    model = _build_model(config, spec, device, init_state)
+    del init_state  # its tensors are not needed once loaded
 
     with writing(run_dir, "choose an --output where you can write"):
         run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         # Checked again under the lock: another process may have started a run here since the check above.
         check_run_dir(run_dir, resume, overwrite)
-        return _train_locked(config, resume, progress, splits, spec, device, run_dir)
+        return _train_locked(config, resume, progress, splits, spec, model, device, run_dir)
 
 
 def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: DatasetSplits, spec: Any,
-                  device: torch.device, run_dir: Path) -> dict[str, Any]:
+                  model: FewShotModel, device: torch.device, run_dir: Path) -> dict[str, Any]:
     """`train` once the run directory is locked and checked."""
-    torch.manual_seed(config.seed)
-    model = FewShotModel(spec).to(device)
-    model.compute_dtype = PRECISIONS[config.precision]
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # A frozen backbone's parameters are left out (the optimizer state of a full run is unchanged).
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
     start, best = 0, {"episode": None, "accuracy": -1.0}
     saved: dict[str, int] = {}  # episode of each checkpoint of this run on disk, for the failure messages
@@ -208,8 +265,14 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
     # Trained on val classes too, validation accuracy is no longer a fair guide: keep the final model
     # (the protocol of Snell et al.'s final models: train + val for the schedule found on train).
     select_on_val = config.train_split == "train"
-    sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
-                             seed=config.seed, num_episodes=config.episodes)
+    if config.sampling == "balanced":  # P x M batches without queries (a P-way M-shot 0-query draw)
+        sampler = ClassBalancedSampler(train_split.labels, config.batch_classes, config.batch_images,
+                                       seed=config.seed, num_batches=config.episodes)
+        description = f"{config.learner} {config.batch_classes} classes x {config.batch_images} images"
+    else:
+        sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
+                                 seed=config.seed, num_episodes=config.episodes)
+        description = f"{config.learner} {config.train_ways}-way {config.shots}-shot"
     stop: dict[str, int | None] = {"signal": None}
     previous_handlers = {}
     if threading.current_thread() is threading.main_thread():  # Python runs signal handlers in the main thread only
@@ -240,7 +303,7 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
     if progress:
         print(f"run directory: {run_dir}\n{splits.describe()}", file=sys.stderr)
     bar = tqdm(range(start, config.episodes), initial=start, total=config.episodes, disable=not progress,
-               desc=f"{config.learner} {config.train_ways}-way {config.shots}-shot", dynamic_ncols=True)
+               desc=description, dynamic_ncols=True)
     # The episodes library's fast path: episodes drawn in chunks, images gathered a few episodes at a time.
     # Episode i is the same as sampler.episode(i), so drawing ahead changes nothing on resume.
     episode_stream = EpisodeDataset(sampler, train_split, start=start, rank=0, world_size=1, with_classes=True)
@@ -252,6 +315,8 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
                 raise TrainingInterrupted(f"{name} received: interrupted before episode {index}; state saved to "
                                           f"{run_dir / 'last.pt'}", stop["signal"])
             model.train()
+            if config.freeze_backbone:
+                model.backbone.eval()  # linear-probe style: batch-norm statistics stay those of the init
             support_x, support_y, query_x, query_y, classes = (t.to(device, non_blocking=True) for t in episode)
             support_x, query_x = augment_episode(config.augment, support_x, query_x, augment_generator(config.seed, index))
             output = model(support_x, support_y, query_x, query_y, generator=episode_generator(config.seed, index),
@@ -265,11 +330,13 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
             output.loss.backward()
             optimizer.step()
             scheduler.step()
-            accuracy = (output.logits.argmax(1) == query_y).float().mean().item()
+            # Balanced batches have no queries, so no training accuracy (logged as null; validation has one).
+            accuracy = (output.logits.argmax(1) == query_y).float().mean().item() if len(query_y) else None
             with writing(log.path, intact()):
                 log.write({"kind": "train", "episode": index + 1, "loss": output.loss.item(), "accuracy": accuracy,
                            "lr": optimizer.param_groups[0]["lr"]})
-            bar.set_postfix(loss=f"{output.loss.item():.3f}", acc=f"{accuracy:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{output.loss.item():.3f}", **({} if accuracy is None else {"acc": f"{accuracy:.3f}"}),
+                            refresh=False)
             done = index + 1
             if done % config.val_every == 0 or done == config.episodes:
                 result = validation_interval(model, splits.val, config, device)

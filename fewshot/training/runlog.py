@@ -72,7 +72,7 @@ class MetricsLog:
 
 
 def plot_curve(records: list[dict[str, Any]], path: Path, config: Any) -> None:
-    """Learning curve PNG: smoothed training loss and accuracy, validation accuracy."""
+    """Learning curve PNG: smoothed training loss and accuracy (episodes only), validation accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +89,8 @@ def plot_curve(records: list[dict[str, Any]], path: Path, config: Any) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(episode[window - 1:], smooth("loss"))
     ax_loss.set(xlabel="episode", ylabel="training loss", yscale="log", title="loss")
-    ax_acc.plot(episode[window - 1:], smooth("accuracy"), label=f"train ({config.train_ways}-way, query accuracy)")
+    if all(r.get("accuracy") is not None for r in train):  # balanced batches have no queries, so no accuracy
+        ax_acc.plot(episode[window - 1:], smooth("accuracy"), label=f"train ({config.train_ways}-way, query accuracy)")
     if val:
         ax_acc.errorbar([r["episode"] for r in val], [r["accuracy"] for r in val],
                         yerr=[r["ci95"] for r in val], fmt="o-", capsize=3,
