@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -56,6 +57,11 @@ from fewshot.training.config import (
 )
 from fewshot.training.rundir import RunLock, check_run_dir, describe_write_error, writing
 from fewshot.training.runlog import MetricsLog, plot_curve
+from fewshot.verification import DEFAULT_FAR, calibrate_checkpoint
+
+
+#: Validation classes the end-of-run verification calibration uses (all of them when there are fewer).
+CALIBRATION_CLASSES = 200
 
 
 def episode_generator(seed: int, episode: int) -> torch.Generator:
@@ -365,6 +371,17 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
         raise TrainingInterrupted(f"{signal.Signals(stop['signal']).name} received: stopped after the last episode, "
                                   f"before the test evaluation; state saved to {run_dir / 'last.pt'}", stop["signal"])
     plot()
+    # The verification threshold, chosen on validation classes now and stored in best.pt (before the test
+    # report, which records best.pt's sha256), so `fewshot.api.load(...).verify` needs no calibration later.
+    # At most CALIBRATION_CLASSES validation classes (seeded), so that the end of a run stays short.
+    calibration_split = splits.val
+    if calibration_split.num_classes > CALIBRATION_CLASSES:
+        chosen = np.random.default_rng(config.seed).permutation(calibration_split.num_classes)[:CALIBRATION_CLASSES]
+        calibration_split = calibration_split.subset(np.sort(chosen))
+    try:
+        calibrate_checkpoint(run_dir / "best.pt", calibration_split, far=DEFAULT_FAR)
+    except ValueError as error:  # the model and its checkpoints are fine; only verify() will calibrate later
+        warnings.warn(f"could not calibrate the verification threshold of {run_dir / 'best.pt'}: {error}", stacklevel=2)
     report = evaluate_checkpoint(run_dir / "best.pt", eval_split="test", settings=[(config.ways, config.shots)],
                                  queries=config.eval_queries, episodes=config.test_episodes, seed=config.seed,
                                  device=str(device), splits=splits, progress=progress)
