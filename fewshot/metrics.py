@@ -531,6 +531,20 @@ def recall_at_k(
     return hits / n
 
 
+def _relevance_at_r(
+    embeddings: Tensor, labels: Tensor, distance: Distance, chunk_size: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Per chunk of queries: ``R`` (other items of the query's class), whether each of its ``max R``
+    nearest other items is relevant (same class, within its first ``R``), and the ranks ``1..max R``."""
+    embeddings, labels = _check_embeddings(embeddings, labels)
+    relevant_counts = _check_retrieval_classes(labels)
+    max_r = int(relevant_counts.max())
+    ranks = torch.arange(1, max_r + 1)
+    for queries, neighbours in _neighbour_chunks(embeddings, max_r, distance, chunk_size):
+        r = relevant_counts[queries]
+        yield r, (labels[neighbours] == labels[queries][:, None]) & (ranks[None, :] <= r[:, None]), ranks
+
+
 def map_at_r(
     embeddings: Tensor,
     labels: Tensor,
@@ -545,17 +559,11 @@ def map_at_r(
     nearest other item shares the query's class and ``P(i)`` is the precision among the first
     i. MAP@R is the mean over all queries. Every class needs at least 2 items.
     """
-    embeddings, labels = _check_embeddings(embeddings, labels)
-    relevant_counts = _check_retrieval_classes(labels)
-    max_r = int(relevant_counts.max())
-    ranks = torch.arange(1, max_r + 1)
     total = 0.0
-    for queries, neighbours in _neighbour_chunks(embeddings, max_r, distance, chunk_size):
-        r = relevant_counts[queries]
-        relevant = (labels[neighbours] == labels[queries][:, None]) & (ranks[None, :] <= r[:, None])
+    for r, relevant, ranks in _relevance_at_r(embeddings, labels, distance, chunk_size):
         precision = relevant.cumsum(dim=1) / ranks
         total += float(((precision * relevant).sum(dim=1) / r).sum())
-    return total / embeddings.shape[0]
+    return total / len(labels)
 
 
 def r_precision(
@@ -569,16 +577,10 @@ def r_precision(
     number of other items of its class and the score is the fraction of its R nearest other items
     that share its class; the mean over all queries. Every class needs at least 2 items.
     """
-    embeddings, labels = _check_embeddings(embeddings, labels)
-    relevant_counts = _check_retrieval_classes(labels)
-    max_r = int(relevant_counts.max())
-    ranks = torch.arange(1, max_r + 1)
     total = 0.0
-    for queries, neighbours in _neighbour_chunks(embeddings, max_r, distance, chunk_size):
-        r = relevant_counts[queries]
-        relevant = (labels[neighbours] == labels[queries][:, None]) & (ranks[None, :] <= r[:, None])
+    for r, relevant, _ in _relevance_at_r(embeddings, labels, distance, chunk_size):
         total += float((relevant.sum(dim=1) / r).sum())
-    return total / embeddings.shape[0]
+    return total / len(labels)
 
 
 # --------------------------------------------------------------------------------------------

@@ -221,6 +221,20 @@ def metric_distances(distance: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return SquareRoot(distance, eps)(x, y)
 
 
+class MarginLearner(Learner):
+    """Base of the margin losses on a metric (contrastive, triplet): defined on a squared metric whose
+    square root they train, over all of a batch's embeddings (episodes or class-balanced batches), with
+    nearest-prototype logits under that metric rather than its square."""
+
+    normalize = True
+    distances = SQUARED_METRICS
+    needs_queries = False
+
+    @property
+    def scoring_distance(self) -> SquareRoot:
+        return SquareRoot(self.distance)
+
+
 def build_learner(name: str, distance: nn.Module | None = None, **kwargs: Any) -> Learner:
     """Build the learner called ``name`` (one of ``LEARNERS``) with an optional built ``distance``."""
     factory = LEARNERS.get_or_raise(name)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fewshot.distances import SquaredEuclidean
-from fewshot.learners.base import SQUARED_METRICS, EpisodeEmbeddings, Learner, SquareRoot, metric_distances, register_learner
+from fewshot.learners.base import EpisodeEmbeddings, MarginLearner, metric_distances, register_learner
 
 
 def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float,
@@ -32,20 +32,11 @@ def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: flo
 
 
 @register_learner("siamese")
-class SiameseLearner(Learner):
+class SiameseLearner(MarginLearner):
     """Contrastive loss over the pairs of an episode's embeddings (support and query together).
 
     Defined on a metric: the Euclidean distance (default) or a learned Mahalanobis one.
     """
-
-    normalize = True
-    distances = SQUARED_METRICS
-    needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
-
-    @property
-    def scoring_distance(self) -> SquareRoot:
-        # Nearest-prototype logits under the metric the margins are set in, not its square.
-        return SquareRoot(self.distance)
 
     def __init__(self, distance: nn.Module | None = None, margin: float = 1.0) -> None:
         super().__init__(distance)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewshot.learners.base import SQUARED_METRICS, EpisodeEmbeddings, Learner, SquareRoot, metric_distances, register_learner
+from fewshot.learners.base import EpisodeEmbeddings, MarginLearner, metric_distances, register_learner
 from fewshot.miners import Miner, build_miner
 
 REDUCTIONS = ("mean", "mean-nonzero")
 
 
 @register_learner("triplet")
-class TripletLearner(Learner):
+class TripletLearner(MarginLearner):
     """``max(0, d(a, p) - d(a, n) + margin)`` over triplets mined from the episode's embeddings.
 
     ``d`` is a metric (not squared): the Euclidean distance by default, or a learned Mahalanobis one;
@@ -24,15 +24,6 @@ class TripletLearner(Learner):
     ``miner`` is a name from ``fewshot.miners.MINERS`` or a ``Miner``; ``margin`` is passed to the
     semi-hard miner.
     """
-
-    normalize = True
-    distances = SQUARED_METRICS
-    needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
-
-    @property
-    def scoring_distance(self) -> SquareRoot:
-        # Nearest-prototype logits under the metric the margins are set in, not its square.
-        return SquareRoot(self.distance)
 
     def __init__(self, distance: nn.Module | None = None, margin: float = 0.2, miner: str | Miner = "semi-hard",
                  reduction: str = "mean") -> None:
