@@ -130,6 +130,9 @@ def test_embeddings_that_carry_no_signal_score_chance(ways: int, splits: Dataset
     # Not an untrained Conv-4: random conv features already separate Omniglot characters well above chance.
     model = FewShotModel(ModelSpec())
     model.backbone = RandomEmbedding(64, seed=ways)
+    # Fresh noise on every call: an embedding that is not a function of the image, so the model says so
+    # (embedded once, an image's noise would be shared by every episode it is in, and episodes would correlate).
+    model.embeds_independently = False
     accuracies = evaluate_model(model, splits.test, ways, shots=1, queries=5, episodes=200, seed=0)
     # 99%: the expected accuracy is exactly 1/ways, so a 95% interval would miss it one seed in twenty.
     low, high = stats.t.interval(0.99, df=len(accuracies) - 1, loc=accuracies.mean(), scale=stats.sem(accuracies))
