@@ -406,3 +406,33 @@ def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> FewShotC
     device = check_device(device)
     model, state = model_from_checkpoint(checkpoint, device)
     return FewShotClassifier(model, state.get("dataset", "omniglot"), device, checkpoint=checkpoint, state=state)
+
+
+def calibrate(checkpoint_or_model: Any, val_split: Any = None, far: float | None = None, *,
+              device: str | torch.device | None = None, **options: Any) -> dict[str, Any]:
+    """`fewshot.verification.calibrate` for a checkpoint path, a loaded classifier or a bare `FewShotModel`
+    (taken as an Omniglot model): the verification and open-set thresholds at `far` on validation classes."""
+    from fewshot.verification import DEFAULT_FAR
+    from fewshot.verification import calibrate as calibrate_classifier
+
+    if isinstance(checkpoint_or_model, FewShotClassifier):
+        classifier = checkpoint_or_model
+    elif isinstance(checkpoint_or_model, (str, Path)):
+        classifier = load(checkpoint_or_model, device or "cpu")
+    elif isinstance(checkpoint_or_model, FewShotModel):
+        classifier = FewShotClassifier(checkpoint_or_model, "omniglot", device or "cpu")
+    else:
+        raise TypeError(f"calibrate takes a checkpoint path, a FewShotClassifier or a FewShotModel; got "
+                        f"{type(checkpoint_or_model).__name__}")
+    return calibrate_classifier(classifier, val_split, DEFAULT_FAR if far is None else far, **options)
+
+
+def calibrate_checkpoint(checkpoint: str | Path, val_split: Any = None, far: float | None = None,
+                         **options: Any) -> dict[str, Any]:
+    """Calibrate a checkpoint on its validation classes (or `val_split`) and store the result in it: the call
+    made at the end of training, so that `load(...).verify` needs no calibration at first use."""
+    from fewshot.verification import store_calibration
+
+    calibration = calibrate(checkpoint, val_split, far, **options)
+    store_calibration(checkpoint, calibration)
+    return calibration

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -33,9 +33,6 @@ from tqdm import tqdm
 
 from fewshot.data.folder import IMAGE_EXTENSIONS, _is_os_artifact
 from fewshot.data.store import atomic_write, load_error_reason
-
-if TYPE_CHECKING:  # the API imports this module; importing it back at run time would be circular
-    from fewshot.api import FewShotClassifier
 
 ImageLike = Union[str, Path, Image.Image]
 INDEX_FORMAT = "fewshot-index"
@@ -796,8 +793,8 @@ def write_contact_sheet(result: SearchResult, path: str | Path, query_labels: Se
 
 
 if __name__ == "__main__":
-    import sys
+    # `python -m fewshot.search ...` hands over to the command line module; importing it here would make
+    # this library module and its CLI import each other.
+    import runpy
 
-    from fewshot.cli.search import main
-
-    sys.exit(main())
+    runpy.run_module("fewshot.cli.search", run_name="__main__", alter_sys=True)

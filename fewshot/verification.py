@@ -1,9 +1,11 @@
 """Operating points chosen on validation classes: the verification threshold (same / different pair) and the
 open-set threshold (a known class, or "unknown"), each at a chosen false accept rate, stored with that rate.
 
-    from fewshot.verification import calibrate, calibrate_checkpoint
+    from fewshot.api import calibrate, calibrate_checkpoint
     calibration = calibrate("runs/proto/best.pt", far=1e-2)    # the checkpoint's own validation classes
     calibrate_checkpoint("runs/proto/best.pt")                  # the same, stored in the checkpoint
+
+(This module works on loaded models, `fewshot.api.FewShotClassifier`; the API turns paths into those.)
 
 A checkpoint holds its calibration under `state["verification"]` (`CHECKPOINT_KEY`): tensors and plain values,
 read weights-only. The validation scores are kept (sorted, float32), so another false accept rate can be chosen
@@ -16,7 +18,7 @@ its nearest prototype) is accepted when `score >= threshold`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +27,6 @@ from fewshot import metrics
 from fewshot.data.base import DatasetSplits
 from fewshot.data.store import ClassSplit
 from fewshot.learners.base import prototypes
-
-if TYPE_CHECKING:
-    from fewshot.api import FewShotClassifier
 
 #: Where a checkpoint stores its calibration.
 CHECKPOINT_KEY = "verification"
@@ -86,18 +85,13 @@ def _sorted_scores(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.sort(np.asarray(values, dtype=np.float32))[::-1].copy())
 
 
-def _resolve(checkpoint_or_model: Any, device: str | torch.device | None) -> "FewShotClassifier":
-    from fewshot.api import FewShotClassifier, load
-    from fewshot.model import FewShotModel
-
-    if isinstance(checkpoint_or_model, FewShotClassifier):
-        return checkpoint_or_model
-    if isinstance(checkpoint_or_model, (str, Path)):
-        return load(checkpoint_or_model, device or "cpu")
-    if isinstance(checkpoint_or_model, FewShotModel):
-        return FewShotClassifier(checkpoint_or_model, "omniglot", device or "cpu")
-    raise TypeError(f"calibrate takes a checkpoint path, a FewShotClassifier or a FewShotModel; got "
-                    f"{type(checkpoint_or_model).__name__}")
+def _resolve(classifier: Any) -> "FewShotClassifier":
+    """`classifier` if it is a loaded model (`fewshot.api.FewShotClassifier`). This module sits below the API,
+    so checkpoint paths and bare models are turned into one there (`fewshot.api.calibrate`)."""
+    if all(hasattr(classifier, name) for name in ("model", "device", "weights_sha256", "state_info")):
+        return classifier
+    raise TypeError(f"fewshot.verification.calibrate takes a FewShotClassifier (fewshot.api.load(path)); got "
+                    f"{type(classifier).__name__}. For a checkpoint path or a FewShotModel use fewshot.api.calibrate")
 
 
 def validation_split(classifier: "FewShotClassifier") -> ClassSplit:
@@ -113,7 +107,7 @@ def validation_split(classifier: "FewShotClassifier") -> ClassSplit:
 @torch.no_grad()
 def calibrate(checkpoint_or_model: Any, val_split: ClassSplit | DatasetSplits | None = None, far: float = DEFAULT_FAR,
               *, pairs: int = DEFAULT_PAIRS, shots: int = DEFAULT_SHOTS, seed: int = 0,
-              device: str | torch.device | None = None, progress: bool = False) -> dict[str, Any]:
+              progress: bool = False) -> dict[str, Any]:
     """Choose the verification and open-set thresholds on validation classes at false accept rate `far`.
 
     - "pair": `pairs` balanced same / different pairs of validation items (`balanced_pairs`), scored
@@ -132,7 +126,7 @@ def calibrate(checkpoint_or_model: Any, val_split: ClassSplit | DatasetSplits | 
         raise ValueError(f"shots must be a positive int, got {shots!r}")
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 2:
         raise ValueError(f"pairs must be an int >= 2, got {pairs!r}")
-    classifier = _resolve(checkpoint_or_model, device)
+    classifier = _resolve(checkpoint_or_model)
     if isinstance(val_split, DatasetSplits):
         val_split = val_split.val
     split = validation_split(classifier) if val_split is None else val_split
@@ -261,12 +255,3 @@ def store_calibration(checkpoint: str | Path, calibration: dict[str, Any]) -> Pa
     state = load_checkpoint(checkpoint)
     state[CHECKPOINT_KEY] = calibration
     return save_checkpoint(checkpoint, state)
-
-
-def calibrate_checkpoint(checkpoint: str | Path, val_split: ClassSplit | DatasetSplits | None = None,
-                         far: float = DEFAULT_FAR, **options: Any) -> dict[str, Any]:
-    """Calibrate a checkpoint on its validation classes (or `val_split`) and store the result in it: the call
-    to make at the end of training, so that `fewshot.api.load(...).verify` needs no calibration at first use."""
-    calibration = calibrate(checkpoint, val_split, far, **options)
-    store_calibration(checkpoint, calibration)
-    return calibration

@@ -23,13 +23,8 @@ from fewshot.learners.proxies import CosineScore
 from fewshot.learners.proxy_nca import NormalizedScaled
 from fewshot.search import Index, exact_search, metric_space
 from fewshot.train import TrainConfig, train
-from fewshot.verification import (
-    CHECKPOINT_KEY,
-    calibrate,
-    calibrate_checkpoint,
-    operating_point,
-    store_calibration,
-)
+from fewshot.api import calibrate, calibrate_checkpoint
+from fewshot.verification import CHECKPOINT_KEY, operating_point, store_calibration
 
 needs_faiss = pytest.mark.skipif(not search.faiss_available(), reason="faiss is not installed (the 'search' extra)")
 

@@ -145,7 +145,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from fewshot.verification import calibrate, describe, store_calibration
+    from fewshot.api import calibrate
+    from fewshot.verification import describe, store_calibration
 
     calibration = calibrate(args.checkpoint, far=args.far, device=args.device, progress=True)
     print(describe(calibration))
@@ -168,3 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a read-only folder or a full disk
         print(f"error: {error.strerror or error}: {getattr(error, 'filename', '') or ''}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from episodes.batches import ClassBalancedSampler
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
+from fewshot.api import calibrate_checkpoint
 from fewshot.augment import augment_episode, augment_generator
 from fewshot.checkpoint import (
     describe_names,
@@ -57,7 +58,7 @@ from fewshot.training.config import (
 )
 from fewshot.training.rundir import RunLock, check_run_dir, describe_write_error, writing
 from fewshot.training.runlog import MetricsLog, plot_curve
-from fewshot.verification import DEFAULT_FAR, calibrate_checkpoint
+from fewshot.verification import DEFAULT_FAR
 
 
 #: Validation classes the end-of-run verification calibration uses (all of them when there are fewer).
