@@ -35,6 +35,15 @@ def omniglot_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gbu_root() -> Path:
+    """The data root holding zsl/gbu/<NAME>/att_splits.mat; skips when FEWSHOT_DATA is unset."""
+    data = os.environ.get("FEWSHOT_DATA")
+    if not data:
+        pytest.skip("FEWSHOT_DATA is unset: these tests need the real GBU split files (see README)")
+    return Path(data).resolve()
+
+
+@pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A miniature Omniglot (official zips and Vinyals split lists, drawn characters) for data-free tests."""
     from synthetic import write_omniglot

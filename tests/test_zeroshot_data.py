@@ -3,7 +3,6 @@ on synthetic folders in the same formats, and the clear errors for bad input."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +27,6 @@ from fewshot.zeroshot.data import GBU_ATTRIBUTE_DIMS, write_attribute_splits
 from fewshot.zeroshot.planted import planted_labels, write_synthetic_gbu
 
 IMAGE_COUNTS = {"APY": 15339, "AWA1": 30475, "AWA2": 37322, "CUB": 11788, "SUN": 14340}
-
-
-@pytest.fixture(scope="session")
-def gbu_root() -> Path:
-    """The data root holding zsl/gbu/<NAME>/att_splits.mat; skips when FEWSHOT_DATA is unset."""
-    data = os.environ.get("FEWSHOT_DATA")
-    if not data:
-        pytest.skip("FEWSHOT_DATA is unset: these tests need the real GBU split files (see README)")
-    return Path(data).resolve()
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ and the Python API. Without FEWSHOT_DATA the same command line runs on a synthet
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,6 @@ from fewshot.zeroshot import (
 )
 from fewshot.zeroshot.cli import main
 from fewshot.zeroshot.planted import write_synthetic_gbu
-
-
-@pytest.fixture(scope="session")
-def gbu_root() -> Path:
-    """The data root holding zsl/gbu/<NAME>/att_splits.mat; skips when FEWSHOT_DATA is unset."""
-    data = os.environ.get("FEWSHOT_DATA")
-    if not data:
-        pytest.skip("FEWSHOT_DATA is unset: these tests need the real GBU split files (see README)")
-    return Path(data).resolve()
 
 
 def test_cli_on_real_cub_with_planted_res101(gbu_root: Path, tmp_path: Path, capsys):
