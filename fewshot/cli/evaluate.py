@@ -11,6 +11,7 @@ from pathlib import Path
 from fewshot.data import DATASETS
 from fewshot.data.store import atomic_write
 from fewshot.devices import resolve_device
+from fewshot.distributed import RankFailure, init_from_environment, leave_process_group
 from fewshot.evaluation import EVAL_SPLITS, evaluate_checkpoint, format_table, plot_report, report_json
 
 
@@ -61,16 +62,25 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 2
     try:
+        # Under torchrun (WORLD_SIZE > 1) the episodes are sharded over the ranks and gathered in order.
+        world, device = init_from_environment(resolve_device(args.device))
         report = evaluate_checkpoint(
             args.checkpoint, dataset=args.dataset, split=args.split, eval_split=args.eval_split,
             settings=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
-            seed=args.seed, data_root=args.data_root, device=str(resolve_device(args.device)), compare=args.compare,
+            seed=args.seed, data_root=args.data_root, device=str(device), compare=args.compare,
             allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
             episode_list=args.episode_list, save_episode_lists=args.save_episodes,
             progress=not args.no_progress, per_episode=args.per_episode)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RankFailure as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        leave_process_group()
+    if not world.is_main:  # one report, written by rank 0
+        return 0
     print(format_table(report))  # first: the numbers are on screen even if a file cannot be written
     current = report_path
     try:

@@ -11,6 +11,7 @@ from fewshot.backbones import BACKBONES
 from fewshot.data import DATASETS
 from fewshot.data.base import dataset_options
 from fewshot.distances import DISTANCES
+from fewshot.distributed import RankFailure, current_world, leave_process_group
 from fewshot.learners import LEARNERS
 from fewshot.miners import MINERS
 from fewshot.training import (
@@ -116,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--overwrite", action="store_true",
                        help="start over in a non-empty --output, deleting the run files there (checkpoints, log, reports)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    many = p.add_argument_group("many processes (torchrun; see docs/distributed.md)")
+    many.add_argument("--episodes-per-step", type=int, default=None,
+                      help="episodes per optimiser step, their gradients averaged (spread over the processes; "
+                           "gradient accumulation in one): a run on N processes equals a run on one with the same "
+                           "value (default: one episode per process)")
+    many.add_argument("--sync-batchnorm", action="store_true",
+                      help="batch-norm statistics over all processes' episodes of a step (SyncBatchNorm; CUDA only)")
+    many.add_argument("--dist-timeout", type=float, default=defaults.dist_timeout,
+                      help="seconds a process waits for the others before it fails (a rank that died)")
     return p
 
 
@@ -125,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         report = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+        is_main = current_world().is_main  # under torchrun, rank 0 alone prints the result
     except TrainingInterrupted as stop:  # SIGINT or SIGTERM: the state is saved, the run can go on
         print(f"\n{stop}\nresume with: python -m fewshot.train ... --output {config.output} --resume", file=sys.stderr)
         return 128 + stop.signum  # the shell's code for the signal (130, 143), as a scheduler expects
@@ -134,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, OutputError, RunInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RankFailure as error:  # another process of a torchrun job stopped; torchrun may restart the job
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        leave_process_group()
+    if not is_main:
+        return 0
     row = report["results"][0]
     print(f"test ({report['eval_split']} classes, {row['episodes']} episodes): {row['ways']}-way {row['shots']}-shot "
           f"accuracy {100 * row['accuracy']:.2f}% +- {100 * row['ci95']:.2f}% (95% CI)")

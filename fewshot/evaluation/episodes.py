@@ -9,6 +9,7 @@ from tqdm import tqdm
 from episodes.sampler import Episode, EpisodeSampler
 from fewshot import metrics
 from fewshot.data.store import ClassSplit
+from fewshot.distributed import World, all_reduce_sum, collective_device, current_world, shard
 from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings
 from fewshot.learners.base import prototype_logits
 from fewshot.model import FewShotModel
@@ -51,6 +52,7 @@ def evaluate_model(
     per_episode: bool = False,
     embeddings: list[SplitEmbeddings] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    distributed: bool = True,
 ) -> np.ndarray:
     """Per-episode nearest-prototype accuracy of `model` (or of each model, on identical episodes).
 
@@ -59,6 +61,11 @@ def evaluate_model(
     to share them across calls) and episodes index those rows; `per_episode=True`, or a model whose
     `embeds_independently` is False (its embedding of an image depends on the episode), embeds every
     episode's images afresh instead. Both give the same accuracies.
+
+    Inside an initialised torch.distributed group (e.g. under torchrun), every rank must call this
+    together: rank r scores episodes r, r + size, ... (embedding only the images those touch), and the
+    per-episode accuracies are gathered in episode order, so every rank returns the single-process
+    array. `distributed=False` scores every episode in this process alone.
     """
     models = model if isinstance(model, list) else [model]
     device = torch.device(device)
@@ -67,6 +74,8 @@ def evaluate_model(
         embeddings = [SplitEmbeddings(m, split, device, max_bytes=max_bytes, progress=progress) for m in models]
     if len(embeddings) != len(models) or any(e.model is not m or e.split is not split for e, m in zip(embeddings, models)):
         raise ValueError("embeddings must hold one SplitEmbeddings per model, over this split")
+    world = current_world() if distributed else World()
+    mine = list(shard(len(chosen), world))  # this rank's episodes: all of them in one process
     modes = [m.training for m in models]
     for m in models:
         m.eval()
@@ -76,11 +85,12 @@ def evaluate_model(
             if per_episode or not m.embeds_independently:
                 continue
             cache = embeddings[m_index]
-            if cache.dim is None and chosen:  # the embedding size (hence the capacity) from the first episode
-                cache.ensure(chosen[0].indices())
-            for group in _episode_chunks(chosen, cache.capacity):
-                cache.ensure(np.concatenate([chosen[e].indices() for e in group]))
-                for e in group:
+            if cache.dim is None and mine:  # the embedding size (hence the capacity) from the first episode
+                cache.ensure(chosen[mine[0]].indices())
+            for group in _episode_chunks([chosen[e] for e in mine], cache.capacity):
+                cache.ensure(np.concatenate([chosen[mine[g]].indices() for g in group]))
+                for g in group:
+                    e = mine[g]
                     episode = chosen[e]
                     support_y = torch.from_numpy(episode.support_labels).to(device)
                     logits = prototype_logits(m.learner.scoring_distance, cache.rows(episode.support), support_y,
@@ -88,12 +98,16 @@ def evaluate_model(
                     accuracies[m_index, e] = metrics.episode_accuracy(logits, torch.from_numpy(episode.query_labels).to(device))
         slow = [i for i, m in enumerate(models) if per_episode or not m.embeds_independently]
         if slow:
-            for e, episode in enumerate(tqdm(chosen, desc=f"{ways}-way {shots}-shot", disable=not progress, leave=False)):
-                support_x, support_y, query_x, query_y = split.episode_tensors(episode, device)
+            for e in tqdm(mine, desc=f"{ways}-way {shots}-shot", disable=not progress, leave=False):
+                support_x, support_y, query_x, query_y = split.episode_tensors(chosen[e], device)
                 for m_index in slow:
                     logits = models[m_index].logits(support_x, support_y, query_x)
                     accuracies[m_index, e] = metrics.episode_accuracy(logits, query_y)
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
+    if world.distributed:
+        # Each episode's accuracy is non-zero on one rank only, so the sum is exact: the single-process array.
+        gathered = torch.from_numpy(accuracies).to(collective_device(), torch.float64)
+        accuracies = all_reduce_sum(gathered, world, f"gathering {ways}-way {shots}-shot accuracies").cpu().numpy()
     return accuracies if isinstance(model, list) else accuracies[0]

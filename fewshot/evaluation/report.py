@@ -17,6 +17,7 @@ from fewshot import metrics
 from fewshot.checkpoint import file_sha256, model_from_checkpoint
 from fewshot.data.base import DatasetSplits, dataset_options, load_splits
 from fewshot.data.store import ClassSplit
+from fewshot.distributed import current_world
 from fewshot.evaluation.embedding import embedding_metrics
 from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings
 from fewshot.evaluation.episodes import evaluate_model, evaluation_episodes
@@ -142,7 +143,7 @@ def evaluate_checkpoint(
     caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress) for m, t in zip(models, targets)]
     for ways, shots in settings:
         chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, seed)
-        if save_episode_lists is not None and fixed is None:
+        if save_episode_lists is not None and fixed is None and current_world().is_main:
             base = Path(save_episode_lists)
             path = base.with_name(f"{base.stem}_{ways}way{shots}shot.json")
             save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme, "eval_split": eval_split,

@@ -77,9 +77,12 @@ class TrainConfig:
     init: str | None = None  # a checkpoint whose backbone the run starts from (pretrain, then fine-tune)
     init_sha256: str | None = None  # SHA-256 of `init`, recorded when the run starts
     freeze_backbone: bool = False  # train the learner's parameters only; backbone BN layers in eval mode
+    episodes_per_step: int | None = None  # B episodes per optimiser step (gradients averaged); None: one per process
+    sync_batchnorm: bool = False  # SyncBatchNorm across processes (CUDA only)
+    dist_timeout: float = 300.0  # seconds a collective waits for the other ranks before failing
 
     # Settings that may change between a run and its resumption without changing its numbers.
-    RESUMABLE_CHANGES = ("episodes", "output", "device", "data_root", "test_episodes", "threads")
+    RESUMABLE_CHANGES = ("episodes", "output", "device", "data_root", "test_episodes", "threads", "dist_timeout")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -95,6 +98,8 @@ def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
     was saved take their defaults, and `metric` / `normalize` left to the learner are made explicit,
     so that two configs compare equal exactly when they train the same way."""
     merged = {**asdict(TrainConfig()), **settings}
+    if merged["episodes_per_step"] is None:  # runs from before the setting, and single-process defaults
+        merged["episodes_per_step"] = 1
     learner = LEARNERS.get(merged["learner"])
     if learner is not None:
         if merged["metric"] is None:
