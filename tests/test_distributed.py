@@ -227,3 +227,26 @@ def test_a_step_moves_batch_norm_statistics_once_towards_the_mean_of_its_episode
 def test_ranks_shard_positions_disjointly_and_completely() -> None:
     shards = [list(shard(10, World(rank, 3))) for rank in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+
+
+def test_a_restarted_job_starts_over_only_in_files_its_own_failed_attempt_wrote(data_root: Path, tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    base = dict(train_ways=5, queries=3, val_every=4, val_episodes=4, test_episodes=4, checkpoint_every=100,
+                threads=1, data_root=str(data_root))
+    output = tmp_path / "run"
+    # What a first attempt killed before its first checkpoint leaves: its own config.json and log, no last.pt.
+    train(TrainConfig(episodes=4, output=str(output), **base), progress=False)
+    for name in ("last.pt", "best.pt", "test_report.json"):
+        (output / name).unlink()
+    (output / "metrics.jsonl").write_text('{"kind": "train", "episode": 1, "loss": 9.0, "accuracy": 0.5, "lr": 0.001}\n')
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    train(TrainConfig(episodes=4, output=str(output), **base), progress=False)
+    assert [r["episode"] for r in records(output)] == [1, 2, 3, 4] and records(output)[0]["loss"] != 9.0  # started over
+    # A restart never takes over files of another run (here: another learning rate).
+    with pytest.raises(FileExistsError, match="already holds a run|is not empty"):
+        (output / "last.pt").rename(tmp_path / "kept.pt")
+        train(TrainConfig(episodes=4, output=str(output), **{**base, "lr": 0.5}), progress=False)
+    (tmp_path / "kept.pt").rename(output / "last.pt")
+    # With last.pt there, a restart resumes (here: the finished run, to a longer schedule).
+    train(TrainConfig(episodes=6, output=str(output), **base), progress=False)
+    assert [r["episode"] for r in records(output)] == [1, 2, 3, 4, 5, 6]
