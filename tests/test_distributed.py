@@ -250,3 +250,39 @@ def test_a_restarted_job_starts_over_only_in_files_its_own_failed_attempt_wrote(
     # With last.pt there, a restart resumes (here: the finished run, to a longer schedule).
     train(TrainConfig(episodes=6, output=str(output), **base), progress=False)
     assert [r["episode"] for r in records(output)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_and_the_run_resumes_exactly(
+        data_root: Path, tmp_path: Path) -> None:
+    episodes = 120
+    output = tmp_path / "stopped"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "fewshot.train", *run_args(output, data_root, episodes)]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        sent = False
+        deadline = time.monotonic() + 240
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.2)
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            done = records(output)[-1]["episode"] if (output / "metrics.jsonl").exists() and records(output) else 0
+            if 20 <= done < episodes - 40 and 1 in (pids := worker_pids(launcher)):
+                os.kill(pids[1], signal.SIGTERM)
+                sent = True
+        assert sent, "the run ended or stalled before rank 1 could be signalled mid-run"
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    saved = torch.load(output / "last.pt", weights_only=True)["episode"]
+    # Both ranks stopped before the same episode (the signal travels in the step's all-reduce); rank 0 saved there.
+    assert stderr.count(f"SIGTERM received: interrupted before episode {saved};") == 2, stderr[-3000:]
+    assert records(output)[-1]["episode"] == saved < episodes
+    torchrun("fewshot.train", [*run_args(output, data_root, episodes), "--resume"])
+    reference = tmp_path / "reference"
+    single("fewshot.train", run_args(reference, data_root, episodes))
+    resumed, uninterrupted = weights(output), weights(reference)
+    for name in resumed:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6, msg=name)
