@@ -27,12 +27,19 @@ SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 RECIPE = TrainConfig(learner="protonet", train_split="trainval", precision="bf16", augment="affine")
 
 
-def arms(proxy: str, episodes: int) -> dict[str, list[tuple[str, TrainConfig]]]:
+def arms(proxy: str, episodes: int, finetune_episodes: int | None = None) -> dict[str, list[tuple[str, TrainConfig]]]:
     """Each arm's runs in order: (run directory name, settings); a later run starts from the one before.
     The pretraining arm is the `meta-baseline-omniglot` recipe (`python -m fewshot.recipe`), with
-    `proxy` as its first stage's loss."""
-    stages = [(f"pretraining-{proxy}-{name}", replace(config, learner=proxy) if name == "pretrain" else config)
-              for name, config in RECIPES["meta-baseline-omniglot"].stages]
+    `proxy` as its first stage's loss and, if given, `finetune_episodes` for its second stage (same
+    learning-rate steps, so a longer fine-tuning run is the recipe's run resumed to more episodes)."""
+    stages = []
+    for name, config in RECIPES["meta-baseline-omniglot"].stages:
+        directory = f"pretraining-{proxy}-{name}"
+        if name == "pretrain":
+            config = replace(config, learner=proxy)
+        elif finetune_episodes is not None and finetune_episodes != config.episodes:
+            config, directory = replace(config, episodes=finetune_episodes), f"{directory}-{finetune_episodes}"
+        stages.append((directory, config))
     return {"protonet": [("pretraining-protonet", replace(RECIPE, episodes=episodes, lr_step=max(1, episodes // 5)))],
             proxy: stages}
 
@@ -58,10 +65,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arm", choices=["cosface", "arcface"], default="cosface", help="the proxy loss to pretrain with")
     parser.add_argument("--protonet-episodes", type=int, default=7500)
+    parser.add_argument("--finetune-episodes", type=int, default=None,
+                        help="episodes of the recipe's fine-tuning stage (default: the recipe's), to even out wall time")
     parser.add_argument("--test-episodes", type=int, default=1000)
     args = parser.parse_args()
 
-    plan = arms(args.arm, args.protonet_episodes)
+    plan = arms(args.arm, args.protonet_episodes, args.finetune_episodes)
     finals = {name: run_arm(runs, args.runs, args.threads) for name, runs in plan.items()}
     (base, base_seconds), (other, other_seconds) = finals["protonet"], finals[args.arm]
     report = evaluate_checkpoint(other, settings=SETTINGS, queries=15, episodes=args.test_episodes, seed=0,
@@ -74,7 +83,8 @@ def main() -> None:
         print(f"| {result['ways']}-way {result['shots']}-shot | {100 * result['accuracy']:.2f} ± {100 * result['ci95']:.2f} | "
               f"{100 * c['accuracy']:.2f} ± {100 * c['ci95']:.2f} | {100 * d['mean']:+.2f} "
               f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] | {c['p_value']:.2g} |")
-    out = args.runs / f"pretraining-{args.arm}.json"
+    suffix = f"-{args.finetune_episodes}" if args.finetune_episodes else ""
+    out = args.runs / f"pretraining-{args.arm}{suffix}.json"
     out.write_text(json.dumps({"seconds": {"protonet": base_seconds, args.arm: other_seconds}, "report": report},
                               indent=1, default=str))
 
