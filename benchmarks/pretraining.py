@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fewshot.checkpoint import load_checkpoint
 from fewshot.evaluate import evaluate_checkpoint
-from fewshot.recipes import RECIPES
+from fewshot.recipes import RECIPES, stage_finished
 from fewshot.train import TrainConfig, train
 
 SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
@@ -52,7 +52,7 @@ def run_arm(runs: list[tuple[str, TrainConfig]], root: Path, threads: int) -> tu
         config = replace(config, output=str(run_dir), threads=threads,
                          init=str(previous) if previous is not None else None)
         last = run_dir / "last.pt"
-        if not (last.exists() and load_checkpoint(last)["episode"] >= config.episodes and (run_dir / "test_report.json").exists()):
+        if not stage_finished(config):
             train(config, resume=last.exists(), progress=False)
         seconds += load_checkpoint(last).get("train_seconds") or 0.0
         previous = last

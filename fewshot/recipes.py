@@ -89,7 +89,8 @@ def stage_configs(recipe: Recipe, output: str | Path, overrides: Overrides | Non
     return configs
 
 
-def _finished(config: TrainConfig) -> bool:
+def stage_finished(config: TrainConfig) -> bool:
+    """Whether the run in `config.output` trained all its episodes and wrote its test report."""
     run_dir = Path(config.output)
     last = run_dir / "last.pt"
     return last.is_file() and (run_dir / "test_report.json").is_file() and load_checkpoint(last)["episode"] >= config.episodes
@@ -101,7 +102,7 @@ def run_recipe(recipe: Recipe, output: str | Path, overrides: Overrides | None =
     best.pt on the novel classes for the recipe's settings. Returns that report."""
     configs = stage_configs(recipe, output, overrides)
     for name, config in configs:
-        if _finished(config):
+        if stage_finished(config):
             continue
         train(config, resume=(Path(config.output) / "last.pt").is_file(), progress=progress)
     final = configs[-1][1]

@@ -4,8 +4,6 @@ and R-precision embedding metrics, with hand-computed values."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import math
@@ -27,8 +25,8 @@ from fewshot.evaluation.report import format_table, report_json
 from fewshot.learners import LEARNERS, build_learner
 from fewshot.metrics import clustering_scores, kmeans_clusters, map_at_r, r_precision
 from fewshot.model import FewShotModel, ModelSpec
-from fewshot.train import main
 from fewshot.training import TrainConfig, train
+from test_train import run_main
 
 # ----------------------------------------------------------------------------------- class-balanced batches
 
@@ -161,18 +159,6 @@ TINY = ["--ways", "5", "--shots", "1", "--train-ways", "5", "--queries", "2", "-
         "--val-episodes", "2", "--test-episodes", "2", "--checkpoint-every", "3", "--seed", "1", "--threads", "1",
         "--backbone-arg", "hidden=16", "--no-progress"]
 BALANCED = ["--sampling", "balanced", "--batch-classes", "8", "--batch-images", "3"]
-
-
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    """fewshot.train.main in this process: (exit code, stdout, stderr); restores torch's thread count."""
-    threads = torch.get_num_threads()
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-    finally:
-        torch.set_num_threads(threads)
-    return code, out.getvalue(), err.getvalue()
 
 
 def command(data_root: Path, output: Path, *extra: str, episodes: int = 6) -> list[str]:

@@ -250,7 +250,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     model = _build_model(config, spec, device, init_state)
     del init_state  # its tensors are not needed once loaded
 
-    lock = RunLock(run_dir) if world.is_main else contextlib.nullcontext()
+    lock = RunLock(run_dir) if world.is_main else None
     refusal: BaseException | None = None
     if world.is_main:  # one process checks and creates the run directory; the others wait for its word
         try:
@@ -258,13 +258,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                 check_run_dir(run_dir, resume, overwrite=False)
             with writing(run_dir, "choose an --output where you can write"):
                 run_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
+            lock.acquire()  # rank 0 only: `lock` is None elsewhere
             # Checked again under the lock: another process may have started a run here since the check above.
             check_run_dir(run_dir, resume, overwrite)
         except BaseException as error:
             refusal = error
-            if isinstance(lock, RunLock):
-                lock.release()
+            lock.release()
     word = broadcast_from_main(None if refusal is None else f"{type(refusal).__name__}: {refusal}", world,
                                "checking the run directory")
     if refusal is not None:
@@ -274,7 +273,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     try:
         return _train_locked(config, resume, progress and world.is_main, splits, spec, model, device, run_dir, world)
     finally:
-        if isinstance(lock, RunLock):
+        if lock is not None:
             lock.release()
 
 
