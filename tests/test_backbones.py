@@ -86,3 +86,20 @@ def test_resnet12_block_activates_before_pooling_in_effect():
     for block in net.blocks:
         x = F.max_pool2d(F.leaky_relu(block.body(x) + block.shortcut(x), 0.1), 2)
     assert torch.allclose(net(images), x.mean(dim=(2, 3)), atol=1e-6)
+
+
+@pytest.mark.parametrize("pools, side", [(4, 1), (3, 3), (2, 7), (0, 28)])
+def test_conv4_pools_keeps_a_larger_feature_map(pools, side):
+    backbone = Conv4(in_channels=1, pools=pools)
+    out = backbone(torch.rand(2, 1, 28, 28))
+    assert out.shape == (2, 64 * side * side)
+    assert backbone.out_dim((1, 28, 28)) == 64 * side * side
+    # Fewer pools change no parameter: a pools=2 model loads a default model's weights.
+    assert backbone.state_dict().keys() == Conv4(in_channels=1).state_dict().keys()
+
+
+def test_conv4_pools_is_checked():
+    with pytest.raises(ValueError, match="pools must be an integer from 0 to 4, got 5"):
+        Conv4(pools=5)
+    with pytest.raises(ValueError, match="pools=2 needs images of at least 4x4, got 3x3"):
+        Conv4(pools=2).out_dim((1, 3, 3))
