@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", default=None, help="a second checkpoint, evaluated on identical episodes")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
+                   help="more checkpoints scored with the first as one ensemble (the sum of their log-softmax "
+                        "prototype scores); the report's accuracy is the ensemble's")
     p.add_argument("--allow-seen-classes", action="store_true", help="evaluate even on classes seen in training")
     p.add_argument("--embedding-metrics", action="store_true",
                    help="also verification (ROC-AUC, EER, TAR@FAR), retrieval (Recall@1, R-precision, MAP@R) and "
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_checkpoint(
             args.checkpoint, dataset=args.dataset, split=args.split, eval_split=args.eval_split,
             settings=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
-            seed=args.seed, data_root=args.data_root, device=str(device), compare=args.compare,
+            seed=args.seed, data_root=args.data_root, device=str(device), compare=args.compare, ensemble=args.ensemble,
             allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
             episode_list=args.episode_list, save_episode_lists=args.save_episodes,
             progress=not args.no_progress, per_episode=args.per_episode)

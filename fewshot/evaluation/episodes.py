@@ -53,10 +53,16 @@ def evaluate_model(
     embeddings: list[SplitEmbeddings] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     distributed: bool = True,
+    ensemble: bool = False,
+    splits: list[ClassSplit] | None = None,
 ) -> np.ndarray:
     """Per-episode nearest-prototype accuracy of `model` (or of each model, on identical episodes).
 
     Returns [episodes] (or [models, episodes]) accuracies. Models are put in eval mode and restored.
+    `ensemble=True` scores the models as one ensemble instead and returns [episodes]: each query goes
+    to the class with the largest sum of the models' log-softmax prototype scores (the product of
+    their class probabilities). `splits` gives each model its own copy of `split` (the same items,
+    prepared with that model's preprocessing); by default every model reads `split`.
     Each image an episode touches is embedded once per model (`SplitEmbeddings`; pass `embeddings`
     to share them across calls) and episodes index those rows; `per_episode=True`, or a model whose
     `embeds_independently` is False (its embedding of an image depends on the episode), embeds every
@@ -70,16 +76,33 @@ def evaluate_model(
     models = model if isinstance(model, list) else [model]
     device = torch.device(device)
     chosen = episode_list if episode_list is not None else evaluation_episodes(split, ways, shots, queries, episodes, seed)
+    model_splits = [split] * len(models) if splits is None else list(splits)
+    if len(model_splits) != len(models):
+        raise ValueError(f"splits must hold one ClassSplit per model ({len(models)}), got {len(model_splits)}")
+    if any(s is not split and not np.array_equal(s.item_ids, split.item_ids) for s in model_splits):
+        raise ValueError("every model's split must hold the same items as `split`, for identical episodes")
     if embeddings is None:
-        embeddings = [SplitEmbeddings(m, split, device, max_bytes=max_bytes, progress=progress) for m in models]
-    if len(embeddings) != len(models) or any(e.model is not m or e.split is not split for e, m in zip(embeddings, models)):
-        raise ValueError("embeddings must hold one SplitEmbeddings per model, over this split")
+        embeddings = [SplitEmbeddings(m, s, device, max_bytes=max_bytes, progress=progress)
+                      for m, s in zip(models, model_splits)]
+    if len(embeddings) != len(models) or any(e.model is not m or e.split is not s
+                                             for e, m, s in zip(embeddings, models, model_splits)):
+        raise ValueError("embeddings must hold one SplitEmbeddings per model, over its split")
     world = current_world() if distributed else World()
     mine = list(shard(len(chosen), world))  # this rank's episodes: all of them in one process
     modes = [m.training for m in models]
     for m in models:
         m.eval()
     accuracies = np.zeros((len(models), len(chosen)))
+    # Ensemble: each of this rank's episodes accumulates the models' log-softmax scores [queries, ways].
+    summed: dict[int, torch.Tensor] = {}
+
+    def score(m_index: int, e: int, logits: torch.Tensor, query_y: torch.Tensor) -> None:
+        if ensemble:
+            log_probs = logits.float().log_softmax(dim=1)
+            summed[e] = log_probs if e not in summed else summed[e] + log_probs
+        else:
+            accuracies[m_index, e] = metrics.episode_accuracy(logits, query_y)
+
     try:
         for m_index, m in enumerate(models):
             if per_episode or not m.embeds_independently:
@@ -95,19 +118,27 @@ def evaluate_model(
                     support_y = torch.from_numpy(episode.support_labels).to(device)
                     logits = prototype_logits(m.learner.scoring_distance, cache.rows(episode.support), support_y,
                                               cache.rows(episode.query), episode.ways)
-                    accuracies[m_index, e] = metrics.episode_accuracy(logits, torch.from_numpy(episode.query_labels).to(device))
+                    score(m_index, e, logits, torch.from_numpy(episode.query_labels).to(device))
         slow = [i for i, m in enumerate(models) if per_episode or not m.embeds_independently]
         if slow:
             for e in tqdm(mine, desc=f"{ways}-way {shots}-shot", disable=not progress, leave=False):
-                support_x, support_y, query_x, query_y = split.episode_tensors(chosen[e], device)
+                tensors: dict[int, tuple[torch.Tensor, ...]] = {}  # one copy per distinct split
                 for m_index in slow:
-                    logits = models[m_index].logits(support_x, support_y, query_x)
-                    accuracies[m_index, e] = metrics.episode_accuracy(logits, query_y)
+                    own = model_splits[m_index]
+                    if id(own) not in tensors:
+                        tensors[id(own)] = own.episode_tensors(chosen[e], device)
+                    support_x, support_y, query_x, query_y = tensors[id(own)]
+                    score(m_index, e, models[m_index].logits(support_x, support_y, query_x), query_y)
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
+    if ensemble:
+        accuracies = accuracies[:1]
+        for e in mine:
+            query_y = torch.from_numpy(chosen[e].query_labels).to(summed[e].device)
+            accuracies[0, e] = metrics.episode_accuracy(summed[e], query_y)
     if world.distributed:
         # Each episode's accuracy is non-zero on one rank only, so the sum is exact: the single-process array.
         gathered = torch.from_numpy(accuracies).to(collective_device(), torch.float64)
         accuracies = all_reduce_sum(gathered, world, f"gathering {ways}-way {shots}-shot accuracies").cpu().numpy()
-    return accuracies if isinstance(model, list) else accuracies[0]
+    return accuracies[0] if ensemble or not isinstance(model, list) else accuracies

@@ -5,6 +5,7 @@ which, with the checkpoint's SHA-256, so any number can be reproduced exactly.""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def evaluate_checkpoint(
     data_root: str | None = None,
     device: str = "cpu",
     compare: str | Path | None = None,
+    ensemble: Sequence[str | Path] = (),
     allow_seen: bool = False,
     with_embedding_metrics: bool = False,
     episode_list: str | Path | None = None,
@@ -95,6 +97,11 @@ def evaluate_checkpoint(
     embeddings; `per_episode=True` embeds each episode's images afresh instead (same numbers).
     A compared checkpoint gets its own preprocessing (its own image size, channels and dataset
     arguments); the comparison is refused when its data does not hold the same items.
+
+    `ensemble` names more checkpoints scored together with `checkpoint` as one model: each query goes
+    to the class with the largest sum of the members' log-softmax prototype scores, every member
+    embedding the images with its own preprocessing. The report's results are the ensemble's, and
+    `report["ensemble"]` lists every member with its SHA-256.
     """
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
@@ -107,6 +114,17 @@ def evaluate_checkpoint(
     target = splits.get(eval_split)
     check_novel(state, dataset, target, eval_split, allow_seen)
     models, targets = [model], [target]
+    members: list[dict[str, Any]] = []
+    for path in ensemble:
+        member, member_state = model_from_checkpoint(path, device_t)
+        check_novel(member_state, dataset, target, eval_split, allow_seen)
+        models.append(member)
+        targets.append(comparison_split(member, member_state, state, splits, eval_split, path, data_root))
+        members.append({"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "spec": member_state["spec"]})
+    if members and with_embedding_metrics:
+        raise ValueError("embedding metrics describe one model's embeddings, not an ensemble's; "
+                         "evaluate each member alone with --embedding-metrics")
+    size = len(models)  # the evaluated model: `checkpoint` alone, or it and the ensemble members
     other_state = None
     if compare is not None:
         other, other_state = model_from_checkpoint(compare, device_t)
@@ -130,6 +148,9 @@ def evaluate_checkpoint(
                            {"kind": "list", "path": str(episode_list), "sha256": file_sha256(episode_list)}),
         "results": [],
     }
+    if members:
+        report["ensemble"] = [{"checkpoint": str(checkpoint), "checkpoint_sha256": report["checkpoint_sha256"],
+                               "spec": report["spec"]}, *members]
     if compare is not None:
         report["compare"] = {"checkpoint": str(compare), "checkpoint_sha256": file_sha256(compare),
                              "spec": other_state["spec"], "results": []}
@@ -149,10 +170,15 @@ def evaluate_checkpoint(
             save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
                                                           "seed": seed, "ways": ways, "shots": shots, "queries": queries})
             report.setdefault("saved_episode_lists", []).append(str(path))
+        options = dict(episode_list=chosen, device=device_t, progress=progress, per_episode=per_episode)
         accuracies = np.stack([
-            evaluate_model(m, t, ways, shots, queries, episode_list=chosen, device=device_t, progress=progress,
-                           per_episode=per_episode, embeddings=[cache])
-            for m, t, cache in zip(models, targets, caches)])
+            # One model is scored by its own logits (the path every earlier report used), several as an ensemble.
+            evaluate_model(models[0], target, ways, shots, queries, embeddings=caches[:1], **options) if size == 1 else
+            evaluate_model(models[:size], target, ways, shots, queries, embeddings=caches[:size], splits=targets[:size],
+                           ensemble=True, **options),
+            *(evaluate_model(m, t, ways, shots, queries, embeddings=[cache], **options)
+              for m, t, cache in zip(models[size:], targets[size:], caches[size:])),
+        ])
         normal = metrics.confidence_interval(accuracies[0], "normal")
         student = metrics.confidence_interval(accuracies[0], "t")
         report["results"].append({
@@ -225,6 +251,8 @@ def format_table(report: dict[str, Any]) -> str:
              f"{report['queries']} queries per class, episodes from "
              + (f"seed {source['seed']}" if (source := report["episode_source"])["kind"] == "seed" else f"list {source['path']}"),
              f"{'ways':>5} {'shots':>5} {'episodes':>8} {'accuracy':>9} {'±95% normal':>12} {'±95% t':>8}"]
+    if members := report.get("ensemble"):
+        lines.insert(1, f"an ensemble of {len(members)} models: " + ", ".join(m["checkpoint"] for m in members))
     compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
     if compared:
         lines[-1] += f" {'other':>8} {'difference (95% CI)':>22} {'p (t)':>8}"
