@@ -195,11 +195,18 @@ class OmniglotStore:
     def _character_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.characters)}
 
-    def split(self, name: str, rotations: Iterable[int] | None = None) -> ClassSplit:
+    @cached_property
+    def images_and_mirrors(self) -> torch.Tensor:
+        """uint8 [2N,H,W]: the images, then each image mirrored left to right (row N + i mirrors row i)."""
+        return torch.cat([self.images, self.images.flip(-1)])
+
+    def split(self, name: str, rotations: Iterable[int] | None = None, mirrors: bool = False) -> ClassSplit:
         """Return a split's classes: Vinyals "train"/"val"/"test"/"trainval" or Lake "background"/"evaluation".
 
         Vinyals classes are the file's `Alphabet/characterNN/rotDDD` lines unless `rotations` (degrees) is
         given; then they are the file's characters times `rotations`. Lake splits use `rotations`, default (0,).
+        `mirrors=True` adds each class mirrored left to right (then rotated) as one more class,
+        `.../rotDDD/mirror`: a mirrored character is another character, as a rotated one is.
         """
         if name in LAKE_SPLITS:
             turns = _turns(rotations if rotations is not None else (0,))
@@ -212,18 +219,26 @@ class OmniglotStore:
                 classes = [(c, k) for c in dict.fromkeys(c for c, _ in classes) for k in turns]
         else:
             raise ValueError(f"unknown Omniglot split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
-        return self._class_split(classes)
+        if not isinstance(mirrors, bool):
+            raise ValueError(f"mirrors must be True or False, got {mirrors!r}")
+        return self._class_split(classes, mirrors)
 
-    def _class_split(self, classes: list[tuple[int, int]]) -> ClassSplit:
+    def _class_split(self, classes: list[tuple[int, int]], mirrors: bool = False) -> ClassSplit:
+        mirrored = [False] * len(classes) + [True] * (len(classes) if mirrors else 0)
+        classes = classes + (classes if mirrors else [])
         chars = np.array([c for c, _ in classes], dtype=np.int64)
         turns = np.array([k for _, k in classes], dtype=np.int8)
         counts = self._count[chars]
         class_start = np.cumsum(counts) - counts
         image_index = np.repeat(self._start[chars], counts) + np.arange(counts.sum()) - np.repeat(class_start, counts)
-        class_names = [f"{self.characters[c]}/rot{90 * k:03d}" for c, k in classes]
-        item_ids = np.char.add(np.repeat(np.array(class_names), counts), np.char.add("/", self.image_ids[image_index]))
+        ids = self.image_ids[image_index]
+        # Mirrored classes read the mirrored copy of the images (rows offset by N); the rotation follows the mirror.
+        image_index = image_index + len(self.images) * np.repeat(np.array(mirrored, dtype=np.int64), counts)
+        class_names = [f"{self.characters[c]}/rot{90 * k:03d}" + ("/mirror" if m else "")
+                       for (c, k), m in zip(classes, mirrored)]
+        item_ids = np.char.add(np.repeat(np.array(class_names), counts), np.char.add("/", ids))
         return ClassSplit(
-            self.images,
+            self.images_and_mirrors if mirrors else self.images,
             labels=np.repeat(np.arange(len(classes), dtype=np.int64), counts),
             class_names=class_names,
             item_ids=item_ids,
@@ -414,7 +429,8 @@ LAKE_TRAIN_ROTATIONS = (0, 90, 180, 270)
 
 
 def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,
-                         rotations: tuple[int, ...] | None = None, download: bool = True) -> DatasetSplits:
+                         rotations: tuple[int, ...] | None = None, mirrors: bool = False,
+                         download: bool = True) -> DatasetSplits:
     """Omniglot's class splits under `scheme`.
 
     - "vinyals": the split files' `Alphabet/characterNN/rotDDD` classes (train / val / test / trainval);
@@ -423,11 +439,19 @@ def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,
 
     `rotations` (degrees, from 0/90/180/270) replaces the scheme's rotations in every split: each
     character then makes one class per listed rotation.
+
+    `mirrors=True` adds every training class (train and trainval) mirrored left to right as one more
+    class, doubling the training classes; validation and test classes stay as the scheme has them.
     """
+    if not isinstance(mirrors, bool):
+        raise ValueError(f"mirrors must be True or False, got {mirrors!r}")
     store = load_omniglot(root, image_size=image_size, download=download)
     options = {} if rotations is None else {"rotations": tuple(rotations)}
+    if mirrors:
+        options["mirrors"] = True
     if scheme == "vinyals":
-        train, val, test, trainval = (store.split(name, rotations) for name in ("train", "val", "test", "trainval"))
+        train, val, test, trainval = (store.split(name, rotations, mirrors=mirrors and name in ("train", "trainval"))
+                                      for name in ("train", "val", "test", "trainval"))
         return DatasetSplits("omniglot", scheme, train, val, test, in_channels=1, image_size=image_size,
                              trainval=trainval, options=options)
     background = store.split("background", rotations=rotations if rotations is not None else LAKE_TRAIN_ROTATIONS)
@@ -435,6 +459,11 @@ def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,
     held_out = sorted(set(alphabet))[-LAKE_VAL_ALPHABETS:]
     is_val = np.isin(alphabet, held_out)
     train, val = background.subset(np.flatnonzero(~is_val)), background.subset(np.flatnonzero(is_val))
+    if mirrors:  # every background class also mirrored; validation keeps the held-out alphabets' originals
+        mirrored = store.split("background", rotations=rotations if rotations is not None else LAKE_TRAIN_ROTATIONS,
+                               mirrors=True)
+        twin = np.concatenate([is_val, is_val])
+        train, background = mirrored.subset(np.flatnonzero(~twin)), mirrored
     return DatasetSplits("omniglot", scheme, train, val, store.split("evaluation", rotations), in_channels=1,
                          image_size=image_size, trainval=background, options=options)
 
