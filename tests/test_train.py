@@ -413,3 +413,15 @@ def test_without_output_each_run_gets_a_new_directory_and_resume_needs_one(data_
     assert run_dir.name.startswith("omniglot-protonet-5w1s-") and (run_dir / "best.pt").exists()
     code, _, stderr = run_main([*TINY, "--episodes", "2", "--data-root", str(data_root), "--resume"])
     assert code == 2 and "--resume needs --output" in stderr
+
+
+def test_resume_with_another_thread_count_warns_that_it_is_no_longer_exact(reference_run: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run["dir"], run_dir)
+    code, _, stderr = run_main(run_args(run_dir, reference_run["data_root"], episodes=EPISODES + 2, extra=("--resume",)))
+    assert code == 0 and "warning: resuming with" not in stderr
+    code, _, stderr = run_main(run_args(run_dir, reference_run["data_root"], episodes=EPISODES + 4,
+                                        extra=("--resume", "--threads", "2")))
+    assert code == 0, stderr
+    assert "warning: resuming with --threads 2 (the run used 1): the numbers will differ" in stderr

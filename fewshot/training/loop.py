@@ -130,7 +130,18 @@ def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
         described = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise ValueError(f"--resume with settings that differ from the run in {run_dir} ({described}); "
                          "resume with the run's own settings, or start a new --output")
+    # Allowed, so a run can move to another machine, but no longer bit-exact: another thread count or
+    # device sums in another order (visible in bf16 within a few hundred steps).
+    numeric = {k: (saved.get(k), now[k]) for k in NUMERIC_CHANGES if saved.get(k) != now[k]}
+    if numeric:
+        described = ", ".join(f"--{k.replace('_', '-')} {b!r} (the run used {a!r})" for k, (a, b) in numeric.items())
+        print(f"warning: resuming with {described}: the numbers will differ from an uninterrupted run's, as "
+              "another thread count or device adds floating-point terms in another order", file=sys.stderr)
     return state
+
+
+#: Resumable changes that keep the run going but not bit-exact (see `_resume_state`).
+NUMERIC_CHANGES = ("threads", "device")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
