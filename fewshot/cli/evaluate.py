@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
                    help="more checkpoints scored with the first as one ensemble (the sum of their log-softmax "
                         "prototype scores); the report's accuracy is the ensemble's")
+    p.add_argument("--test-time-shift", type=int, default=0, metavar="K",
+                   help="embed each image as the mean of itself and its copies shifted 1..K pixels left, right, up "
+                        "and down (4K+1 views; 0: off), for every model evaluated")
     p.add_argument("--allow-seen-classes", action="store_true", help="evaluate even on classes seen in training")
     p.add_argument("--embedding-metrics", action="store_true",
                    help="also verification (ROC-AUC, EER, TAR@FAR), retrieval (Recall@1, R-precision, MAP@R) and "
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, dataset=args.dataset, split=args.split, eval_split=args.eval_split,
             settings=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
             seed=args.seed, data_root=args.data_root, device=str(device), compare=args.compare, ensemble=args.ensemble,
+            test_time_shift=args.test_time_shift,
             allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
             episode_list=args.episode_list, save_episode_lists=args.save_episodes,
             progress=not args.no_progress, per_episode=args.per_episode)

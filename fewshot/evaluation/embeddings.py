@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from fewshot.data.store import ClassSplit
@@ -14,6 +15,39 @@ from fewshot.model import FewShotModel
 DEFAULT_MAX_BYTES = 1 << 30
 
 
+def shift_views(max_shift: int) -> list[tuple[int, int]]:
+    """The (dx, dy) pixel shifts of test-time shift averaging: none, then 1..max_shift pixels
+    left, right, up and down (4 * max_shift + 1 views)."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"the test-time shift must be a whole number of pixels >= 0, got {max_shift!r}")
+    views = [(0, 0)]
+    for k in range(1, max_shift + 1):
+        views += [(k, 0), (-k, 0), (0, k), (0, -k)]
+    return views
+
+
+def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """`images` [n, C, H, W] moved dx pixels right and dy down, the uncovered border filled with 0
+    (the background of inverted Omniglot images)."""
+    k = max(abs(dx), abs(dy))
+    if k == 0:
+        return images
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (k, k, k, k))
+    return padded[..., k - dy:k - dy + height, k - dx:k - dx + width]
+
+
+@torch.no_grad()
+def embed_views(model: FewShotModel, images: torch.Tensor, max_shift: int = 0) -> torch.Tensor:
+    """Float32 embeddings of `images`, averaged over the shifted views of `shift_views(max_shift)`
+    (the model's own embedding when max_shift is 0). Each image's embedding depends on it alone."""
+    views = shift_views(max_shift)
+    total = model.embed(images).float()
+    for dx, dy in views[1:]:
+        total += model.embed(shifted(images, dx, dy)).float()
+    return total / len(views) if len(views) > 1 else total
+
+
 class SplitEmbeddings:
     """Float32 embeddings of a split's items under one model, computed on demand, once per item.
 
@@ -21,12 +55,16 @@ class SplitEmbeddings:
     model's precision, on its device); `rows(items)` returns their embeddings. At most `max_bytes`
     of embeddings are held: `ensure` clears what it holds when the new items would not fit, so a
     caller that needs more than that at once must chunk its work (`capacity` items per chunk).
+    `max_shift` > 0 averages each embedding over shifted copies of the image (`embed_views`).
     """
 
     def __init__(self, model: FewShotModel, split: ClassSplit, device: torch.device | str = "cpu",
-                 batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False) -> None:
+                 batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False,
+                 max_shift: int = 0) -> None:
         if max_bytes < 1 or batch_size < 1:
             raise ValueError(f"max_bytes and batch_size must be positive, got {max_bytes} and {batch_size}")
+        shift_views(max_shift)  # checked now, not at the first embedding
+        self.max_shift = max_shift
         self.model, self.split, self.device = model, split, torch.device(device)
         self.batch_size, self.max_bytes, self.progress = batch_size, max_bytes, progress
         self.position = np.full(len(split), -1, dtype=np.int64)  # item -> row of `matrix`, -1 if not held
@@ -66,7 +104,7 @@ class SplitEmbeddings:
                               disable=not self.progress, leave=False):
                 batch = missing[start:start + self.batch_size]
                 images = self.split.to_float(self.split.gather(batch)).to(self.device, non_blocking=True)
-                chunks.append(self.model.embed(images).float())
+                chunks.append(embed_views(self.model, images, self.max_shift))
         finally:
             self.model.train(was_training)
         new = torch.cat(chunks)

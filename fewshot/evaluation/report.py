@@ -20,7 +20,7 @@ from fewshot.data.base import DatasetSplits, dataset_options, load_splits
 from fewshot.data.store import ClassSplit
 from fewshot.distributed import current_world
 from fewshot.evaluation.embedding import embedding_metrics
-from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings
+from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings, shift_views
 from fewshot.evaluation.episodes import evaluate_model, evaluation_episodes
 from fewshot.model import FewShotModel
 
@@ -85,6 +85,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     per_episode: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    test_time_shift: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (and optionally a second one on identical episodes); return the report dict.
 
@@ -102,6 +103,9 @@ def evaluate_checkpoint(
     to the class with the largest sum of the members' log-softmax prototype scores, every member
     embedding the images with its own preprocessing. The report's results are the ensemble's, and
     `report["ensemble"]` lists every member with its SHA-256.
+
+    `test_time_shift` K > 0 embeds every image as the mean embedding of itself and its copies
+    shifted by 1..K pixels left, right, up and down (`embed_views`), for every model evaluated.
     """
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
@@ -124,6 +128,11 @@ def evaluate_checkpoint(
     if members and with_embedding_metrics:
         raise ValueError("embedding metrics describe one model's embeddings, not an ensemble's; "
                          "evaluate each member alone with --embedding-metrics")
+    if test_time_shift:
+        shift_views(test_time_shift)
+        if with_embedding_metrics:
+            raise ValueError("test-time shift averaging applies to the accuracy evaluation; the embedding metrics "
+                             "use each model's own embeddings, so evaluate them without it")
     size = len(models)  # the evaluated model: `checkpoint` alone, or it and the ensemble members
     other_state = None
     if compare is not None:
@@ -161,7 +170,13 @@ def evaluate_checkpoint(
         if shots + queries > smallest:
             raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
                              f"of the {dataset} {eval_split} split have as few as {smallest}")
-    caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress) for m, t in zip(models, targets)]
+    if test_time_shift and (per_episode or not all(m.embeds_independently for m in models)):
+        raise ValueError("test-time shift averaging embeds each image once, so it cannot be combined with "
+                         "per-episode embedding (--per-episode, or a model whose embeddings depend on the episode)")
+    caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress, max_shift=test_time_shift)
+              for m, t in zip(models, targets)]
+    if test_time_shift:
+        report["test_time_shift"] = {"max_shift": test_time_shift, "views": shift_views(test_time_shift)}
     for ways, shots in settings:
         chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, seed)
         if save_episode_lists is not None and fixed is None and current_world().is_main:
@@ -253,6 +268,8 @@ def format_table(report: dict[str, Any]) -> str:
              f"{'ways':>5} {'shots':>5} {'episodes':>8} {'accuracy':>9} {'±95% normal':>12} {'±95% t':>8}"]
     if members := report.get("ensemble"):
         lines.insert(1, f"an ensemble of {len(members)} models: " + ", ".join(m["checkpoint"] for m in members))
+    if shift := report.get("test_time_shift"):
+        lines.insert(1, f"test-time shift averaging: {len(shift['views'])} views (shifts up to {shift['max_shift']} px)")
     compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
     if compared:
         lines[-1] += f" {'other':>8} {'difference (95% CI)':>22} {'p (t)':>8}"

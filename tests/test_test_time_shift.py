@@ -1,0 +1,77 @@
+"""Test-time shift averaging: each image embedded as the mean of itself and its copies shifted
+1..K pixels left, right, up and down, in the evaluator's embed-once path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.checkpoint import model_from_checkpoint
+from fewshot.data import load_splits
+from fewshot.evaluate import evaluate_checkpoint, evaluation_episodes, main
+from fewshot.evaluation.embeddings import SplitEmbeddings, shift_views, shifted
+from fewshot.learners.base import prototype_logits
+from fewshot.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    output = tmp_path_factory.mktemp("shift") / "run"
+    train(TrainConfig(train_ways=5, queries=2, eval_queries=5, episodes=20, val_every=20, val_episodes=2,
+                      test_episodes=2, data_root=str(data_root), output=str(output), threads=1), progress=False)
+    return output / "best.pt"
+
+
+def test_shifted_moves_the_image_and_fills_the_border_with_zero() -> None:
+    image = torch.arange(1, 17, dtype=torch.float32).view(1, 1, 4, 4)
+    right = shifted(image, 1, 0)
+    assert torch.equal(right[0, 0, :, 1:], image[0, 0, :, :3]) and not right[0, 0, :, 0].any()
+    up = shifted(image, 0, -2)
+    assert torch.equal(up[0, 0, :2], image[0, 0, 2:]) and not up[0, 0, 2:].any()
+    assert shifted(image, 0, 0) is image
+    assert shift_views(2) == [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (-2, 0), (0, 2), (0, -2)]
+    with pytest.raises(ValueError, match="whole number of pixels >= 0, got -1"):
+        shift_views(-1)
+
+
+def test_the_accuracies_are_those_of_the_averaged_embeddings(checkpoint: Path, data_root: Path) -> None:
+    report = evaluate_checkpoint(checkpoint, settings=[(5, 1)], queries=5, episodes=10, seed=2, progress=False,
+                                 test_time_shift=1)
+    plain = evaluate_checkpoint(checkpoint, settings=[(5, 1)], queries=5, episodes=10, seed=2, progress=False)
+    model, _ = model_from_checkpoint(checkpoint)
+    test = load_splits("omniglot", "vinyals", data_root).test
+    expected = []
+    for episode in evaluation_episodes(test, 5, 1, 5, 10, seed=2):
+        support_x, support_y, query_x, query_y = test.episode_tensors(episode)
+        with torch.no_grad():  # by hand: five embeddings of each image, averaged
+            support = torch.stack([model.embed(shifted(support_x, dx, dy)) for dx, dy in shift_views(1)]).mean(0)
+            query = torch.stack([model.embed(shifted(query_x, dx, dy)) for dx, dy in shift_views(1)]).mean(0)
+        logits = prototype_logits(model.learner.scoring_distance, support, support_y, query, 5)
+        expected.append((logits.argmax(1) == query_y).float().mean().item())
+    np.testing.assert_allclose(report["results"][0]["per_episode"], expected, atol=1e-6)
+    assert report["test_time_shift"]["max_shift"] == 1 and len(report["test_time_shift"]["views"]) == 5
+    assert "test_time_shift" not in plain
+    # The views change the embeddings (else the test could not tell averaging from none).
+    cache, averaged = SplitEmbeddings(model, test), SplitEmbeddings(model, test, max_shift=1)
+    items = np.arange(20)
+    cache.ensure(items), averaged.ensure(items)
+    assert not torch.allclose(cache.rows(items), averaged.rows(items))
+
+
+def test_shift_averaging_refuses_the_paths_it_does_not_apply_to(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="cannot be combined with per-episode embedding"):
+        evaluate_checkpoint(checkpoint, per_episode=True, test_time_shift=1, episodes=2, progress=False)
+    with pytest.raises(ValueError, match="evaluate them without it"):
+        evaluate_checkpoint(checkpoint, with_embedding_metrics=True, test_time_shift=1, episodes=2, progress=False)
+
+
+def test_the_command_line_reports_the_views(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    code = main([str(checkpoint), "--test-time-shift", "2", "--episodes", "3", "--queries", "5",
+                 "--report", str(tmp_path / "r.json"), "--no-progress"])
+    assert code == 0
+    assert "test-time shift averaging: 9 views (shifts up to 2 px)" in capsys.readouterr().out
+    code = main([str(checkpoint), "--test-time-shift", "-1", "--report", str(tmp_path / "s.json")])
+    assert code == 2 and "got -1" in capsys.readouterr().err
