@@ -7,8 +7,10 @@ Each member is `python -m fewshot.train` with `--threads 1`, all members started
 cores shared between them, so the wall time of the slowest member is the recipe's training time).
 The members are then scored as one model (`fewshot.evaluate --ensemble`) and each alone, on the same
 seeded test episodes, and the ensemble is compared, paired, with `--baseline` (by default the
-protonet arm of `benchmarks.pretraining`) when that checkpoint exists. Finished members are reused;
-unfinished ones resume.
+protonet arm of `benchmarks.pretraining`) when that checkpoint exists. Then the ensemble is scored
+again with test-time shift averaging (`--test-time-shift K`, default 2: 4K+1 views per image) and
+paired against the single protonet evaluated as usual. Finished members are reused; unfinished ones
+resume.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from fewshot import metrics
 from fewshot.checkpoint import load_checkpoint
 from fewshot.evaluate import evaluate_checkpoint
 
@@ -61,6 +66,8 @@ def main() -> None:
                         help="passed to every member's fewshot.train (e.g. mirrors=true)")
     parser.add_argument("--baseline", type=Path, default=Path("runs/pretraining-protonet/last.pt"))
     parser.add_argument("--test-episodes", type=int, default=1000)
+    parser.add_argument("--test-time-shift", type=int, default=2,
+                        help="also score the ensemble with test-time shift averaging over 4K+1 views (0: skip)")
     args = parser.parse_args()
 
     extra = [flag for value in args.dataset_arg for flag in ("--dataset-arg", value)]
@@ -103,10 +110,27 @@ def main() -> None:
           f"Network's published {RELATION_NETWORK_20W1S} (ratio {100 * twenty['accuracy'] / RELATION_NETWORK_20W1S:.4f}); "
           f"training wall time {max(seconds.values()) / 60:.1f} min (slowest member, members side by side"
           + (f"; this invocation {wall / 60:.1f} min)" if jobs else ")"))
+    shifted = None
+    if args.test_time_shift:
+        # The same ensemble, each image embedded as the mean of its shifted views, paired against the
+        # single protonet as it is evaluated by default (no views).
+        shifted = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], test_time_shift=args.test_time_shift, **options)
+        plain_baseline = evaluate_checkpoint(baseline, **options) if baseline else None
+        views = len(shifted["test_time_shift"]["views"])
+        print(f"\n| setting | ensemble, {views} shifted views | protonet | difference [95% CI] | p |\n|---|---|---|---|---|")
+        for i, result in enumerate(shifted["results"]):
+            cells = [f"{100 * result['accuracy']:.2f} ± {100 * result['ci95']:.2f}"]
+            if plain_baseline:
+                other = plain_baseline["results"][i]
+                paired = metrics.paired_comparison(np.array(result["per_episode"]), np.array(other["per_episode"]))
+                d = paired.difference
+                cells += [f"{100 * other['accuracy']:.2f} ± {100 * other['ci95']:.2f}",
+                          f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]", f"{paired.p_value:.2g}"]
+            print(f"| {result['ways']}-way {result['shots']}-shot | " + " | ".join(cells) + " |")
     out = args.runs / f"{args.prefix}.json"
     out.write_text(json.dumps({"train_seconds": seconds, "wall_seconds": wall if jobs else None,
                                "commands": {n: member_command(n, dirs[n], args.episodes, extra, resume=False)[1:] for n in names},
-                               "ensemble": report, "alone": alone}, indent=1, default=str))
+                               "ensemble": report, "alone": alone, "ensemble_shifted": shifted}, indent=1, default=str))
     print(f"report: {out}")
 
 
