@@ -12,14 +12,7 @@ import torch
 from fewshot.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
 from fewshot.evaluate import evaluate_checkpoint, evaluation_episodes, main
-from fewshot.train import TrainConfig, train
-
-
-def tiny_run(output: Path, data_root: Path, **overrides) -> Path:
-    config = dict(train_ways=5, queries=2, eval_queries=5, episodes=20, val_every=20, val_episodes=2, test_episodes=2,
-                  data_root=str(data_root), output=str(output), threads=1, **overrides)
-    train(TrainConfig(**config), progress=False)
-    return output / "best.pt"
+from test_evaluate_once import tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,12 @@ from fewshot.data import load_splits
 from fewshot.evaluate import evaluate_checkpoint, evaluation_episodes, main
 from fewshot.evaluation.embeddings import SplitEmbeddings, shift_views, shifted
 from fewshot.learners.base import prototype_logits
-from fewshot.train import TrainConfig, train
+from test_evaluate_once import tiny_run
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
-    output = tmp_path_factory.mktemp("shift") / "run"
-    train(TrainConfig(train_ways=5, queries=2, eval_queries=5, episodes=20, val_every=20, val_episodes=2,
-                      test_episodes=2, data_root=str(data_root), output=str(output), threads=1), progress=False)
-    return output / "best.pt"
+    return tiny_run(tmp_path_factory.mktemp("shift") / "run", data_root)
 
 
 def test_shifted_moves_the_image_and_fills_the_border_with_zero() -> None:
