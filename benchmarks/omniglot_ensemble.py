@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -78,8 +77,8 @@ def main() -> None:
     for name, d in dirs.items():
         if not finished(d, args.episodes):
             with open(d.with_suffix(".log"), "a") as log:  # the child keeps its own copy of the descriptor
-                jobs[name] = subprocess.Popen(member_command(name, d, args.episodes, extra), env={**os.environ},
-                                              stdout=log, stderr=subprocess.STDOUT)
+                jobs[name] = subprocess.Popen(member_command(name, d, args.episodes, extra), stdout=log,
+                                              stderr=subprocess.STDOUT)
     failed = {name: job.wait() for name, job in jobs.items()}
     if any(failed.values()):  # the runs resume where they stopped on the next invocation
         sys.exit(f"members failed (exit status): {failed}; see {', '.join(str(d.with_suffix('.log')) for d in dirs.values())}")

@@ -443,27 +443,25 @@ def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,
     `mirrors=True` adds every training class (train and trainval) mirrored left to right as one more
     class, doubling the training classes; validation and test classes stay as the scheme has them.
     """
-    if not isinstance(mirrors, bool):
-        raise ValueError(f"mirrors must be True or False, got {mirrors!r}")
     store = load_omniglot(root, image_size=image_size, download=download)
     options = {} if rotations is None else {"rotations": tuple(rotations)}
     if mirrors:
         options["mirrors"] = True
     if scheme == "vinyals":
-        train, val, test, trainval = (store.split(name, rotations, mirrors=mirrors and name in ("train", "trainval"))
+        training = ("train", "trainval")  # the splits that get the mirrored classes
+        train, val, test, trainval = (store.split(name, rotations, mirrors=mirrors if name in training else False)
                                       for name in ("train", "val", "test", "trainval"))
         return DatasetSplits("omniglot", scheme, train, val, test, in_channels=1, image_size=image_size,
                              trainval=trainval, options=options)
-    background = store.split("background", rotations=rotations if rotations is not None else LAKE_TRAIN_ROTATIONS)
+    background = store.split("background", rotations=rotations if rotations is not None else LAKE_TRAIN_ROTATIONS,
+                             mirrors=mirrors)
     alphabet = np.array([name.split("/")[0] for name in background.class_names])
     held_out = sorted(set(alphabet))[-LAKE_VAL_ALPHABETS:]
     is_val = np.isin(alphabet, held_out)
-    train, val = background.subset(np.flatnonzero(~is_val)), background.subset(np.flatnonzero(is_val))
-    if mirrors:  # every background class also mirrored; validation keeps the held-out alphabets' originals
-        mirrored = store.split("background", rotations=rotations if rotations is not None else LAKE_TRAIN_ROTATIONS,
-                               mirrors=True)
-        twin = np.concatenate([is_val, is_val])
-        train, background = mirrored.subset(np.flatnonzero(~twin)), mirrored
+    # With mirrors, every background class is also mirrored; validation keeps the held-out alphabets' originals.
+    is_mirror = np.array([name.endswith("/mirror") for name in background.class_names], dtype=bool)
+    train = background.subset(np.flatnonzero(~is_val))
+    val = background.subset(np.flatnonzero(is_val & ~is_mirror))
     return DatasetSplits("omniglot", scheme, train, val, store.split("evaluation", rotations), in_channels=1,
                          image_size=image_size, trainval=background, options=options)
 

@@ -45,7 +45,7 @@ def embed_views(model: FewShotModel, images: torch.Tensor, max_shift: int = 0) -
     total = model.embed(images).float()
     for dx, dy in views[1:]:
         total += model.embed(shifted(images, dx, dy)).float()
-    return total / len(views) if len(views) > 1 else total
+    return total / len(views)
 
 
 class SplitEmbeddings:
