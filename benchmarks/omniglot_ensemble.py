@@ -1,7 +1,7 @@
 """The best Omniglot recipe: protonet ensembles trained side by side, one process per core, paired
 against the single protonet of docs/training.md and against the best published Conv-4 figure.
 
-    FEWSHOT_DATA=/path/to/data python -m benchmarks.omniglot_ensemble [--runs runs] [--episodes 8500]
+    FEWSHOT_DATA=/path/to/data python -m benchmarks.omniglot_ensemble [--runs runs] [--episodes 10000] [--members wide wide-mirrors ...]
 
 Each member is `python -m fewshot.train` with `--threads 1`, all members started at once (the CPU's
 cores shared between them, so the wall time of the slowest member is the recipe's training time).
@@ -36,11 +36,12 @@ RELATION_NETWORK_20W1S = 97.6
 COMMON = ["--learner", "protonet", "--train-split", "trainval", "--augment", "affine", "--precision", "bf16",
           "--threads", "1", "--ways", "20", "--shots", "1", "--val-every", "2000", "--val-episodes", "100",
           "--test-episodes", "1000", "--no-progress"]
-#: The members differ in seed and in their training classes (the second adds every class mirrored),
-#: for an ensemble whose members make different mistakes.
+#: The members differ in seed and in their training classes (the mirrored ones add every class mirrored),
+#: for an ensemble whose members make different mistakes; the default ensemble is the first two.
 MEMBERS = {
     "wide": ["--backbone-arg", "out_channels=256", "--seed", "0"],
     "wide-mirrors": ["--backbone-arg", "out_channels=256", "--dataset-arg", "mirrors=true", "--seed", "1"],
+    "wide-mirrors-2": ["--backbone-arg", "out_channels=256", "--dataset-arg", "mirrors=true", "--seed", "2"],
 }
 
 
@@ -60,7 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--prefix", default="ensemble", help="run directories are RUNS/PREFIX-MEMBER")
-    parser.add_argument("--episodes", type=int, default=8500, help="training episodes per member")
+    parser.add_argument("--episodes", type=int, default=10000, help="training episodes per member")
+    parser.add_argument("--members", nargs="+", choices=list(MEMBERS), default=["wide", "wide-mirrors"],
+                        help="which members to train side by side and ensemble (a third member shares the two cores)")
     parser.add_argument("--dataset-arg", action="append", default=[], metavar="NAME=VALUE",
                         help="passed to every member's fewshot.train (e.g. mirrors=true)")
     parser.add_argument("--baseline", type=Path, default=Path("runs/pretraining-protonet/last.pt"))
@@ -70,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     extra = [flag for value in args.dataset_arg for flag in ("--dataset-arg", value)]
-    dirs = {name: args.runs / f"{args.prefix}-{name}" for name in MEMBERS}
+    dirs = {name: args.runs / f"{args.prefix}-{name}" for name in args.members}
     started = time.perf_counter()
     args.runs.mkdir(parents=True, exist_ok=True)
     jobs = {}
@@ -84,13 +87,13 @@ def main() -> None:
         sys.exit(f"members failed (exit status): {failed}; see {', '.join(str(d.with_suffix('.log')) for d in dirs.values())}")
     wall = time.perf_counter() - started
     seconds = {name: float(load_checkpoint(d / "last.pt").get("train_seconds") or 0.0) for name, d in dirs.items()}
-    lasts = [dirs[name] / "last.pt" for name in MEMBERS]
+    lasts = [dirs[name] / "last.pt" for name in args.members]
     baseline = args.baseline if args.baseline.exists() else None
     options = dict(settings=SETTINGS, queries=15, episodes=args.test_episodes, seed=0, progress=False)
     report = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], compare=baseline, **options)
     alone = [evaluate_checkpoint(last, **options) for last in lasts]
 
-    names = list(MEMBERS)
+    names = list(args.members)
     header = " | ".join(f"{n} alone ({seconds[n] / 60:.0f} min)" for n in names)
     compared = "| protonet | ensemble - protonet [95% CI] | p " if baseline else ""
     print(f"| setting | {header} | ensemble of {len(names)} {compared}|")
