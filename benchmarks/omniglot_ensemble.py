@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--test-time-shift", type=int, default=2,
                         help="also score the ensemble with test-time shift averaging over 4K+1 views (0: skip)")
     args = parser.parse_args()
+    if len(set(args.members)) != len(args.members):
+        parser.error(f"--members names each member once, got {args.members}")
 
     extra = [flag for value in args.dataset_arg for flag in ("--dataset-arg", value)]
     dirs = {name: args.runs / f"{args.prefix}-{name}" for name in args.members}
@@ -87,13 +89,13 @@ def main() -> None:
         sys.exit(f"members failed (exit status): {failed}; see {', '.join(str(d.with_suffix('.log')) for d in dirs.values())}")
     wall = time.perf_counter() - started
     seconds = {name: float(load_checkpoint(d / "last.pt").get("train_seconds") or 0.0) for name, d in dirs.items()}
-    lasts = [dirs[name] / "last.pt" for name in args.members]
+    names = list(dirs)
+    lasts = [dirs[name] / "last.pt" for name in names]
     baseline = args.baseline if args.baseline.exists() else None
     options = dict(settings=SETTINGS, queries=15, episodes=args.test_episodes, seed=0, progress=False)
     report = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], compare=baseline, **options)
     alone = [evaluate_checkpoint(last, **options) for last in lasts]
 
-    names = list(args.members)
     header = " | ".join(f"{n} alone ({seconds[n] / 60:.0f} min)" for n in names)
     compared = "| protonet | ensemble - protonet [95% CI] | p " if baseline else ""
     print(f"| setting | {header} | ensemble of {len(names)} {compared}|")
