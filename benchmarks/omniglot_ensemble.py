@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("--test-episodes", type=int, default=1000)
     parser.add_argument("--test-time-shift", type=int, default=2,
                         help="also score the ensemble with test-time shift averaging over 4K+1 views (0: skip)")
+    parser.add_argument("--test-time-rotations", action="store_true",
+                        help="with the shifts, also concatenate each image's four quarter turns (fewshot.evaluate --test-time-rotations)")
+    parser.add_argument("--test-time-mirror", action="store_true",
+                        help="with the shifts, also concatenate the mirrored copies (fewshot.evaluate --test-time-mirror)")
     args = parser.parse_args()
     if len(set(args.members)) != len(args.members):
         parser.error(f"--members names each member once, got {args.members}")
@@ -115,13 +119,16 @@ def main() -> None:
           f"training wall time {max(seconds.values()) / 60:.1f} min (slowest member, members side by side"
           + (f"; this invocation {wall / 60:.1f} min)" if jobs else ")"))
     shifted = None
-    if args.test_time_shift:
+    turns = dict(test_time_rotations=args.test_time_rotations, test_time_mirror=args.test_time_mirror)
+    if args.test_time_shift or any(turns.values()):
         # The same ensemble, each image embedded as the mean of its shifted views, paired against the
         # single protonet as it is evaluated by default (no views).
-        shifted = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], test_time_shift=args.test_time_shift, **options)
+        shifted = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], test_time_shift=args.test_time_shift, **turns, **options)
         plain_baseline = evaluate_checkpoint(baseline, **options) if baseline else None
-        views = len(shifted["test_time_shift"]["views"])
-        print(f"\n| setting | ensemble, {views} shifted views | protonet | difference [95% CI] | p |\n|---|---|---|---|---|")
+        views = f"{len(shifted['test_time_shift']['views'])} shifted views" if args.test_time_shift else "no shifts"
+        if copies := shifted.get("test_time_turns"):
+            views += f" x {len(copies['copies'])} turned copies"
+        print(f"\n| setting | ensemble, {views} | protonet | difference [95% CI] | p |\n|---|---|---|---|---|")
         for i, result in enumerate(shifted["results"]):
             cells = [f"{100 * result['accuracy']:.2f} ± {100 * result['ci95']:.2f}"]
             if plain_baseline:

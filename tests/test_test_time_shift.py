@@ -1,5 +1,6 @@
-"""Test-time shift averaging: each image embedded as the mean of itself and its copies shifted
-1..K pixels left, right, up and down, in the evaluator's embed-once path."""
+"""Test-time views: each image embedded as the mean of itself and its copies shifted 1..K pixels
+left, right, up and down, and as the concatenation of its quarter-turned and mirrored copies, in the
+evaluator's embed-once path."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from fewshot.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
 from fewshot.evaluate import evaluate_checkpoint, evaluation_episodes, main
-from fewshot.evaluation.embeddings import SplitEmbeddings, shift_views, shifted
+from fewshot.evaluation.embeddings import SplitEmbeddings, embed_views, shift_views, shifted, turn_views, turned
 from fewshot.learners.base import prototype_logits
 from test_evaluate_once import tiny_run
 
@@ -61,7 +62,7 @@ def test_the_accuracies_are_those_of_the_averaged_embeddings(checkpoint: Path, d
 def test_shift_averaging_refuses_the_paths_it_does_not_apply_to(checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="cannot be combined with per-episode embedding"):
         evaluate_checkpoint(checkpoint, per_episode=True, test_time_shift=1, episodes=2, progress=False)
-    with pytest.raises(ValueError, match="evaluate them without it"):
+    with pytest.raises(ValueError, match="evaluate them without views"):
         evaluate_checkpoint(checkpoint, with_embedding_metrics=True, test_time_shift=1, episodes=2, progress=False)
 
 
@@ -72,3 +73,49 @@ def test_the_command_line_reports_the_views(checkpoint: Path, tmp_path: Path, ca
     assert "test-time shift averaging: 9 views (shifts up to 2 px)" in capsys.readouterr().out
     code = main([str(checkpoint), "--test-time-shift", "-1", "--report", str(tmp_path / "s.json")])
     assert code == 2 and "got -1" in capsys.readouterr().err
+
+
+def test_turned_copies_rotate_and_mirror() -> None:
+    image = torch.arange(1, 5, dtype=torch.float32).view(1, 1, 2, 2)  # [[1, 2], [3, 4]]
+    assert turned(image, 0, False) is image
+    assert turned(image, 1, False)[0, 0].tolist() == [[2, 4], [1, 3]]  # a quarter turn counter-clockwise
+    assert turned(image, 0, True)[0, 0].tolist() == [[2, 1], [4, 3]]
+    assert turned(image, 2, True)[0, 0].tolist() == [[3, 4], [1, 2]]  # mirrored, then a half turn
+    assert turn_views() == [(0, False)]
+    assert turn_views(rotations=True) == [(0, False), (1, False), (2, False), (3, False)]
+    assert turn_views(mirror=True) == [(0, False), (0, True)]
+    assert len(set(turn_views(True, True))) == 8
+    with pytest.raises(ValueError, match="need square images, got 2x3"):
+        turned(torch.zeros(1, 1, 2, 3), 1, False)
+
+
+def test_turned_copies_are_concatenated_and_scored_as_the_sum_of_their_distances(checkpoint: Path, data_root: Path) -> None:
+    options = dict(settings=[(5, 1)], queries=5, episodes=10, seed=3, progress=False)
+    report = evaluate_checkpoint(checkpoint, test_time_rotations=True, test_time_mirror=True, test_time_shift=1, **options)
+    model, _ = model_from_checkpoint(checkpoint)
+    test = load_splits("omniglot", "vinyals", data_root).test
+    copies = turn_views(True, True)
+    expected = []
+    for episode in evaluation_episodes(test, 5, 1, 5, 10, seed=3):
+        support_x, support_y, query_x, query_y = test.episode_tensors(episode)
+        logits = 0
+        for quarter_turns, mirror in copies:  # by hand: each turned copy of the episode scored alone, logits summed
+            s = embed_views(model, turned(support_x, quarter_turns, mirror), max_shift=1)
+            q = embed_views(model, turned(query_x, quarter_turns, mirror), max_shift=1)
+            logits = logits + prototype_logits(model.learner.scoring_distance, s, support_y, q, 5)
+        expected.append((logits.argmax(1) == query_y).float().mean().item())
+    np.testing.assert_allclose(report["results"][0]["per_episode"], expected, atol=1e-6)
+    assert report["test_time_turns"]["copies"] == [list(c) for c in copies]
+    assert report["embedding"]["matrix_bytes"][0] == 8 * 4 * model.embed(test.to_float(test.gather(np.arange(1)))).shape[1] \
+        * report["embedding"]["images_embedded"][0]
+    plain = evaluate_checkpoint(checkpoint, **options)
+    assert "test_time_turns" not in plain and "test_time_turns" not in evaluate_checkpoint(checkpoint, test_time_shift=1, **options)
+
+
+def test_the_command_line_reports_the_turned_copies(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    code = main([str(checkpoint), "--test-time-rotations", "--episodes", "3", "--queries", "5",
+                 "--report", str(tmp_path / "r.json"), "--no-progress"])
+    assert code == 0
+    assert "test-time turned copies: 4 (quarter turns), embeddings concatenated" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="cannot be combined with per-episode embedding"):
+        evaluate_checkpoint(checkpoint, per_episode=True, test_time_mirror=True, episodes=2, progress=False)

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-time-shift", type=int, default=0, metavar="K",
                    help="embed each image as the mean of itself and its copies shifted 1..K pixels left, right, up "
                         "and down (4K+1 views; 0: off), for every model evaluated")
+    p.add_argument("--test-time-rotations", action="store_true",
+                   help="embed each image as the concatenation of the embeddings of its four quarter turns (every "
+                        "image of an episode turned alike; for models trained on rotated classes, as on Omniglot)")
+    p.add_argument("--test-time-mirror", action="store_true",
+                   help="also concatenate the embeddings of the mirrored copies (for models trained with mirrors=true)")
     p.add_argument("--allow-seen-classes", action="store_true", help="evaluate even on classes seen in training")
     p.add_argument("--embedding-metrics", action="store_true",
                    help="also verification (ROC-AUC, EER, TAR@FAR), retrieval (Recall@1, R-precision, MAP@R) and "
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, dataset=args.dataset, split=args.split, eval_split=args.eval_split,
             settings=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
             seed=args.seed, data_root=args.data_root, device=str(device), compare=args.compare, ensemble=args.ensemble,
-            test_time_shift=args.test_time_shift,
+            test_time_shift=args.test_time_shift, test_time_rotations=args.test_time_rotations,
+            test_time_mirror=args.test_time_mirror,
             allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
             episode_list=args.episode_list, save_episode_lists=args.save_episodes,
             progress=not args.no_progress, per_episode=args.per_episode)

@@ -37,15 +37,40 @@ def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return padded[..., k - dy:k - dy + height, k - dx:k - dx + width]
 
 
+def turn_views(rotations: bool = False, mirror: bool = False) -> list[tuple[int, bool]]:
+    """The (quarter turns, mirrored) copies of test-time turn views: the image itself, then its
+    rotations by 90, 180 and 270 degrees when `rotations`, each also mirrored left-right when `mirror`."""
+    return [(turns, flip) for flip in ((False, True) if mirror else (False,))
+            for turns in (range(4) if rotations else range(1))]
+
+
+def turned(images: torch.Tensor, quarter_turns: int, mirror: bool) -> torch.Tensor:
+    """`images` [n, C, H, W] mirrored left-right (when `mirror`), then rotated by `quarter_turns` x 90
+    degrees counter-clockwise."""
+    if quarter_turns % 4 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"test-time rotations need square images, got {images.shape[-2]}x{images.shape[-1]}")
+    out = torch.flip(images, dims=(-1,)) if mirror else images
+    return torch.rot90(out, quarter_turns, dims=(-2, -1)) if quarter_turns % 4 else out
+
+
 @torch.no_grad()
-def embed_views(model: FewShotModel, images: torch.Tensor, max_shift: int = 0) -> torch.Tensor:
+def embed_views(model: FewShotModel, images: torch.Tensor, max_shift: int = 0,
+                turns: list[tuple[int, bool]] | None = None) -> torch.Tensor:
     """Float32 embeddings of `images`, averaged over the shifted views of `shift_views(max_shift)`
-    (the model's own embedding when max_shift is 0). Each image's embedding depends on it alone."""
+    (the model's own embedding when max_shift is 0). With `turns` (from `turn_views`), the
+    embedding is the concatenation of those averages for each turned copy, so that a squared
+    Euclidean distance between two embeddings is the sum of the per-copy distances: every copy of
+    an episode is turned alike, and a model trained on rotated (or mirrored) classes compares
+    each copy as another episode. Each image's embedding depends on it alone."""
     views = shift_views(max_shift)
-    total = model.embed(images).float()
-    for dx, dy in views[1:]:
-        total += model.embed(shifted(images, dx, dy)).float()
-    return total / len(views)
+    parts = []
+    for quarter_turns, mirror in turns or [(0, False)]:
+        copy = turned(images, quarter_turns, mirror)
+        total = model.embed(copy).float()
+        for dx, dy in views[1:]:
+            total += model.embed(shifted(copy, dx, dy)).float()
+        parts.append(total / len(views))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 class SplitEmbeddings:
@@ -55,16 +80,17 @@ class SplitEmbeddings:
     model's precision, on its device); `rows(items)` returns their embeddings. At most `max_bytes`
     of embeddings are held: `ensure` clears what it holds when the new items would not fit, so a
     caller that needs more than that at once must chunk its work (`capacity` items per chunk).
-    `max_shift` > 0 averages each embedding over shifted copies of the image (`embed_views`).
+    `max_shift` > 0 averages each embedding over shifted copies of the image, and `turns` concatenates
+    those of its rotated or mirrored copies (`embed_views`).
     """
 
     def __init__(self, model: FewShotModel, split: ClassSplit, device: torch.device | str = "cpu",
                  batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False,
-                 max_shift: int = 0) -> None:
+                 max_shift: int = 0, turns: list[tuple[int, bool]] | None = None) -> None:
         if max_bytes < 1 or batch_size < 1:
             raise ValueError(f"max_bytes and batch_size must be positive, got {max_bytes} and {batch_size}")
         shift_views(max_shift)  # checked now, not at the first embedding
-        self.max_shift = max_shift
+        self.max_shift, self.turns = max_shift, turns
         self.model, self.split, self.device = model, split, torch.device(device)
         self.batch_size, self.max_bytes, self.progress = batch_size, max_bytes, progress
         self.position = np.full(len(split), -1, dtype=np.int64)  # item -> row of `matrix`, -1 if not held
@@ -104,7 +130,7 @@ class SplitEmbeddings:
                               disable=not self.progress, leave=False):
                 batch = missing[start:start + self.batch_size]
                 images = self.split.to_float(self.split.gather(batch)).to(self.device, non_blocking=True)
-                chunks.append(embed_views(self.model, images, self.max_shift))
+                chunks.append(embed_views(self.model, images, self.max_shift, self.turns))
         finally:
             self.model.train(was_training)
         new = torch.cat(chunks)

@@ -20,7 +20,7 @@ from fewshot.data.base import DatasetSplits, dataset_options, load_splits
 from fewshot.data.store import ClassSplit
 from fewshot.distributed import current_world
 from fewshot.evaluation.embedding import embedding_metrics
-from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings, shift_views
+from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings, shift_views, turn_views
 from fewshot.evaluation.episodes import evaluate_model, evaluation_episodes
 from fewshot.model import FewShotModel
 
@@ -86,6 +86,8 @@ def evaluate_checkpoint(
     per_episode: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
     test_time_shift: int = 0,
+    test_time_rotations: bool = False,
+    test_time_mirror: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (and optionally a second one on identical episodes); return the report dict.
 
@@ -106,6 +108,10 @@ def evaluate_checkpoint(
 
     `test_time_shift` K > 0 embeds every image as the mean embedding of itself and its copies
     shifted by 1..K pixels left, right, up and down (`embed_views`), for every model evaluated.
+    `test_time_rotations` and `test_time_mirror` embed every image as the concatenation of the
+    embeddings of its quarter-turned and/or mirrored copies (each shift-averaged when K > 0): every
+    image of an episode is turned alike, so each copy is scored as another episode of classes the
+    model was trained to tell apart when it trained on rotated (`mirrors=true`: mirrored) classes.
     """
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
@@ -128,11 +134,13 @@ def evaluate_checkpoint(
     if members and with_embedding_metrics:
         raise ValueError("embedding metrics describe one model's embeddings, not an ensemble's; "
                          "evaluate each member alone with --embedding-metrics")
+    turns = turn_views(test_time_rotations, test_time_mirror)
+    views_on = bool(test_time_shift) or len(turns) > 1
     if test_time_shift:
         shift_views(test_time_shift)
-        if with_embedding_metrics:
-            raise ValueError("test-time shift averaging applies to the accuracy evaluation; the embedding metrics "
-                             "use each model's own embeddings, so evaluate them without it")
+    if views_on and with_embedding_metrics:
+        raise ValueError("test-time views (shifts, rotations, mirrors) apply to the accuracy evaluation; the embedding "
+                         "metrics use each model's own embeddings, so evaluate them without views")
     size = len(models)  # the evaluated model: `checkpoint` alone, or it and the ensemble members
     other_state = None
     if compare is not None:
@@ -170,13 +178,17 @@ def evaluate_checkpoint(
         if shots + queries > smallest:
             raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
                              f"of the {dataset} {eval_split} split have as few as {smallest}")
-    if test_time_shift and (per_episode or not all(m.embeds_independently for m in models)):
-        raise ValueError("test-time shift averaging embeds each image once, so it cannot be combined with "
-                         "per-episode embedding (--per-episode, or a model whose embeddings depend on the episode)")
-    caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress, max_shift=test_time_shift)
+    if views_on and (per_episode or not all(m.embeds_independently for m in models)):
+        raise ValueError("test-time views (shifts, rotations, mirrors) embed each image once, so they cannot be combined "
+                         "with per-episode embedding (--per-episode, or a model whose embeddings depend on the episode)")
+    caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress, max_shift=test_time_shift,
+                              turns=turns if len(turns) > 1 else None)
               for m, t in zip(models, targets)]
     if test_time_shift:
         report["test_time_shift"] = {"max_shift": test_time_shift, "views": shift_views(test_time_shift)}
+    if len(turns) > 1:
+        report["test_time_turns"] = {"rotations": test_time_rotations, "mirror": test_time_mirror,
+                                     "copies": [list(t) for t in turns]}
     for ways, shots in settings:
         chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, seed)
         if save_episode_lists is not None and fixed is None and current_world().is_main:
@@ -270,6 +282,9 @@ def format_table(report: dict[str, Any]) -> str:
         lines.insert(1, f"an ensemble of {len(members)} models: " + ", ".join(m["checkpoint"] for m in members))
     if shift := report.get("test_time_shift"):
         lines.insert(1, f"test-time shift averaging: {len(shift['views'])} views (shifts up to {shift['max_shift']} px)")
+    if turned := report.get("test_time_turns"):
+        kinds = " and ".join(k for k, on in (("quarter turns", turned["rotations"]), ("mirrored", turned["mirror"])) if on)
+        lines.insert(1, f"test-time turned copies: {len(turned['copies'])} ({kinds}), embeddings concatenated")
     compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
     if compared:
         lines[-1] += f" {'other':>8} {'difference (95% CI)':>22} {'p (t)':>8}"
