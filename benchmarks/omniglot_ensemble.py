@@ -10,7 +10,7 @@ seeded test episodes, and the ensemble is compared, paired, with `--baseline` (b
 protonet arm of `benchmarks.pretraining`) when that checkpoint exists. Then the ensemble is scored
 again with test-time views and paired against the single protonet evaluated as usual: shift
 averaging (`--test-time-shift K`, default 2: 4K+1 views per image) within each of the image's eight
-turned copies (four quarter turns, each also mirrored), whose embeddings are concatenated
+turned copies (four quarter turns, each also mirrored), whose scores are summed
 (`--no-test-time-rotations`, `--no-test-time-mirror` leave them out). Finished members are reused; unfinished ones
 resume.
 """
@@ -73,9 +73,9 @@ def main() -> None:
     parser.add_argument("--test-time-shift", type=int, default=2,
                         help="also score the ensemble with test-time shift averaging over 4K+1 views (0: skip)")
     parser.add_argument("--test-time-rotations", action=argparse.BooleanOptionalAction, default=True,
-                        help="with the shifts, also concatenate each image's four quarter turns (fewshot.evaluate --test-time-rotations)")
+                        help="with the shifts, also score each image's four quarter turns (fewshot.evaluate --test-time-rotations)")
     parser.add_argument("--test-time-mirror", action=argparse.BooleanOptionalAction, default=True,
-                        help="with the shifts, also concatenate the mirrored copies (fewshot.evaluate --test-time-mirror)")
+                        help="with the shifts, also score the mirrored copies (fewshot.evaluate --test-time-mirror)")
     args = parser.parse_args()
     if len(set(args.members)) != len(args.members):
         parser.error(f"--members names each member once, got {args.members}")
@@ -124,7 +124,7 @@ def main() -> None:
     turns = dict(test_time_rotations=args.test_time_rotations, test_time_mirror=args.test_time_mirror)
     if args.test_time_shift or any(turns.values()):
         # The same ensemble with its test-time views (each turned copy shift-averaged, the copies'
-        # embeddings concatenated), paired against the single protonet as it is evaluated by default.
+        # scores summed), paired against the single protonet as it is evaluated by default.
         shifted = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], test_time_shift=args.test_time_shift, **turns, **options)
         plain_baseline = evaluate_checkpoint(baseline, **options) if baseline else None
         views = f"{len(shifted['test_time_shift']['views'])} shifted views" if args.test_time_shift else "no shifts"

@@ -89,7 +89,14 @@ def test_turned_copies_rotate_and_mirror() -> None:
         turned(torch.zeros(1, 1, 2, 3), 1, False)
 
 
-def test_turned_copies_are_concatenated_and_scored_as_the_sum_of_their_distances(checkpoint: Path, data_root: Path) -> None:
+@pytest.fixture(scope="module")
+def metric_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    return tiny_run(tmp_path_factory.mktemp("shift-metric") / "run", data_root, metric="mahalanobis-diag")
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "metric_checkpoint"])
+def test_turned_copies_are_scored_one_by_one_and_their_scores_summed(which: str, request, data_root: Path) -> None:
+    checkpoint = request.getfixturevalue(which)  # squared Euclidean, and a learned metric of the embedding's own size
     options = dict(settings=[(5, 1)], queries=5, episodes=10, seed=3, progress=False)
     report = evaluate_checkpoint(checkpoint, test_time_rotations=True, test_time_mirror=True, test_time_shift=1, **options)
     model, _ = model_from_checkpoint(checkpoint)
@@ -116,6 +123,6 @@ def test_the_command_line_reports_the_turned_copies(checkpoint: Path, tmp_path: 
     code = main([str(checkpoint), "--test-time-rotations", "--episodes", "3", "--queries", "5",
                  "--report", str(tmp_path / "r.json"), "--no-progress"])
     assert code == 0
-    assert "test-time turned copies: 4 (quarter turns), embeddings concatenated" in capsys.readouterr().out
+    assert "test-time turned copies: 4 (quarter turns), scores summed over the copies" in capsys.readouterr().out
     with pytest.raises(ValueError, match="cannot be combined with per-episode embedding"):
         evaluate_checkpoint(checkpoint, per_episode=True, test_time_mirror=True, episodes=2, progress=False)

@@ -39,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed each image as the mean of itself and its copies shifted 1..K pixels left, right, up "
                         "and down (4K+1 views; 0: off), for every model evaluated")
     p.add_argument("--test-time-rotations", action="store_true",
-                   help="embed each image as the concatenation of the embeddings of its four quarter turns (every "
+                   help="also score each episode in its four quarter turns and sum the scores (every "
                         "image of an episode turned alike; for models trained on rotated classes, as on Omniglot)")
     p.add_argument("--test-time-mirror", action="store_true",
-                   help="also concatenate the embeddings of the mirrored copies (for models trained with mirrors=true)")
+                   help="also score the mirrored copies of the episode (for models trained with mirrors=true)")
     p.add_argument("--allow-seen-classes", action="store_true", help="evaluate even on classes seen in training")
     p.add_argument("--embedding-metrics", action="store_true",
                    help="also verification (ROC-AUC, EER, TAR@FAR), retrieval (Recall@1, R-precision, MAP@R) and "

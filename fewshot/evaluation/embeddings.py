@@ -58,10 +58,10 @@ def embed_views(model: FewShotModel, images: torch.Tensor, max_shift: int = 0,
                 turns: list[tuple[int, bool]] | None = None) -> torch.Tensor:
     """Float32 embeddings of `images`, averaged over the shifted views of `shift_views(max_shift)`
     (the model's own embedding when max_shift is 0). With `turns` (from `turn_views`), the
-    embedding is the concatenation of those averages for each turned copy, so that a squared
-    Euclidean distance between two embeddings is the sum of the per-copy distances: every copy of
-    an episode is turned alike, and a model trained on rotated (or mirrored) classes compares
-    each copy as another episode. Each image's embedding depends on it alone."""
+    embedding is the concatenation of those averages for each turned copy, in the order of `turns`
+    (the evaluator splits it back into copies and sums their scores: every copy of an episode is
+    turned alike, and a model trained on rotated or mirrored classes scores each copy as another
+    episode). Each image's embedding depends on it alone."""
     views = shift_views(max_shift)
     parts = []
     for quarter_turns, mirror in turns or [(0, False)]:
@@ -102,6 +102,11 @@ class SplitEmbeddings:
     def capacity(self) -> int:
         """Items that fit in `max_bytes` (known after the first embedding; before it, one batch)."""
         return self.batch_size if self.dim is None else max(1, self.max_bytes // (4 * self.dim))
+
+    @property
+    def copies(self) -> int:
+        """How many turned copies each row concatenates (1 without `turns`)."""
+        return len(self.turns) if self.turns else 1
 
     @property
     def nbytes(self) -> int:

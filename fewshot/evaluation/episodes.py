@@ -116,8 +116,11 @@ def evaluate_model(
                     e = mine[g]
                     episode = chosen[e]
                     support_y = torch.from_numpy(episode.support_labels).to(device)
-                    logits = prototype_logits(m.learner.scoring_distance, cache.rows(episode.support), support_y,
-                                              cache.rows(episode.query), episode.ways)
+                    support, query = cache.rows(episode.support), cache.rows(episode.query)
+                    # Turned copies (test-time views) are scored one by one and their scores summed, so a
+                    # learned or normalised distance sees embeddings of the size it was trained on.
+                    logits = sum(prototype_logits(m.learner.scoring_distance, s, support_y, q, episode.ways)
+                                 for s, q in zip(support.chunk(cache.copies, dim=1), query.chunk(cache.copies, dim=1)))
                     score(m_index, e, logits, torch.from_numpy(episode.query_labels).to(device))
         slow = [i for i, m in enumerate(models) if per_episode or not m.embeds_independently]
         if slow:

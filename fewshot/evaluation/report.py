@@ -108,10 +108,11 @@ def evaluate_checkpoint(
 
     `test_time_shift` K > 0 embeds every image as the mean embedding of itself and its copies
     shifted by 1..K pixels left, right, up and down (`embed_views`), for every model evaluated.
-    `test_time_rotations` and `test_time_mirror` embed every image as the concatenation of the
-    embeddings of its quarter-turned and/or mirrored copies (each shift-averaged when K > 0): every
-    image of an episode is turned alike, so each copy is scored as another episode of classes the
-    model was trained to tell apart when it trained on rotated (`mirrors=true`: mirrored) classes.
+    `test_time_rotations` and `test_time_mirror` also embed every image's quarter-turned and/or
+    mirrored copies (each shift-averaged when K > 0); every image of an episode is turned alike, each
+    turned copy of the episode is scored as an episode of its own, and a query's scores are summed over
+    the copies: for a model trained on rotated (`mirrors=true`: mirrored) classes, each copy is a look
+    it was trained on.
     """
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
@@ -284,7 +285,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.insert(1, f"test-time shift averaging: {len(shift['views'])} views (shifts up to {shift['max_shift']} px)")
     if turned := report.get("test_time_turns"):
         kinds = " and ".join(k for k, on in (("quarter turns", turned["rotations"]), ("mirrored", turned["mirror"])) if on)
-        lines.insert(1, f"test-time turned copies: {len(turned['copies'])} ({kinds}), embeddings concatenated")
+        lines.insert(1, f"test-time turned copies: {len(turned['copies'])} ({kinds}), scores summed over the copies")
     compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
     if compared:
         lines[-1] += f" {'other':>8} {'difference (95% CI)':>22} {'p (t)':>8}"
