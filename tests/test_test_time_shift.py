@@ -1,6 +1,6 @@
 """Test-time views: each image embedded as the mean of itself and its copies shifted 1..K pixels
-left, right, up and down, and as the concatenation of its quarter-turned and mirrored copies, in the
-evaluator's embed-once path."""
+left, right, up and down, and each episode scored in its quarter-turned and mirrored copies with the
+scores summed, in the evaluator's embed-once path."""
 
 from __future__ import annotations
 

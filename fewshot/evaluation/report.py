@@ -183,8 +183,7 @@ def evaluate_checkpoint(
         raise ValueError("test-time views (shifts, rotations, mirrors) embed each image once, so they cannot be combined "
                          "with per-episode embedding (--per-episode, or a model whose embeddings depend on the episode)")
     caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress, max_shift=test_time_shift,
-                              turns=turns if len(turns) > 1 else None)
-              for m, t in zip(models, targets)]
+                              turns=turns) for m, t in zip(models, targets)]
     if test_time_shift:
         report["test_time_shift"] = {"max_shift": test_time_shift, "views": shift_views(test_time_shift)}
     if len(turns) > 1:
