@@ -20,10 +20,10 @@ import torch
 
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
-from fewshot.checkpoint import save_checkpoint
+from fewshot.model.checkpoint import save_checkpoint
 from fewshot.data import load_splits, resolve_data_root
 from fewshot.evaluation import evaluate_checkpoint, evaluate_model
-from fewshot.model import FewShotModel, ModelSpec
+from fewshot.model.network import FewShotModel, ModelSpec
 
 
 def write_checkpoint(path: Path, seed: int, train_classes: list[str]) -> FewShotModel:

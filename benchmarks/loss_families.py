@@ -17,9 +17,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from fewshot.checkpoint import load_checkpoint
-from fewshot.evaluate import evaluate_checkpoint
-from fewshot.train import TrainConfig, train
+from fewshot.model.checkpoint import load_checkpoint
+from fewshot.evaluation import evaluate_checkpoint
+from fewshot.training import TrainConfig, train
 
 SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 

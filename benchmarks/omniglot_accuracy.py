@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fewshot.checkpoint import load_checkpoint
-from fewshot.evaluate import evaluate_checkpoint
-from fewshot.train import TrainConfig, train
+from fewshot.model.checkpoint import load_checkpoint
+from fewshot.evaluation import evaluate_checkpoint
+from fewshot.training import TrainConfig, train
 
 SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 # Prototypical Networks with Conv-4, as published by Snell et al. (2017), Table 1 (Omniglot, Vinyals split).

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from fewshot import metrics
-from fewshot.checkpoint import load_checkpoint
-from fewshot.evaluate import evaluate_checkpoint
+from fewshot.model.checkpoint import load_checkpoint
+from fewshot.evaluation import evaluate_checkpoint
 
 SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 #: The published figure the recipe aims at: Relation Network, Omniglot 20-way 1-shot, Conv-4 (Sung et al., 2018).

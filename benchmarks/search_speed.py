@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot.api import load
+from fewshot.inference.classifier import load
 from fewshot.evaluation import checkpoint_splits, embed_split
-from fewshot.search import Index, recall_against_exact
+from fewshot.inference.index import Index
+from fewshot.inference.exact import recall_against_exact
 
 
 def synthetic_gallery(real: torch.Tensor, labels: np.ndarray, size: int, seed: int) -> torch.Tensor:

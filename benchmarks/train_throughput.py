@@ -22,7 +22,7 @@ import torch
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
 from fewshot.data import load_omniglot, resolve_data_root
-from fewshot.model import FewShotModel, ModelSpec
+from fewshot.model.network import FewShotModel, ModelSpec
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
 

@@ -1,10 +1,8 @@
-"""`python -m fewshot.recipe NAME --output DIR`: a multi-stage training recipe as one command (see fewshot.recipes)."""
-
-import sys
-
-from fewshot.cli.recipe import build_parser, main
-
-__all__ = ["build_parser", "main"]
+"""`python -m fewshot.recipe`: the same as `python -m fewshot recipe` (`fewshot.cli.recipe`). Nothing is importable from here."""
 
 if __name__ == "__main__":
+    import sys
+
+    from fewshot.cli.recipe import main
+
     sys.exit(main())

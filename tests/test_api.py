@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot.api import FewShotClassifier, load
-from fewshot.data.store import to_float
-from fewshot.train import TrainConfig, train
+from fewshot.inference.classifier import FewShotClassifier, load
+from fewshot.data.splits import to_float
+from fewshot.training import TrainConfig, train
 
 IMAGES_PER_CHARACTER = 20
 SHOTS = 3

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.augment import AffineRange, affine_matrices, augment_episode, augment_generator, random_affine
-from fewshot.checkpoint import load_checkpoint
-from fewshot.data.splits import load_splits
+from fewshot.training.augment import AffineRange, affine_matrices, augment_episode, augment_generator, random_affine
+from fewshot.model.checkpoint import load_checkpoint
+from fewshot.data.datasets import load_splits
 
 from test_train import assert_identical, run_args, run_main
 

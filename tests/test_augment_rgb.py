@@ -7,8 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewshot.augment import (AUGMENTATIONS, CropFlipJitterRange, augment_episode, augment_generator, random_affine,
-                             random_crop_flip_jitter)
+from fewshot.training.augment import (
+    AUGMENTATIONS,
+    CropFlipJitterRange,
+    augment_episode,
+    augment_generator,
+    random_affine,
+    random_crop_flip_jitter,
+)
 
 NO_JITTER = dict(brightness=0.0, contrast=0.0, saturation=0.0)
 FLIP_ONLY = CropFlipJitterRange(crop_scale=(1.0, 1.0), **NO_JITTER)

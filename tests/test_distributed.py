@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.checkpoint import spec_from_state
-from fewshot.distributed import World, shard
-from fewshot.model import FewShotModel
+from fewshot.model.checkpoint import spec_from_state
+from fewshot.runtime import World, shard
+from fewshot.model.network import FewShotModel
 from fewshot.training import TrainConfig, train
 from fewshot.training.steps import StepBatchNorm
 

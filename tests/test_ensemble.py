@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.checkpoint import model_from_checkpoint
+from fewshot.model.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
-from fewshot.evaluate import evaluate_checkpoint, evaluation_episodes, main
+from fewshot.evaluation import evaluate_checkpoint, evaluation_episodes
+from fewshot.cli.evaluate import main
 from test_evaluate_once import tiny_run
 
 

@@ -14,11 +14,12 @@ from PIL import Image
 from scipy import stats
 from torch import nn
 
-from fewshot.checkpoint import file_sha256, model_from_checkpoint
-from fewshot.data.splits import DatasetSplits, load_splits
-from fewshot.evaluate import evaluate_checkpoint, evaluate_model, evaluation_episodes, main
-from fewshot.model import FewShotModel, ModelSpec
-from fewshot.train import TrainConfig, train
+from fewshot.model.checkpoint import file_sha256, model_from_checkpoint
+from fewshot.data.datasets import DatasetSplits, load_splits
+from fewshot.evaluation import evaluate_checkpoint, evaluate_model, evaluation_episodes
+from fewshot.cli.evaluate import main
+from fewshot.model.network import FewShotModel, ModelSpec
+from fewshot.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +197,11 @@ def test_cli_writes_the_json_report_the_plot_and_prints_the_table(best_checkpoin
 
 
 def test_embedding_metrics_separate_a_trained_model_from_noise(best_checkpoint: Path, splits: DatasetSplits) -> None:
-    from fewshot.data.splits import subset_classes
-    from fewshot.evaluate import embedding_metrics
+    from fewshot.evaluation import embedding_metrics
 
     # 30 and 40 classes of the real splits (all of them in the miniature one, which has fewer).
-    val = subset_classes(splits.val, np.arange(min(30, splits.val.num_classes)))
-    test = subset_classes(splits.test, np.arange(min(40, splits.test.num_classes)))
+    val = splits.val.subset(np.arange(min(30, splits.val.num_classes)))
+    test = splits.test.subset(np.arange(min(40, splits.test.num_classes)))
     trained, _ = model_from_checkpoint(best_checkpoint)
     noise = FewShotModel(ModelSpec())
     noise.backbone = RandomEmbedding(64, seed=0)

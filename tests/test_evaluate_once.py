@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.checkpoint import model_from_checkpoint
+from fewshot.model.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
-from fewshot.evaluate import embedding_metrics, evaluate_checkpoint, evaluate_model, evaluation_episodes
-from fewshot.evaluation.embeddings import SplitEmbeddings
+from fewshot.evaluation import embedding_metrics, evaluate_checkpoint, evaluate_model, evaluation_episodes
+from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.learners.base import prototype_logits
-from fewshot.model import FewShotModel, ModelSpec
-from fewshot.train import TrainConfig, train
+from fewshot.model.network import FewShotModel, ModelSpec
+from fewshot.training import TrainConfig, train
 
 SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 

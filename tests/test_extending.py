@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from episodes.sampler import EpisodeSampler
-from fewshot.checkpoint import load_checkpoint, model_from_checkpoint
+from fewshot.model.checkpoint import load_checkpoint, model_from_checkpoint
 from fewshot.data import load_splits
 from fewshot.distances import LowRankMahalanobis
 from fewshot.learners import LEARNERS, EpisodeEmbeddings, Learner, register_learner
-from fewshot.model import FewShotModel, ModelSpec
-from fewshot.train import TrainConfig, main, train
+from fewshot.model.network import FewShotModel, ModelSpec
+from fewshot.training import TrainConfig, train
+from fewshot.cli.train import main
 
 # sha256 over the support and query item indices of episodes 0..999 of the default training stream
 # (Omniglot Vinyals train, 60-way 1-shot 5-query, seed 0), computed on the code before the registry refactor.

@@ -11,11 +11,11 @@ import pytest
 import torch
 from synthetic import write_image_folder
 
-from fewshot.api import load
-from fewshot.checkpoint import load_checkpoint
+from fewshot.inference.classifier import load
+from fewshot.model.checkpoint import load_checkpoint
 from fewshot.data import from_folder
-from fewshot.evaluate import main as evaluate_main
-from fewshot.train import main as train_main
+from fewshot.cli.evaluate import main as evaluate_main
+from fewshot.cli.train import main as train_main
 
 TINY = ["--ways", "3", "--shots", "1", "--train-ways", "5", "--queries", "2", "--eval-queries", "5",
         "--val-every", "10", "--val-episodes", "4", "--test-episodes", "10", "--checkpoint-every", "10",

@@ -14,7 +14,7 @@ from PIL import Image
 import fewshot.data.arrays  # noqa: F401  (registers "arrays")
 import fewshot.data.folder as folder_module  # registers "folder"
 from fewshot.data.arrays import from_arrays
-from fewshot.data.base import DATASETS, load_splits, split_classes
+from fewshot.data.datasets import DATASETS, load_splits, split_classes
 from fewshot.data.folder import from_folder
 from synthetic import image_folder_classes, write_image_folder
 

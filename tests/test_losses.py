@@ -24,7 +24,7 @@ from fewshot.learners import (
     contrastive_loss,
     prototypes,
 )
-from fewshot.miners import (
+from fewshot.learners.miners import (
     MINERS,
     BatchAllMiner,
     BatchHardMiner,

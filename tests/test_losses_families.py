@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from episodes.sampler import EpisodeSampler
-from fewshot.checkpoint import model_from_checkpoint
+from fewshot.model.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
 from fewshot.distances import Cosine, SquaredEuclidean
 from fewshot.learners import (
@@ -49,8 +49,8 @@ from fewshot.learners import (
 from fewshot.learners.n_pair import one_pair_per_class
 from fewshot.learners.proxies import CosineScore
 from fewshot.learners.sphereface import psi
-from fewshot.miners import MultiSimilarityMiner
-from fewshot.model import ModelSpec
+from fewshot.learners.miners import MultiSimilarityMiner
+from fewshot.model.network import ModelSpec
 from fewshot.training import TrainConfig, train
 
 NEW_LEARNERS = ("normface", "cosface", "arcface", "sphereface", "proxy-nca", "proxy-anchor", "lifted-structure",

@@ -14,21 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot.metrics import (
-    Interval,
+from fewshot.metrics.statistics import Interval, confidence_interval, episode_accuracy, paired_comparison
+from fewshot.metrics.verification import (
     choose_threshold,
-    confidence_interval,
-    episode_accuracy,
     equal_error_rate,
-    map_at_r,
     pair_scores,
-    paired_comparison,
-    recall_at_k,
     roc_auc,
     roc_curve,
     tar_at_far,
     verification_accuracy,
 )
+from fewshot.metrics.retrieval import map_at_r, recall_at_k
 
 # ----------------------------------------------------------------------------------------------
 # Confidence intervals

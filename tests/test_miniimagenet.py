@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from fewshot.data.miniimagenet import load_miniimagenet, preprocess_image, read_pickle_cache, read_split_csv
-from fewshot.data.store import ClassSplit
+from fewshot.data.splits import ClassSplit
 
 SPLITS = ("train", "val", "test")
 CLASSES_PER_SPLIT = {"train": 3, "val": 2, "test": 2}
@@ -306,7 +306,7 @@ def test_malformed_pickles_are_named(pickle_root: Path) -> None:
 
 
 def test_registry_loads_miniimagenet(pickle_root: Path) -> None:
-    from fewshot.data.splits import load_splits
+    from fewshot.data.datasets import load_splits
 
     splits = load_splits("miniimagenet", None, pickle_root, 84)
     assert (splits.dataset, splits.scheme, splits.in_channels, splits.image_size) == ("miniimagenet", "ravi", 3, 84)
@@ -315,8 +315,8 @@ def test_registry_loads_miniimagenet(pickle_root: Path) -> None:
 
 
 def test_trains_evaluates_and_classifies_end_to_end_with_resnet12(jpeg_root, mini_rows, tmp_path: Path) -> None:
-    from fewshot.api import load
-    from fewshot.train import TrainConfig, train
+    from fewshot.inference.classifier import load
+    from fewshot.training import TrainConfig, train
 
     root, _ = jpeg_root
     output = tmp_path / "run"

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from fewshot.data import ClassSplit, atomic_write, cache_dir, load_omniglot, preprocess_image, resolve_data_root
+from fewshot.data import ClassSplit, cache_dir, load_omniglot, preprocess_image, resolve_data_root
+from fewshot.files import atomic_write
 from fewshot.data import omniglot as omniglot_module
 
 # A small real subset, copied byte for byte from the official zips: 3 background and 2 evaluation characters.

@@ -18,13 +18,14 @@ import torch
 
 from episodes import ClassBalancedSampler, ClassBatch, EpisodeSampler
 from episodes.torch import EpisodeBatchSampler, EpisodeDataset, TensorStore
-from fewshot.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from fewshot.model.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from fewshot.data import load_splits
 from fewshot.evaluation import embedding_metrics, evaluate_checkpoint
 from fewshot.evaluation.report import format_table, report_json
 from fewshot.learners import LEARNERS, build_learner
-from fewshot.metrics import clustering_scores, kmeans_clusters, map_at_r, r_precision
-from fewshot.model import FewShotModel, ModelSpec
+from fewshot.metrics.clustering import clustering_scores, kmeans_clusters
+from fewshot.metrics.retrieval import map_at_r, r_precision
+from fewshot.model.network import FewShotModel, ModelSpec
 from fewshot.training import TrainConfig, train
 from test_train import run_main
 

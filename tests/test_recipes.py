@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.checkpoint import load_checkpoint
-from fewshot.recipes import RECIPES, Overrides, stage_configs
+from fewshot.model.checkpoint import load_checkpoint
+from fewshot.training.recipes import RECIPES, Overrides, stage_configs
 from synthetic import write_miniimagenet
 
 

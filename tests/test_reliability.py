@@ -27,15 +27,16 @@ import pytest
 import torch
 from test_train import EPISODES, assert_same_run, read_log, run_args, run_main, start_training, wait_for_checkpoint
 
-import fewshot.checkpoint
+import fewshot.model.checkpoint
 import fewshot.data.omniglot
-import fewshot.data.store
+import fewshot.data.storage
+import fewshot.files
 import fewshot.training.loop
 from episodes.lists import load_episodes, save_episodes
 from episodes.sampler import EpisodeSampler
-from fewshot.api import load
-from fewshot.checkpoint import load_checkpoint, model_from_checkpoint
-from fewshot.evaluate import main as evaluate_main
+from fewshot.inference.classifier import load
+from fewshot.model.checkpoint import load_checkpoint, model_from_checkpoint
+from fewshot.cli.evaluate import main as evaluate_main
 from fewshot.training.runlog import read_records
 
 
@@ -326,12 +327,12 @@ def test_10_a_full_cache_disk_falls_back_with_a_warning_and_stale_temporaries_ar
         synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The cache mechanism, on the miniature Omniglot: a fresh cache on the real data would decode 32,460 images.
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
-    real_write = fewshot.data.store.atomic_write
+    real_write = fewshot.files.atomic_write
 
     def full_disk(path: Any, write_fn: Any) -> Path:
         return real_write(path, lambda file: write_fn(FullDisk(file, room=4096)))
 
-    for module in (fewshot.data.store, fewshot.data.omniglot):
+    for module in (fewshot.data.storage, fewshot.data.omniglot):
         monkeypatch.setattr(module, "atomic_write", full_disk, raising=False)
     with pytest.warns(UserWarning, match=r"could not write Omniglot cache .*: no space left on the device"):
         store = fewshot.data.omniglot.load_omniglot(synthetic_root, image_size=28, download=False)
@@ -366,7 +367,7 @@ def test_10_a_full_output_disk_is_one_clear_error_and_the_previous_checkpoint_st
                 return real_write(path, lambda file: write_fn(FullDisk(file, room=20_000)))
         return real_write(path, write_fn)
 
-    monkeypatch.setattr(fewshot.checkpoint, "atomic_write", full_at_third_last)
+    monkeypatch.setattr(fewshot.model.checkpoint, "atomic_write", full_at_third_last)
     code, _, stderr = run_main(run_args(output, data_root, episodes=15))
     assert code == 2, stderr
     assert f"error: no space left on the device holding {output / 'last.pt'}" in stderr
@@ -404,7 +405,7 @@ def test_11_a_bad_thread_count_is_a_message(value: str, message: str, data_root:
 def test_11_an_image_size_that_cannot_fit_in_memory_is_refused_with_the_figure(
         data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The available memory is set low, so the estimate is refused here whatever the machine has.
-    monkeypatch.setattr(fewshot.data.store, "available_memory", lambda: 100_000_000, raising=False)
+    monkeypatch.setattr(fewshot.files, "available_memory", lambda: 100_000_000, raising=False)
     code, _, stderr = run_main(run_args(tmp_path / "run", data_root, extra=("--image-size", "1000")))
     assert code == 2, stderr
     count, needed = ("32,460", "32.5 GB") if os.environ.get("FEWSHOT_DATA") else ("600", "600.0 MB")

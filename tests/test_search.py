@@ -13,20 +13,24 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot import search
-from fewshot.api import FewShotClassifier, load
-from fewshot.checkpoint import load_checkpoint, save_checkpoint
+import fewshot.inference.exact
+import fewshot.inference.index
+from fewshot.inference.ann import faiss_available
+from fewshot.inference.classifier import FewShotClassifier, load
+from fewshot.model.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.cli.search import main as search_main
 from fewshot.distances import build_distance
 from fewshot.learners.base import SquareRoot
 from fewshot.learners.proxies import CosineScore
 from fewshot.learners.proxy_nca import NormalizedScaled
-from fewshot.search import Index, exact_search, metric_space
-from fewshot.train import TrainConfig, train
-from fewshot.api import calibrate, calibrate_checkpoint
-from fewshot.verification import CHECKPOINT_KEY, operating_point, store_calibration
+from fewshot.inference.index import Index
+from fewshot.inference.exact import exact_search
+from fewshot.inference.geometry import metric_space
+from fewshot.training import TrainConfig, train
+from fewshot.inference.classifier import calibrate, calibrate_checkpoint
+from fewshot.evaluation.calibration import CHECKPOINT_KEY, operating_point, store_calibration
 
-needs_faiss = pytest.mark.skipif(not search.faiss_available(), reason="faiss is not installed (the 'search' extra)")
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed (the 'search' extra)")
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +105,8 @@ def test_exact_search_in_blocks_equals_one_sort(monkeypatch: pytest.MonkeyPatch)
     gallery, queries = torch.randn(503, 8, generator=generator), torch.randn(37, 8, generator=generator)
     distance = build_distance("euclidean", 8)
     expected = torch.sort(distance(queries, gallery), dim=1, stable=True)
-    monkeypatch.setattr(search, "BLOCK_ELEMENTS", 37 * 50)  # 11 gallery blocks
-    monkeypatch.setattr(search, "QUERY_CHUNK", 16)
+    monkeypatch.setattr(fewshot.inference.exact, "BLOCK_ELEMENTS", 37 * 50)  # 11 gallery blocks
+    monkeypatch.setattr(fewshot.inference.exact, "QUERY_CHUNK", 16)
     d, i = exact_search(distance, queries, gallery, 9)
     assert torch.equal(i, expected.indices[:, :9])
     torch.testing.assert_close(d, expected.values[:, :9])
@@ -402,7 +406,7 @@ def test_store_calibration_refuses_what_calibrate_did_not_write(checkpoint: Path
 def test_an_approximate_index_loads_without_faiss_and_searches_exactly(model, gallery: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     path = model.index(gallery, progress=False, ann="ivf", nlist=4).save(tmp_path / "ann.index")
-    monkeypatch.setattr(search, "faiss_available", lambda: False)
+    monkeypatch.setattr(fewshot.inference.index, "faiss_available", lambda: False)
     with pytest.warns(UserWarning, match="faiss is not installed.*searching exactly"):
         loaded = model.load_index(path)
     assert loaded.ann_settings is None and loaded._faiss is None

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.checkpoint import model_from_checkpoint
+from fewshot.model.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
-from fewshot.evaluate import evaluate_checkpoint, evaluation_episodes, main
-from fewshot.evaluation.embeddings import SplitEmbeddings, embed_views, shift_views, shifted, turn_views, turned
+from fewshot.evaluation import evaluate_checkpoint, evaluation_episodes
+from fewshot.cli.evaluate import main
+from fewshot.evaluation.cache import SplitEmbeddings
+from fewshot.evaluation.views import embed_views, shift_views, shifted, turn_views, turned
 from fewshot.learners.base import prototype_logits
 from test_evaluate_once import tiny_run
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot.checkpoint import load_checkpoint, load_model_state
-from fewshot.data.splits import load_splits
-from fewshot.evaluate import evaluate_model
-from fewshot.miners import MINERS
-from fewshot.model import FewShotModel, ModelSpec
-from fewshot.train import main
+from fewshot.model.checkpoint import load_checkpoint, load_model_state
+from fewshot.data.datasets import load_splits
+from fewshot.evaluation import evaluate_model
+from fewshot.learners.miners import MINERS
+from fewshot.model.network import FewShotModel, ModelSpec
+from fewshot.cli.train import main
 
 EPISODES = 30
 # Tiny but complete: 5-way training, validation every 10 episodes, checkpoints every 5, one thread so that

@@ -18,7 +18,7 @@ from fewshot.zeroshot import (
     oracle_accuracy,
     write_planted_res101,
 )
-from fewshot.zeroshot.cli import main
+from fewshot.cli.zeroshot import main
 from fewshot.zeroshot.planted import write_synthetic_gbu
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from fewshot.data import from_arrays
-from fewshot.train import TrainConfig, train
+from fewshot.training import TrainConfig, train
 from fewshot.zeroshot import ZeroShotConfig, ZeroShotData, embed_images, episode_accuracies, fit, per_class_accuracy
 
 SHAPES = ("circle", "square", "triangle")

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from fewshot.data import DATASETS
-from fewshot.data.store import atomic_write
-from fewshot.devices import resolve_device
-from fewshot.distributed import RankFailure, init_from_environment, leave_process_group
+from fewshot.files import atomic_write
+from fewshot.runtime import resolve_device
+from fewshot.runtime import RankFailure, init_from_environment, leave_process_group
 from fewshot.evaluation import EVAL_SPLITS, evaluate_checkpoint, format_table, plot_report, report_json
 
 

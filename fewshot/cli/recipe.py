@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fewshot.devices import resolve_device
+from fewshot.runtime import resolve_device
 from fewshot.evaluation import format_table
-from fewshot.recipes import RECIPES, Overrides, run_recipe
+from fewshot.training.recipes import RECIPES, Overrides, run_recipe
 from fewshot.training import NonFiniteLoss, OutputError, RunInUse, TrainingInterrupted
 
 

@@ -11,7 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-from fewshot.search import ANN_KINDS
+from fewshot.inference.ann import ANN_KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from fewshot.api import load
+    from fewshot.inference.classifier import load
 
     model = load(args.checkpoint, args.device)
     settings = {}
@@ -92,8 +92,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from fewshot.api import load
-    from fewshot.search import Index, describe_distance, write_contact_sheet
+    from fewshot.inference.classifier import load
+    from fewshot.inference.index import Index
+    from fewshot.inference.geometry import describe_distance
+    from fewshot.inference.sheet import write_contact_sheet
 
     state = Index.read_state(args.index)  # read once: it names the checkpoint, then becomes the index
     checkpoint = args.checkpoint or state["meta"].get("checkpoint")
@@ -134,7 +136,7 @@ def folder_label(path: Path, labels: list | None) -> str | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from fewshot.api import load
+    from fewshot.inference.classifier import load
 
     model = load(args.checkpoint, args.device)
     decision = model.verify(args.a, args.b, far=args.far)
@@ -145,8 +147,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from fewshot.api import calibrate
-    from fewshot.verification import describe, store_calibration
+    from fewshot.inference.classifier import calibrate
+    from fewshot.evaluation.calibration import describe, store_calibration
 
     calibration = calibrate(args.checkpoint, far=args.far, device=args.device, progress=True)
     print(describe(calibration))

@@ -6,14 +6,14 @@ import argparse
 import sys
 from dataclasses import fields
 
-from fewshot.augment import AUGMENTATIONS
+from fewshot.training.augment import AUGMENTATIONS
 from fewshot.backbones import BACKBONES
 from fewshot.data import DATASETS
-from fewshot.data.base import dataset_options
+from fewshot.data.datasets import dataset_options
 from fewshot.distances import DISTANCES
-from fewshot.distributed import RankFailure, current_world, leave_process_group
+from fewshot.runtime import RankFailure, current_world, leave_process_group
 from fewshot.learners import LEARNERS
-from fewshot.miners import MINERS
+from fewshot.learners.miners import MINERS
 from fewshot.training import (
     PRECISIONS,
     SAMPLINGS,

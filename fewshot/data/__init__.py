@@ -3,17 +3,11 @@ built-in datasets (Omniglot, miniImageNet, a user's image folder, arrays in memo
 
 from fewshot.data import miniimagenet as _miniimagenet  # noqa: F401  (registers "miniimagenet")
 from fewshot.data.arrays import from_arrays
-from fewshot.data.base import DATASETS, DatasetInfo, DatasetSplits, load_splits, register_dataset
+from fewshot.data.datasets import DATASETS, DatasetInfo, DatasetSplits, load_splits, register_dataset
 from fewshot.data.folder import from_folder
 from fewshot.data.omniglot import SPLIT_NAMES, OmniglotStore, load_omniglot, preprocess_image
-from fewshot.data.store import (
-    ClassSplit,
-    atomic_write,
-    cache_dir,
-    describe_data_root,
-    resolve_data_root,
-    to_float,
-)
+from fewshot.data.splits import ClassSplit, to_float
+from fewshot.data.storage import cache_dir, describe_data_root, resolve_data_root
 
 __all__ = [
     "DATASETS",
@@ -22,7 +16,6 @@ __all__ = [
     "DatasetInfo",
     "DatasetSplits",
     "OmniglotStore",
-    "atomic_write",
     "cache_dir",
     "describe_data_root",
     "from_arrays",

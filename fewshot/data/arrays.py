@@ -16,8 +16,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from fewshot.data.base import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset, split_classes
-from fewshot.data.store import ClassSplit
+from fewshot.data.datasets import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset, split_classes
+from fewshot.data.splits import ClassSplit
 
 # Resize this many images at a time: bounds the temporary memory of the resize on large arrays.
 _RESIZE_CHUNK = 1024

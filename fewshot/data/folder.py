@@ -32,27 +32,18 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from fewshot.data.arrays import check_split_sizes, random_class_ids, random_class_splits
-from fewshot.data.base import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
-from fewshot.data.store import ClassSplit, cache_dir, check_memory, load_cache, write_cache
+from fewshot.data.datasets import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
+from fewshot.data.images import IMAGE_EXTENSIONS, is_grayscale, is_image_name, is_os_artifact
+from fewshot.data.splits import ClassSplit
+from fewshot.data.storage import cache_dir, load_cache, write_cache
+from fewshot.files import check_memory
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
 DEFAULT_IMAGE_SIZE = 84
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
-# PIL modes holding one intensity per pixel; every other mode (RGB, RGBA, P, CMYK, YCbCr, ...) counts as colour.
-GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
-_OS_ARTIFACTS = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
 # Bump when the decoded pixels or the cache's contents change, so old caches are rebuilt.
 _CACHE_VERSION = 1
 _EXAMPLES = 3  # example files named per kind in the mixed-modes error
-
-
-def _is_os_artifact(name: str) -> bool:
-    return name.startswith(".") or name in _OS_ARTIFACTS
-
-
-def _is_grayscale(mode: str) -> bool:
-    return mode in GRAYSCALE_MODES or mode.startswith("I;16")
 
 
 def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -62,22 +53,18 @@ def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
         # scandir: the entry types come with the listing, no stat per file (a warm load lists every image)
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda entry: entry.name):
-                if not _is_os_artifact(entry.name):
+                if not is_os_artifact(entry.name):
                     (dirs if entry.is_dir() else files).append(folder / entry.name)
     except OSError as error:
         raise ValueError(f"cannot list {folder}: {error}") from error
     return dirs, files
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _class_folders(folder: Path, root: Path) -> list[tuple[str, list[Path]]]:
     """[(class name, sorted image paths)] of the class folders in `folder`, checking that each holds only images."""
     dirs, files = _entries(folder)
     for path in files:
-        if _is_image_name(path):
+        if is_image_name(path):
             raise ValueError(f"image {path} sits directly in {folder}; images must be inside class folders "
                              f"({folder}/<class>/<image>)")
         raise ValueError(f"unexpected file {path}: {folder} must hold only class folders; remove or move it")
@@ -92,7 +79,7 @@ def _class_folders(folder: Path, root: Path) -> list[tuple[str, list[Path]]]:
             raise ValueError(f"class folder {class_dir} holds the folder {nested[0].name}/; class folders must "
                              f"hold image files directly{higher}")
         for path in images:
-            if not _is_image_name(path):
+            if not is_image_name(path):
                 raise ValueError(f"unexpected file {path}: not an image (expected extensions "
                                  f"{', '.join(IMAGE_EXTENSIONS)}, any case); remove or move it")
         if not images:
@@ -157,12 +144,12 @@ def _modes(paths: list[Path]) -> list[str]:
 def _resolve_channels(channels: int | None, modes: list[str], relative: list[str], root: Path) -> int:
     if channels is not None:
         return channels
-    gray = [i for i, mode in enumerate(modes) if _is_grayscale(mode)]
+    gray = [i for i, mode in enumerate(modes) if is_grayscale(mode)]
     if len(gray) == len(modes):
         return 1
     if not gray:
         return 3
-    colour = [i for i, mode in enumerate(modes) if not _is_grayscale(mode)]
+    colour = [i for i, mode in enumerate(modes) if not is_grayscale(mode)]
 
     def examples(rows: list[int]) -> str:
         # one file per class folder first: the user sees where the odd images are

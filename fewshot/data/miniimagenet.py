@@ -25,17 +25,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.base import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
-from fewshot.data.store import (
-    ClassSplit,
+from fewshot.data.datasets import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
+from fewshot.data.splits import ClassSplit
+from fewshot.data.storage import (
     cache_dir,
-    check_memory,
     describe_data_root,
     fetch_split_list,
     load_cache,
     resolve_data_root,
     write_cache,
 )
+from fewshot.files import check_memory
 
 SPLITS = ("train", "val", "test")
 RAVI_SPLITS_URL = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet"

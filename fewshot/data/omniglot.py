@@ -24,19 +24,20 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fewshot.data.base import DatasetInfo, DatasetSplits, register_dataset
-from fewshot.data.store import (
-    ClassSplit,
+from fewshot.data.datasets import DatasetInfo, DatasetSplits, register_dataset
+from fewshot.data.images import is_os_artifact
+from fewshot.data.splits import ClassSplit
+from fewshot.data.storage import (
     cache_dir,
-    check_memory,
     describe_data_root,
     download_file,
     fetch_split_list,
     load_cache,
-    load_resized,
     resolve_data_root,
     write_cache,
 )
+from fewshot.files import check_memory
+from fewshot.data.images import load_resized
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 PARTS = (BACKGROUND, EVALUATION)
@@ -82,9 +83,9 @@ class _Source:
             return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         files = []
         for folder, dirs, names in os.walk(self.path):
-            dirs[:] = [name for name in dirs if not _is_os_artifact(name)]
+            dirs[:] = [name for name in dirs if not is_os_artifact(name)]
             for name in names:
-                if not _is_os_artifact(name):
+                if not is_os_artifact(name):
                     stat = os.stat(os.path.join(folder, name))
                     files.append((os.path.join(folder, name), stat.st_size, stat.st_mtime_ns))
         return {"files": hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest()}
@@ -102,7 +103,7 @@ class _Source:
                 ) from error
             prefix = f"{self.part}/"
             for name in names:
-                if not name.startswith(prefix) and not _is_os_artifact(name):
+                if not name.startswith(prefix) and not is_os_artifact(name):
                     raise ValueError(
                         f"{self.path} holds '{name}', outside '{prefix}'; expected every image at "
                         f"{prefix}{_EXPECTED_LAYOUT} (the official zip layout)"
@@ -110,7 +111,7 @@ class _Source:
             names = [name[len(prefix) :] for name in names if name.startswith(prefix)]
         else:
             names = [path.relative_to(self.path).as_posix() for path in self.path.rglob("*") if path.is_file()]
-        names = sorted(name for name in names if not _is_os_artifact(name))
+        names = sorted(name for name in names if not is_os_artifact(name))
         for name in names:
             if not _MEMBER_PATTERN.fullmatch(name):
                 raise ValueError(f"unexpected file {self._where(name)}; expected {self.part}/{_EXPECTED_LAYOUT}")
@@ -139,11 +140,6 @@ class _Source:
         finally:
             if archive is not None:
                 archive.close()
-
-
-def _is_os_artifact(name: str) -> bool:
-    """True for OS metadata (".DS_Store", "._x.png", "__MACOSX/"): not data, so skipped rather than rejected."""
-    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
 
 
 @dataclass(eq=False)

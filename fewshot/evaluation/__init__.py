@@ -1,17 +1,10 @@
 """Evaluation as library code: per-episode accuracy, checkpoint reports, embedding metrics.
 The CLI is `fewshot.cli.evaluate`."""
 
-from fewshot.evaluation.embedding import embed_split, embedding_metrics
+from fewshot.evaluation.embedding_metrics import embed_split, embedding_metrics
 from fewshot.evaluation.episodes import evaluate_model, evaluation_episodes
-from fewshot.evaluation.report import (
-    EVAL_SPLITS,
-    check_novel,
-    checkpoint_splits,
-    evaluate_checkpoint,
-    format_table,
-    plot_report,
-    report_json,
-)
+from fewshot.evaluation.checkpoints import EVAL_SPLITS, check_novel, checkpoint_splits, evaluate_checkpoint
+from fewshot.evaluation.report import format_table, plot_report, report_json
 
 __all__ = [
     "EVAL_SPLITS",

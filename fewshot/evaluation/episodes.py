@@ -8,11 +8,11 @@ from tqdm import tqdm
 
 from episodes.sampler import Episode, EpisodeSampler
 from fewshot import metrics
-from fewshot.data.store import ClassSplit
-from fewshot.distributed import World, all_reduce_sum, collective_device, current_world, shard
-from fewshot.evaluation.embeddings import DEFAULT_MAX_BYTES, SplitEmbeddings
+from fewshot.data.splits import ClassSplit
+from fewshot.runtime import World, all_reduce_sum, collective_device, current_world, shard
+from fewshot.evaluation.cache import DEFAULT_MAX_BYTES, SplitEmbeddings
 from fewshot.learners.base import prototype_logits
-from fewshot.model import FewShotModel
+from fewshot.model.network import FewShotModel
 
 
 def evaluation_episodes(split: ClassSplit, ways: int, shots: int, queries: int, episodes: int, seed: int) -> list[Episode]:

@@ -8,7 +8,7 @@ from torch import nn
 
 from fewshot.learners.base import EpisodeEmbeddings, Learner, register_learner
 from fewshot.learners.proxies import check_in_range, check_positive, cosine_similarity, log_one_plus_sum_exp, pair_masks
-from fewshot.miners import MultiSimilarityMiner
+from fewshot.learners.miners import MultiSimilarityMiner
 
 
 def multi_similarity_loss(similarity: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, alpha: float,

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fewshot.learners.base import EpisodeEmbeddings, MarginLearner, metric_distances, register_learner
-from fewshot.miners import Miner, build_miner
+from fewshot.learners.miners import Miner, build_miner
 
 REDUCTIONS = ("mean", "mean-nonzero")
 

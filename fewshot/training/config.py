@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewshot.augment import AUGMENTATIONS
-from fewshot.data.base import DatasetSplits
+from fewshot.training.augment import AUGMENTATIONS
+from fewshot.data.datasets import DatasetSplits
 from fewshot.learners import LEARNERS
-from fewshot.model import ModelSpec
+from fewshot.model.network import ModelSpec
 
 SCHEDULES = ("step", "cosine", "none")
 # "episodes": N-way K-shot episodes with queries; "balanced": class-balanced batches (P classes x M images).

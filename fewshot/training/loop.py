@@ -31,9 +31,9 @@ from tqdm import tqdm
 from episodes.batches import ClassBalancedSampler
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
-from fewshot.api import calibrate_checkpoint
-from fewshot.augment import augment_episode, augment_generator
-from fewshot.checkpoint import (
+from fewshot.inference.classifier import calibrate_checkpoint
+from fewshot.training.augment import augment_episode, augment_generator
+from fewshot.model.checkpoint import (
     describe_names,
     file_sha256,
     load_backbone_state,
@@ -42,10 +42,11 @@ from fewshot.checkpoint import (
     non_finite_tensors,
     save_checkpoint,
 )
-from fewshot.data.base import DatasetSplits, load_splits
-from fewshot.data.store import ClassSplit, absolute_path, atomic_write
-from fewshot.devices import resolve_device
-from fewshot.distributed import (
+from fewshot.data.datasets import DatasetSplits, load_splits
+from fewshot.data.splits import ClassSplit
+from fewshot.files import absolute_path, atomic_write
+from fewshot.runtime import resolve_device
+from fewshot.runtime import (
     RankFailure,
     World,
     all_reduce_sum,
@@ -55,8 +56,8 @@ from fewshot.distributed import (
     init_from_environment,
 )
 from fewshot.evaluation import evaluate_checkpoint, evaluate_model, report_json
-from fewshot.metrics import Interval, confidence_interval
-from fewshot.model import FewShotModel, ModelSpec
+from fewshot.metrics.statistics import Interval, confidence_interval
+from fewshot.model.network import FewShotModel, ModelSpec
 from fewshot.training.config import (
     PRECISIONS,
     NonFiniteLoss,
@@ -71,7 +72,7 @@ from fewshot.training.config import (
 from fewshot.training.rundir import RunLock, check_run_dir, describe_write_error, writing
 from fewshot.training.runlog import MetricsLog, plot_curve
 from fewshot.training.steps import StepBatchNorm
-from fewshot.verification import DEFAULT_FAR
+from fewshot.evaluation.calibration import DEFAULT_FAR
 
 
 #: Validation classes the end-of-run verification calibration uses (all of them when there are fewer).

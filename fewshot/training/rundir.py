@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fewshot.data.store import remove_stale_temporaries
+from fewshot.files import remove_stale_temporaries
 
 try:
     import fcntl

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fewshot.data.store import atomic_write
+from fewshot.files import atomic_write
 
 
 def read_records(path: Path, up_to: int | None = None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fewshot.distributed import World, all_reduce_sum, collective_device
+from fewshot.runtime import World, all_reduce_sum, collective_device
 
 
 class StepBatchNorm:

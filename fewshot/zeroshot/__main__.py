@@ -1,8 +1,8 @@
-"""`python -m fewshot.zeroshot`: the zero-shot command line (`fewshot.zeroshot.cli`)."""
-
-import sys
-
-from fewshot.zeroshot.cli import main
+"""`python -m fewshot.zeroshot`: the same as `python -m fewshot zeroshot` (`fewshot.cli.zeroshot`)."""
 
 if __name__ == "__main__":
+    import sys
+
+    from fewshot.cli.zeroshot import main
+
     sys.exit(main())

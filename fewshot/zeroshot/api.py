@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from fewshot import metrics
-from fewshot.checkpoint import model_from_checkpoint
-from fewshot.model import FewShotModel
+from fewshot.model.checkpoint import model_from_checkpoint
+from fewshot.model.network import FewShotModel
 from fewshot.zeroshot.data import ZeroShotData
 from fewshot.zeroshot.evaluate import (
     CalibrationFold,

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from fewshot.data.store import atomic_write, describe_data_root, resolve_data_root
+from fewshot.files import atomic_write
+from fewshot.data.storage import describe_data_root, resolve_data_root
 
 GBU_DATASETS = ("APY", "AWA1", "AWA2", "CUB", "SUN")
 #: (seen, unseen) classes of the proposed splits, checked on loading.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from episodes import EpisodeSampler
-from fewshot.metrics import Interval, confidence_interval
+from fewshot.metrics.statistics import Interval, confidence_interval
 from fewshot.zeroshot.methods import AttributeModel
 
 #: How many calibration values `choose_calibration` tries: quantiles of the seen-minus-unseen score gaps.

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fewshot.data.store import atomic_write
+from fewshot.files import atomic_write
 from fewshot.zeroshot.api import evaluate_zero_shot, format_report
 from fewshot.zeroshot.data import ATTRIBUTE_KEYS, GBU_DATASETS, load_gbu
 from fewshot.zeroshot.encoders import ENCODERS

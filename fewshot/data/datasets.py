@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewshot.data.store import ClassSplit, load_resized
+from fewshot.data.splits import ClassSplit
+from fewshot.data.images import load_resized
 from fewshot.registry import Registry
 
 ImageLike = Union[str, Path, Image.Image]

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from fewshot import metrics
-from fewshot.data.store import ClassSplit
-from fewshot.evaluation.embeddings import SplitEmbeddings
-from fewshot.model import FewShotModel
+from fewshot.data.splits import ClassSplit
+from fewshot.evaluation.cache import SplitEmbeddings
+from fewshot.model.network import FewShotModel
 
 
 def embed_split(model: FewShotModel, split: ClassSplit, device: torch.device,

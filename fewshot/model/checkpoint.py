@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from fewshot.backbones import BACKBONES
-from fewshot.data.store import atomic_write, load_error_reason
-from fewshot.model import FewShotModel, ModelSpec
+from fewshot.files import atomic_write, load_error_reason
+from fewshot.model.network import FewShotModel, ModelSpec
 
 FORMAT_VERSION = 1
 

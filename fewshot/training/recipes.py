@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fewshot.checkpoint import load_checkpoint
-from fewshot.devices import resolve_device
+from fewshot.model.checkpoint import load_checkpoint
+from fewshot.runtime import resolve_device
 from fewshot.evaluation import evaluate_checkpoint
 from fewshot.registry import Registry
 from fewshot.training import TrainConfig, train

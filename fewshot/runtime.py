@@ -1,4 +1,4 @@
-"""torch.distributed for training and evaluation: the process group from torchrun's environment, and
+"""Where code runs: the one device parser, and torch.distributed for training and evaluation: the process group from torchrun's environment, and
 the few collectives the rest of the library needs.
 
 `torchrun --nproc_per_node=N -m fewshot.train ...` sets RANK, WORLD_SIZE, LOCAL_RANK and the
@@ -17,6 +17,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """`auto` picks CUDA when present; `cpu` and `cuda[:N]` are taken as given (checked)."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r} asked for CUDA, but torch sees no CUDA device; use cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto")
+    return torch.device(name)
+
 
 #: Seconds a collective may wait for the other ranks before it fails (`--dist-timeout`).
 DEFAULT_TIMEOUT = 300.0

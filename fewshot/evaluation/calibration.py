@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from fewshot import metrics
-from fewshot.data.base import DatasetSplits
-from fewshot.data.store import ClassSplit
+from fewshot.data.datasets import DatasetSplits
+from fewshot.data.splits import ClassSplit
 from fewshot.learners.base import prototypes
 
 #: Where a checkpoint stores its calibration.
@@ -119,7 +119,7 @@ def calibrate(checkpoint_or_model: Any, val_split: ClassSplit | DatasetSplits | 
     `val_split` defaults to the checkpoint's own validation classes (`fewshot.evaluation.checkpoint_splits`).
     Returns plain values and sorted float32 score tensors (see `operating_point`), safe to store in a checkpoint.
     """
-    from fewshot.evaluation.embeddings import SplitEmbeddings
+    from fewshot.evaluation.cache import SplitEmbeddings
 
     far = _check_far(far)
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
@@ -249,7 +249,7 @@ def describe(calibration: dict[str, Any]) -> str:
 
 def store_calibration(checkpoint: str | Path, calibration: dict[str, Any]) -> Path:
     """Write `calibration` into `checkpoint` under `CHECKPOINT_KEY` (atomically; everything else unchanged)."""
-    from fewshot.checkpoint import load_checkpoint, save_checkpoint
+    from fewshot.model.checkpoint import load_checkpoint, save_checkpoint
 
     check_calibration(calibration, "the calibration given")
     state = load_checkpoint(checkpoint)
