@@ -69,7 +69,7 @@ def main() -> None:
         reports = {}
         for name, per_episode in (("embed once", False), ("every episode afresh", True)):
             started = time.perf_counter()
-            reports[name] = evaluate_checkpoint(a, compare=b, settings=settings, queries=15, episodes=args.episodes,
+            reports[name] = evaluate_checkpoint(a, compare=b, ways_shots=settings, queries=15, episodes=args.episodes,
                                                 seed=0, splits=splits, progress=False, per_episode=per_episode)
             rows[name] = time.perf_counter() - started
         identical = all(x["per_episode"] == y["per_episode"]

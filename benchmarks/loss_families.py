@@ -73,8 +73,8 @@ def main() -> None:
         run_dir = Path(config.output)
         if not finished(run_dir, config.episodes):
             train(config, resume=(run_dir / "last.pt").exists(), progress=False)
-        report = evaluate_checkpoint(run_dir / "best.pt", settings=SETTINGS, queries=15, episodes=args.episodes,
-                                     seed=0, progress=False, with_embedding_metrics=True)
+        report = evaluate_checkpoint(run_dir / "best.pt", ways_shots=SETTINGS, queries=15, episodes=args.episodes,
+                                     seed=0, progress=False, embedding_metrics=True)
         seconds = load_checkpoint(run_dir / "last.pt").get("train_seconds")
         rows.append({"name": name, "command": command(config), "train_seconds": seconds, "report": report})
         print(f"{name}: done", flush=True)

@@ -10,6 +10,7 @@ prints the markdown table kept in docs/training.md, with the training wall time 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from fewshot.model.checkpoint import load_checkpoint
@@ -42,9 +43,9 @@ RUNS: dict[str, tuple[str, TrainConfig]] = {
     "siamese bf16": ("omniglot-siamese-1shot-bf16", TrainConfig(learner="siamese", precision="bf16",
                                                                 episodes=2000, lr_step=700)),
     "triplet bf16 affine": ("omniglot-triplet-1shot-bf16-affine",
-                            TrainConfig(learner="triplet", miner="semi-hard", precision="bf16", augment="affine",
+                            TrainConfig(learner="triplet", learner_args={"miner": "semi-hard"}, precision="bf16", augment="affine",
                                         episodes=6000, lr_step=2000)),
-    "triplet": ("omniglot-triplet-1shot-bf16", TrainConfig(learner="triplet", miner="semi-hard", precision="bf16",
+    "triplet": ("omniglot-triplet-1shot-bf16", TrainConfig(learner="triplet", learner_args={"miner": "semi-hard"}, precision="bf16",
                                                            episodes=2000, lr_step=700)),
 }
 
@@ -65,11 +66,11 @@ def main() -> None:
     rows = []
     for name in args.only:
         directory, config = RUNS[name]
-        config.output, config.threads = str(args.runs / directory), args.threads
+        config = replace(config, output=str(args.runs / directory), threads=args.threads)
         run_dir = Path(config.output)
         if not finished(run_dir, config.episodes):
             train(config, resume=(run_dir / "last.pt").exists())
-        report = evaluate_checkpoint(run_dir / "best.pt", settings=SETTINGS, queries=15, episodes=args.episodes,
+        report = evaluate_checkpoint(run_dir / "best.pt", ways_shots=SETTINGS, queries=15, episodes=args.episodes,
                                      seed=0, progress=False)
         seconds = load_checkpoint(run_dir / "last.pt").get("train_seconds")
         rows.append((name, config, report, seconds))

@@ -98,7 +98,7 @@ def main() -> None:
     names = list(dirs)
     lasts = [dirs[name] / "last.pt" for name in names]
     baseline = args.baseline if args.baseline.exists() else None
-    options = dict(settings=SETTINGS, queries=15, episodes=args.test_episodes, seed=0, progress=False)
+    options = dict(ways_shots=SETTINGS, queries=15, episodes=args.test_episodes, seed=0, progress=False)
     report = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], compare=baseline, **options)
     alone = [evaluate_checkpoint(last, **options) for last in lasts]
 
@@ -121,11 +121,11 @@ def main() -> None:
           f"training wall time {max(seconds.values()) / 60:.1f} min (slowest member, members side by side"
           + (f"; this invocation {wall / 60:.1f} min)" if jobs else ")"))
     shifted = None
-    turns = dict(test_time_rotations=args.test_time_rotations, test_time_mirror=args.test_time_mirror)
-    if args.test_time_shift or any(turns.values()):
+    view_settings = dict(shift=args.test_time_shift, rotations=args.test_time_rotations, mirror=args.test_time_mirror)
+    if any(view_settings.values()):
         # The same ensemble with its test-time views (each turned copy shift-averaged, the copies'
         # scores summed), paired against the single protonet as it is evaluated by default.
-        shifted = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], test_time_shift=args.test_time_shift, **turns, **options)
+        shifted = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], views=view_settings, **options)
         plain_baseline = evaluate_checkpoint(baseline, **options) if baseline else None
         views = f"{len(shifted['test_time_shift']['views'])} shifted views" if args.test_time_shift else "no shifts"
         if copies := shifted.get("test_time_turns"):

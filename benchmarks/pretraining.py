@@ -73,7 +73,7 @@ def main() -> None:
     plan = arms(args.arm, args.protonet_episodes, args.finetune_episodes)
     finals = {name: run_arm(runs, args.runs, args.threads) for name, runs in plan.items()}
     (base, base_seconds), (other, other_seconds) = finals["protonet"], finals[args.arm]
-    report = evaluate_checkpoint(other, settings=SETTINGS, queries=15, episodes=args.test_episodes, seed=0,
+    report = evaluate_checkpoint(other, ways_shots=SETTINGS, queries=15, episodes=args.test_episodes, seed=0,
                                  compare=base, progress=False)
     print(f"| setting | {args.arm} pretraining + protonet fine-tuning ({other_seconds / 60:.0f} min) | "
           f"protonet ({base_seconds / 60:.0f} min) | difference [95% CI] | p |")

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 from fewshot import metrics
-from fewshot.inference.classifier import load
+from fewshot.api import calibrate, load, operating_point
 from fewshot.evaluation import check_novel, checkpoint_splits, embed_split
 from fewshot.learners.base import prototypes
-from fewshot.inference.classifier import calibrate
-from fewshot.evaluation.calibration import balanced_pairs, operating_point
+from fewshot.metrics.verification import balanced_pairs
 
 
 def open_set_split(labels: np.ndarray, groups: np.ndarray, shots: int, rng: np.random.Generator, inside: np.ndarray):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot.inference.classifier import load
+from fewshot.api import load
 from fewshot.evaluation import checkpoint_splits, embed_split
 from fewshot.inference.index import Index
 from fewshot.inference.exact import recall_against_exact

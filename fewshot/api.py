@@ -7,24 +7,34 @@
 
 Each name lives in its stage (`fewshot.training`, `fewshot.evaluation`, `fewshot.inference`, `fewshot.data`);
 this module only gathers the ones a user starts from. See docs/api.md.
+
+`FewShotClassifier` is the old name of `TrainedModel`, kept here for existing code (easyfsl readers know that
+name as a model base class; it is a loaded model with its preprocessing).
 """
 
 from fewshot.data import from_arrays, from_folder, load_splits
 from fewshot.evaluation import evaluate_checkpoint, evaluate_model
+from fewshot.evaluation.calibration import calibrate_checkpoint, operating_point
 from fewshot.inference.classifier import (
-    FewShotClassifier,
     Identification,
+    TrainedModel,
     Verification,
     calibrate,
-    calibrate_checkpoint,
     load,
 )
+from fewshot.inference.index import Index, SearchResult
 from fewshot.training import TrainConfig, train
+
+#: The old name of `TrainedModel`.
+FewShotClassifier = TrainedModel
 
 __all__ = [
     "FewShotClassifier",
     "Identification",
+    "Index",
+    "SearchResult",
     "TrainConfig",
+    "TrainedModel",
     "Verification",
     "calibrate",
     "calibrate_checkpoint",
@@ -34,5 +44,6 @@ __all__ = [
     "from_folder",
     "load",
     "load_splits",
+    "operating_point",
     "train",
 ]

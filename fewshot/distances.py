@@ -2,9 +2,16 @@
 
 Every distance maps ``x: [n, d]`` and ``y: [m, d]`` to ``[n, m]`` (smaller = closer), so
 classification logits are ``-distance(query, prototypes)``.
+
+Each distance also answers its own geometry questions (`Distance.metric_space`, `Distance.describe`): whether
+faiss and k-means can work in it, and how to name it in a caption. Any other callable is still a distance for
+exact search; `metric_space` and `describe_distance` ask a distance, with those defaults for the others.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +19,9 @@ from torch import nn
 
 from fewshot.registry import Registry, call_with_injected
 
-#: Distance modules by name. A distance is an ``nn.Module`` mapping ``(x [n, d], y [m, d])`` to
-#: ``[n, m]``; its constructor may take ``dim`` (the embedding size), which the model injects.
+#: Distance modules by name. A distance is an ``nn.Module`` (best a `Distance`, which adds the geometry
+#: questions) mapping ``(x [n, d], y [m, d])`` to ``[n, m]``; its constructor may take ``dim`` (the
+#: embedding size), which the model injects.
 DISTANCES: Registry = Registry("distance", injected=("dim",))
 
 # Squared distances below this are clamped before the square root, which keeps the gradient
@@ -26,6 +34,64 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(
             f"expected x [n, d] and y [m, d] with the same d, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
+
+
+@dataclass(frozen=True)
+class MetricSpace:
+    """A distance written as `to_distance(raw(transform(x), transform(y)))`, where `raw` is the squared
+    Euclidean distance ("l2") or the inner product ("ip") of the transformed vectors: what faiss indexes
+    and k-means clusters. `to_distance` is increasing for "l2" and decreasing for "ip"."""
+
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    kind: str
+    to_distance: Callable[[torch.Tensor], torch.Tensor]
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """`x` unchanged (the transform and the raw-to-distance map of a plain squared Euclidean space)."""
+    return x
+
+
+def metric_space(distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> MetricSpace | None:
+    """The `MetricSpace` a distance declares (`distance.metric_space()`); None for a callable that declares none,
+    which only exact search (calling it directly) supports."""
+    declare = getattr(distance, "metric_space", None)
+    return declare() if callable(declare) else None
+
+
+def describe_distance(distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> str:
+    """A distance in words, for captions ("squared Euclidean", "sqrt of diagonal Mahalanobis (squared)", ...):
+    `distance.describe()`, else its type's name."""
+    describe = getattr(distance, "describe", None)
+    return describe() if callable(describe) else type(distance).__name__
+
+
+def cosine_space(scale: torch.Tensor | float) -> MetricSpace | None:
+    """The metric space of ``-scale * cos(x, y)``: inner products of unit vectors; None for a scale <= 0, which
+    would reverse the order (not a distance)."""
+    scale = float(torch.as_tensor(scale).detach())
+    if scale <= 0:
+        return None
+    return MetricSpace(lambda x: F.normalize(x, dim=1), "ip", lambda raw: -scale * raw)
+
+
+def describe_cosine(scale: torch.Tensor | float) -> str:
+    """``-scale * cos`` in words."""
+    return f"-{float(torch.as_tensor(scale).detach()):.3g} x cosine"
+
+
+class Distance(nn.Module):
+    """Base of the distance modules: ``forward(x [n, d], y [m, d]) -> [n, m]``, plus the geometry questions
+    search and clustering ask. The defaults say "no metric space" (exact search only) and give the class name;
+    a distance that is a squared Euclidean or inner-product geometry after a transform overrides them."""
+
+    def metric_space(self) -> MetricSpace | None:
+        """How faiss and k-means can work in this distance; None: they cannot (exact search only)."""
+        return None
+
+    def describe(self) -> str:
+        """This distance in words, for captions."""
+        return type(self).__name__
 
 
 def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,26 +109,21 @@ def euclidean(x: torch.Tensor, y: torch.Tensor, eps: float = SQRT_EPS) -> torch.
 
 
 @DISTANCES.register("euclidean")
-class SquaredEuclidean(nn.Module):
+class SquaredEuclidean(Distance):
     """``d(x, y) = ||x - y||^2`` (Prototypical Networks)."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return squared_euclidean(x, y)
 
+    def metric_space(self) -> MetricSpace:
+        return MetricSpace(identity, "l2", identity)
 
-class Euclidean(nn.Module):
-    """``d(x, y) = ||x - y||`` (used by the contrastive and triplet losses)."""
-
-    def __init__(self, eps: float = SQRT_EPS) -> None:
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return euclidean(x, y, self.eps)
+    def describe(self) -> str:
+        return "squared Euclidean"
 
 
 @DISTANCES.register("cosine")
-class Cosine(nn.Module):
+class Cosine(Distance):
     """``-scale * cos(x, y)``: a distance only up to an additive constant.
 
     Logits ``-d`` are then ``scale * cos``; the scale (inverse temperature) sharpens the softmax
@@ -83,9 +144,15 @@ class Cosine(nn.Module):
         _check_pair(x, y)
         return -self.scale * (F.normalize(x, dim=1) @ F.normalize(y, dim=1).T)
 
+    def metric_space(self) -> MetricSpace | None:
+        return cosine_space(self.scale)
+
+    def describe(self) -> str:
+        return describe_cosine(self.scale)
+
 
 @DISTANCES.register("mahalanobis")
-class Mahalanobis(nn.Module):
+class Mahalanobis(Distance):
     """Learned Mahalanobis distance ``d(x, y) = ||L (x - y)||^2``, i.e. ``M = L^T L``.
 
     Implemented as whitening: both sides are mapped by ``L`` (``transform``) and compared with the
@@ -122,6 +189,12 @@ class Mahalanobis(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return squared_euclidean(self.transform(x), self.transform(y))
+
+    def metric_space(self) -> MetricSpace:
+        return MetricSpace(self.transform, "l2", identity)
+
+    def describe(self) -> str:
+        return f"{'diagonal ' if self.diagonal else 'low-rank ' if self.rank else ''}Mahalanobis (squared)"
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, rank={self.rank}, diagonal={self.diagonal}"

@@ -20,15 +20,32 @@ import torch.distributed as dist
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """`auto` picks CUDA when present; `cpu` and `cuda[:N]` are taken as given (checked)."""
-    name = str(name)
-    if name == "auto":
+    """The one device parser (command lines and the Python API alike): `auto` picks CUDA when present; `cpu`,
+    `cuda`, `cuda:N` (and `mps`) are checked to be present here; anything else, e.g. `meta` (no data), is
+    refused with a ValueError naming the value."""
+    expected = "expected 'cpu', 'cuda', 'cuda:N' or 'auto'"
+    if not isinstance(name, (str, torch.device)):
+        raise TypeError(f"unknown device {name!r}; {expected}")
+    text = str(name)
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} asked for CUDA, but torch sees no CUDA device; use cpu or auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {text!r}; {expected}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {text!r} asked for CUDA, but torch sees no CUDA device here; use device='cpu' "
+                             "or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             "numbered from 0")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {text!r} asked for Apple MPS, but torch sees none here; use device='cpu' or 'auto'")
+    elif device.type != "cpu":
+        raise ValueError(f"device {text!r} ({device.type}) cannot run a model here; {expected}")
+    return device
 
 
 #: Seconds a collective may wait for the other ranks before it fails (`--dist-timeout`).

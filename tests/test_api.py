@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot.inference.classifier import FewShotClassifier, load
+from fewshot.api import FewShotClassifier, TrainedModel, load
 from fewshot.data.splits import to_float
 from fewshot.training import TrainConfig, train
 
@@ -65,7 +65,7 @@ def store_rows(store, character: str, paths: list[Path]) -> np.ndarray:
 
 def test_load_gives_a_classifier_in_eval_mode(best_checkpoint: Path) -> None:
     classifier = load(best_checkpoint)
-    assert isinstance(classifier, FewShotClassifier)
+    assert isinstance(classifier, TrainedModel) and FewShotClassifier is TrainedModel  # the old name, kept
     assert classifier.dataset == "omniglot" and not classifier.model.training
     assert classifier.model.spec.image_size == 28
 

@@ -161,7 +161,7 @@ def test_augment_episode_dispatches_and_splits_support_from_query(dtype: torch.d
 
 
 def test_existing_augmentations_are_unchanged_and_unknown_names_refused() -> None:
-    assert AUGMENTATIONS[:2] == ("none", "affine")
+    assert tuple(AUGMENTATIONS)[:2] == ("none", "affine")
     images = synthetic(10, dtype=torch.float32)
     support, query = images[:4], images[4:]
     assert augment_episode("none", support, query, augment_generator(0, 0)) == (support, query)

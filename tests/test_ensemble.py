@@ -24,7 +24,7 @@ def members(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> list[P
 
 
 def test_the_ensemble_is_the_sum_of_the_members_log_softmax_scores(members: list[Path], data_root: Path) -> None:
-    report = evaluate_checkpoint(members[0], ensemble=[members[1]], settings=[(20, 1)], queries=5, episodes=12,
+    report = evaluate_checkpoint(members[0], ensemble=[members[1]], ways_shots=[(20, 1)], queries=5, episodes=12,
                                  seed=3, progress=False)
     # By hand: each member scores every episode afresh on its own copy of the test split.
     models = [model_from_checkpoint(path)[0] for path in members]
@@ -48,7 +48,7 @@ def test_the_ensemble_is_the_sum_of_the_members_log_softmax_scores(members: list
 
 
 def test_an_ensemble_compares_against_a_single_model(members: list[Path]) -> None:
-    options = dict(settings=[(5, 1)], queries=5, episodes=10, seed=0, progress=False)
+    options = dict(ways_shots=[(5, 1)], queries=5, episodes=10, seed=0, progress=False)
     single = evaluate_checkpoint(members[0], **options)
     report = evaluate_checkpoint(members[0], ensemble=[members[1]], compare=members[0], **options)
     other = report["compare"]["results"][0]
@@ -59,7 +59,7 @@ def test_an_ensemble_compares_against_a_single_model(members: list[Path]) -> Non
 
 def test_embedding_metrics_of_an_ensemble_are_refused(members: list[Path]) -> None:
     with pytest.raises(ValueError, match="not an ensemble's"):
-        evaluate_checkpoint(members[0], ensemble=[members[1]], with_embedding_metrics=True, progress=False)
+        evaluate_checkpoint(members[0], ensemble=[members[1]], embedding_metrics=True, progress=False)
 
 
 def test_the_command_line_prints_the_members(members: list[Path], tmp_path: Path, capsys) -> None:

@@ -14,9 +14,9 @@ from PIL import Image
 from scipy import stats
 from torch import nn
 
-from fewshot.model.checkpoint import file_sha256, model_from_checkpoint
+from fewshot.model.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fewshot.data.datasets import DatasetSplits, load_splits
-from fewshot.evaluation import evaluate_checkpoint, evaluate_model, evaluation_episodes
+from fewshot.evaluation import EvaluationSettings, evaluate_checkpoint, evaluate_model, evaluation_episodes
 from fewshot.cli.evaluate import main
 from fewshot.model.network import FewShotModel, ModelSpec
 from fewshot.training import TrainConfig, train
@@ -37,12 +37,12 @@ def best_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -
 
 
 def evaluate(checkpoint: Path, **kwargs) -> dict:
-    options = {"settings": [(5, 1)], "queries": 5, "episodes": 20, "seed": 0, "progress": False, **kwargs}
+    options = {"ways_shots": [(5, 1)], "queries": 5, "episodes": 20, "seed": 0, "progress": False, **kwargs}
     return evaluate_checkpoint(checkpoint, **options)
 
 
 def test_report_holds_per_episode_accuracies_and_their_intervals(best_checkpoint: Path, splits: DatasetSplits) -> None:
-    report = evaluate(best_checkpoint, settings=[(5, 1), (5, 5)], splits=splits)
+    report = evaluate(best_checkpoint, ways_shots=[(5, 1), (5, 5)], splits=splits)
     assert report["checkpoint_sha256"] == file_sha256(best_checkpoint)
     assert report["episode_source"] == {"kind": "seed", "seed": 0, "sampler": "episodes.EpisodeSampler"}
     assert (report["eval_split"], report["split"], report["classes"]) == ("test", "vinyals", splits.test.num_classes)
@@ -131,10 +131,9 @@ def test_embeddings_that_carry_no_signal_score_chance(ways: int, splits: Dataset
     # Not an untrained Conv-4: random conv features already separate Omniglot characters well above chance.
     model = FewShotModel(ModelSpec())
     model.backbone = RandomEmbedding(64, seed=ways)
-    # Fresh noise on every call: an embedding that is not a function of the image, so the model says so
+    # Fresh noise on every call: an embedding that is not a function of the image, so it is embedded per episode
     # (embedded once, an image's noise would be shared by every episode it is in, and episodes would correlate).
-    model.embeds_independently = False
-    accuracies = evaluate_model(model, splits.test, ways, shots=1, queries=5, episodes=200, seed=0)
+    accuracies = evaluate_model(model, splits.test, ways, shots=1, queries=5, episodes=200, seed=0, per_episode=True)
     # 99%: the expected accuracy is exactly 1/ways, so a 95% interval would miss it one seed in twenty.
     low, high = stats.t.interval(0.99, df=len(accuracies) - 1, loc=accuracies.mean(), scale=stats.sem(accuracies))
     assert low < 1 / ways < high
@@ -144,7 +143,7 @@ def test_embeddings_that_carry_no_signal_score_chance(ways: int, splits: Dataset
 def test_more_ways_than_the_split_has_classes_is_refused(best_checkpoint: Path, splits: DatasetSplits,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match=f"--ways 1700 exceeds the {splits.test.num_classes} classes of the omniglot test split"):
-        evaluate(best_checkpoint, settings=[(1700, 1)], splits=splits)
+        evaluate(best_checkpoint, ways_shots=[(1700, 1)], splits=splits)
     assert main([str(best_checkpoint), "--eval-split", "val", "--ways", "700", "--no-progress"]) == 2
     assert f"--ways 700 exceeds the {splits.val.num_classes} classes of the omniglot val split" in capsys.readouterr().err
 
@@ -153,7 +152,7 @@ def test_more_shots_and_queries_than_a_class_holds_is_refused_before_evaluating(
                                                                                 splits: DatasetSplits) -> None:
     with pytest.raises(ValueError, match=r"--shots 10 \+ --queries 15 needs 25 images per class, but classes of the "
                                          r"omniglot test split have as few as 20"):
-        evaluate(best_checkpoint, settings=[(5, 1), (5, 10)], queries=15, splits=splits)
+        evaluate(best_checkpoint, ways_shots=[(5, 1), (5, 10)], queries=15, splits=splits)
 
 
 def test_unknown_split_names_are_refused(best_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,7 +220,7 @@ def test_embedding_metrics_separate_a_trained_model_from_noise(best_checkpoint: 
 
 def test_saved_episode_lists_reproduce_the_seeded_evaluation(best_checkpoint: Path, splits: DatasetSplits,
                                                              tmp_path: Path) -> None:
-    seeded = evaluate(best_checkpoint, settings=[(5, 1), (5, 5)], splits=splits,
+    seeded = evaluate(best_checkpoint, ways_shots=[(5, 1), (5, 5)], splits=splits,
                       save_episode_lists=tmp_path / "test.json")
     saved = [Path(p) for p in seeded["saved_episode_lists"]]
     assert [p.name for p in saved] == ["test_5way1shot.json", "test_5way5shot.json"]
@@ -241,3 +240,26 @@ def test_an_episode_list_naming_unknown_classes_is_refused(best_checkpoint: Path
     path.write_text(json.dumps(document))
     with pytest.raises(ValueError, match="Atlantean/character99/rot000"):
         evaluate(best_checkpoint, splits=splits, episode_list=path)
+
+
+def test_evaluation_settings_are_checked_when_made() -> None:
+    assert EvaluationSettings(ways_shots=[[5, 1], (20, 5)]).ways_shots == ((5, 1), (20, 5))
+    with pytest.raises(ValueError, match="ways must be a positive whole number, got 0"):
+        EvaluationSettings(ways_shots=[(0, 1)])
+    with pytest.raises(ValueError, match=r"ways_shots must be \(ways, shots\) pairs, got \[5\]"):
+        EvaluationSettings(ways_shots=[5])
+    with pytest.raises(TypeError, match="unknown evaluation setting\\(s\\) sedd"):
+        EvaluationSettings.of(None, {"sedd": 1})
+    with pytest.raises(TypeError, match=r"\(ways, shots\) pairs go in ways_shots"):
+        evaluate_checkpoint("unused.pt", [(5, 1)])
+
+
+def test_a_checkpoint_that_records_no_dataset_needs_one_named(best_checkpoint: Path, data_root: Path,
+                                                              tmp_path: Path) -> None:
+    state = load_checkpoint(best_checkpoint)
+    del state["dataset"]
+    anonymous = save_checkpoint(tmp_path / "anonymous.pt", state)
+    with pytest.raises(ValueError, match=r"records no dataset; name the evaluation data \(--dataset NAME\)"):
+        evaluate(anonymous)
+    named = evaluate(anonymous, dataset="omniglot", data_root=data_root)
+    assert named["results"][0]["per_episode"] == evaluate(best_checkpoint)["results"][0]["per_episode"]

@@ -12,7 +12,8 @@ import torch
 
 from fewshot.model.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
-from fewshot.evaluation import embedding_metrics, evaluate_checkpoint, evaluate_model, evaluation_episodes
+from fewshot.evaluation import (Candidate, Ensemble, EvaluationSettings, embedding_metrics, evaluate_checkpoint,
+                                evaluate_model, evaluation_episodes, score_episodes)
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.learners.base import prototype_logits
 from fewshot.model.network import FewShotModel, ModelSpec
@@ -55,7 +56,7 @@ def test_both_paths_give_the_same_predictions_for_every_query(checkpoint: Path, 
 
 
 def test_the_report_is_identical_to_the_per_episode_report(checkpoint: Path, data_root: Path) -> None:
-    options = dict(settings=SETTINGS, queries=15, episodes=30, seed=0, progress=False)
+    options = dict(ways_shots=SETTINGS, queries=15, episodes=30, seed=0, progress=False)
     once = evaluate_checkpoint(checkpoint, **options)
     fresh = evaluate_checkpoint(checkpoint, per_episode=True, **options)
     for a, b in zip(once["results"], fresh["results"]):
@@ -76,7 +77,7 @@ def test_embedding_metrics_reuse_the_evaluation_embeddings(checkpoint: Path, dat
 
 
 def test_each_touched_image_is_embedded_once_per_model(checkpoint: Path, test_split) -> None:
-    report = evaluate_checkpoint(checkpoint, compare=checkpoint, settings=SETTINGS, queries=15, episodes=30, seed=0,
+    report = evaluate_checkpoint(checkpoint, compare=checkpoint, ways_shots=SETTINGS, queries=15, episodes=30, seed=0,
                                  progress=False)
     touched = set()
     for ways, shots in SETTINGS:
@@ -92,7 +93,7 @@ def test_a_small_memory_budget_streams_in_chunks_with_the_same_numbers(checkpoin
     whole = evaluate_model(model, test_split, 5, 5, 15, episode_list=episodes)
     budget = 200 * 64 * 4  # 200 embeddings: a 5-way 5-shot 15-query episode holds 100 images
     cache = SplitEmbeddings(model, test_split, max_bytes=budget)
-    chunked = evaluate_model(model, test_split, 5, 5, 15, episode_list=episodes, embeddings=[cache])
+    chunked = evaluate_model(model, test_split, 5, 5, 15, episode_list=episodes, embeddings=cache)
     assert np.array_equal(whole, chunked)
     assert cache.nbytes <= budget and cache.embedded > len(np.unique(np.concatenate([e.indices() for e in episodes])))
 
@@ -109,22 +110,37 @@ class BatchCentred(torch.nn.Module):
         return embeddings - embeddings.mean(0, keepdim=True)
 
 
-def test_models_that_embed_per_episode_keep_the_per_episode_path(test_split) -> None:
+def test_models_that_embed_per_episode_need_the_per_episode_path(test_split) -> None:
     torch.manual_seed(0)
     model = FewShotModel(ModelSpec())
     model.backbone = BatchCentred(model.backbone)
     episodes = evaluation_episodes(test_split, 5, 1, 15, 20, seed=0)
     fresh = evaluate_model(model, test_split, 5, 1, 15, episode_list=episodes, per_episode=True)
-    model.embeds_independently = False  # declared by the model, not guessed
-    assert np.array_equal(evaluate_model(model, test_split, 5, 1, 15, episode_list=episodes), fresh)
-    model.embeds_independently = True  # a wrong declaration would change the numbers: the flag matters
+    assert np.array_equal(evaluate_model(model, test_split, 5, 1, 15, episode_list=episodes, per_episode=True), fresh)
+    # Embedded once, a transductive model's numbers change: per_episode is what such a model needs.
     assert not np.array_equal(evaluate_model(model, test_split, 5, 1, 15, episode_list=episodes), fresh)
 
 
 def test_a_compared_model_gets_its_own_image_size(checkpoint: Path, data_root: Path, tmp_path: Path) -> None:
     other = tiny_run(tmp_path / "run32", data_root, image_size=32)
-    options = dict(settings=[(5, 1)], queries=15, episodes=30, seed=0, progress=False)
+    options = dict(ways_shots=[(5, 1)], queries=15, episodes=30, seed=0, progress=False)
     alone = evaluate_checkpoint(other, **options)
     compared = evaluate_checkpoint(checkpoint, compare=other, **options)
     assert compared["compare"]["results"][0]["accuracy"] == alone["results"][0]["accuracy"]
     assert compared["compare"]["spec"]["image_size"] == 32 and compared["spec"]["image_size"] == 28
+
+
+def test_models_are_scored_by_name_alone_and_as_an_ensemble(checkpoint: Path, test_split) -> None:
+    model, _ = model_from_checkpoint(checkpoint)
+    twin = FewShotModel(model.spec)  # another model: untrained weights
+    episodes = evaluation_episodes(test_split, 5, 1, 15, 10, seed=1)
+    first, second = Candidate("trained", model, test_split), Candidate("untrained", twin, test_split)
+    scores = score_episodes([first, second, Ensemble("both", [first, second])], episodes)
+    assert list(scores) == ["trained", "untrained", "both"]
+    assert np.array_equal(scores["trained"], evaluate_model(model, test_split, 5, 1, 15, episode_list=episodes))
+    assert np.array_equal(scores["untrained"], evaluate_model(twin, test_split, 5, 1, 15, episode_list=episodes))
+    assert first.embeddings.embedded == len(np.unique(np.concatenate([e.indices() for e in episodes])))  # once
+    fresh = score_episodes([Ensemble("both", [first, second])], episodes, EvaluationSettings(per_episode=True))
+    np.testing.assert_array_equal(fresh["both"], scores["both"])
+    with pytest.raises(ValueError, match="scorers need distinct names"):
+        score_episodes([first, Candidate("trained", twin, test_split)], episodes)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from episodes.sampler import EpisodeSampler
-from fewshot.model.checkpoint import load_checkpoint, model_from_checkpoint
+from fewshot.model.checkpoint import load_checkpoint, model_from_checkpoint, spec_from_state
 from fewshot.data import load_splits
 from fewshot.distances import LowRankMahalanobis
 from fewshot.learners import LEARNERS, EpisodeEmbeddings, Learner, register_learner
@@ -135,7 +135,7 @@ def test_checkpoints_of_the_previous_spec_format_still_load() -> None:
     # The spec dict that checkpoints held before learners took arguments (margin and miner as fields).
     old = {"backbone": "conv4", "learner": "triplet", "metric": "euclidean", "normalize": True, "in_channels": 1,
            "image_size": 28, "margin": 0.3, "miner": "batch-hard"}
-    spec = ModelSpec(**old)
+    spec = spec_from_state({"spec": old}, "old.pt")  # where checkpoints are read, old fields become learner arguments
     assert spec.learner_args == {"margin": 0.3, "miner": "batch-hard"}
     model = FewShotModel(spec)
     assert model.learner.margin == 0.3 and type(model.learner.miner).__name__ == "BatchHardMiner"

@@ -439,7 +439,7 @@ def test_embedding_metrics_report_r_precision_and_clustering(pretrained: Path, d
     assert 0 <= clustering["nmi"] <= 1 and -1 <= clustering["ami"] <= 1
     assert metrics == embedding_metrics(model, val, test, torch.device("cpu"), pairs=2000, seed=4)  # seeded
     # In the evaluator's table and its strict JSON.
-    report = evaluate_checkpoint(pretrained / "best.pt", settings=[(5, 1)], queries=2, episodes=2, splits=splits,
+    report = evaluate_checkpoint(pretrained / "best.pt", ways_shots=[(5, 1)], queries=2, episodes=2, splits=splits,
                                  progress=False)
     report["embedding_metrics"] = metrics
     table = format_table(report)

@@ -31,6 +31,7 @@ import fewshot.model.checkpoint
 import fewshot.data.omniglot
 import fewshot.data.storage
 import fewshot.files
+import fewshot.training.config
 import fewshot.training.loop
 from episodes.lists import load_episodes, save_episodes
 from episodes.sampler import EpisodeSampler
@@ -152,8 +153,9 @@ def test_3_non_finite_hyper_parameters_are_refused(setting: str, message: str, d
 def test_3_a_checkpoint_with_non_finite_weights_is_never_written(data_root: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # The run: --lr inf gets past the (disabled) setting checks; one update fills the weights with NaN.
-    monkeypatch.setattr(fewshot.training.loop, "check_config", lambda config, splits: None)
-    monkeypatch.setattr(fewshot.training.loop, "check_settings", lambda config: None, raising=False)
+    monkeypatch.setattr(fewshot.training.config, "check_data", lambda config, splits: None)
+    monkeypatch.setattr(fewshot.training.config, "check_settings", lambda config: None)
+    monkeypatch.setattr(fewshot.training.loop, "check_settings", lambda config: None)
     output = tmp_path / "run"
     code, _, stderr = run_main(run_args(output, data_root, extra=("--lr", "inf", "--checkpoint-every", "1")))
     assert code == 2 and "after episode 1 the weights hold NaN or inf" in stderr, stderr
@@ -357,7 +359,7 @@ def test_10_a_full_cache_disk_falls_back_with_a_warning_and_stale_temporaries_ar
 def test_10_a_full_output_disk_is_one_clear_error_and_the_previous_checkpoint_stays_valid(
         data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     output = tmp_path / "run"
-    real_write = fewshot.checkpoint.atomic_write
+    real_write = fewshot.model.checkpoint.atomic_write
     writes = {"last.pt": 0}
 
     def full_at_third_last(path: Any, write_fn: Any) -> Path:

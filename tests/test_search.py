@@ -16,7 +16,7 @@ from PIL import Image
 import fewshot.inference.exact
 import fewshot.inference.index
 from fewshot.inference.ann import faiss_available
-from fewshot.inference.classifier import FewShotClassifier, load
+from fewshot.inference.classifier import TrainedModel, load
 from fewshot.model.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.cli.search import main as search_main
 from fewshot.distances import build_distance
@@ -25,9 +25,9 @@ from fewshot.learners.proxies import CosineScore
 from fewshot.learners.proxy_nca import NormalizedScaled
 from fewshot.inference.index import Index
 from fewshot.inference.exact import exact_search
-from fewshot.inference.geometry import metric_space
+from fewshot.distances import metric_space
 from fewshot.training import TrainConfig, train
-from fewshot.inference.classifier import calibrate, calibrate_checkpoint
+from fewshot.api import calibrate, calibrate_checkpoint
 from fewshot.evaluation.calibration import CHECKPOINT_KEY, operating_point, store_calibration
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed (the 'search' extra)")
@@ -397,7 +397,7 @@ def test_store_calibration_refuses_what_calibrate_did_not_write(checkpoint: Path
     copy.write_bytes(checkpoint.read_bytes())
     with pytest.raises(ValueError, match="no calibration written by fewshot.verification.calibrate"):
         store_calibration(copy, {"threshold": 1.0})
-    bare = FewShotClassifier(model.model, "omniglot")  # not from a checkpoint: no validation classes known
+    bare = TrainedModel(model.model, "omniglot")  # not from a checkpoint: no validation classes known
     with pytest.raises(ValueError, match="not loaded from a checkpoint"):
         bare.verify(__file__, __file__)
 

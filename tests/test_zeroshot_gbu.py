@@ -14,12 +14,9 @@ from fewshot.zeroshot import (
     ZeroShotConfig,
     evaluate_zero_shot,
     load_attribute_splits,
-    load_planted_gbu,
-    oracle_accuracy,
-    write_planted_res101,
 )
 from fewshot.cli.zeroshot import main
-from fewshot.zeroshot.planted import write_synthetic_gbu
+from zeroshot_planted import load_planted_gbu, oracle_accuracy, write_planted_res101, write_synthetic_gbu
 
 
 def test_cli_on_real_cub_with_planted_res101(gbu_root: Path, tmp_path: Path, capsys):

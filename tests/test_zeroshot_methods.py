@@ -20,9 +20,7 @@ from fewshot.zeroshot import (
     fit,
     generalized_accuracy,
     harmonic_mean,
-    oracle_accuracy,
     per_class_accuracy,
-    planted_problem,
 )
 from fewshot.zeroshot.evaluate import episode_sampler
 from fewshot.zeroshot.methods import (
@@ -32,6 +30,8 @@ from fewshot.zeroshot.methods import (
     ranking_hinge_loss,
     structured_hinge_loss,
 )
+from fewshot.zeroshot.pipeline import affordable_queries
+from zeroshot_planted import oracle_accuracy, planted_problem
 
 # Gradient methods on the small planted problem: enough Adam steps to converge in well under a second each.
 FAST = {"epochs": 30, "lr": 1e-2, "batch_size": 256}
@@ -270,8 +270,6 @@ def test_eszsl_score_grid_matches_solutions():
 
 
 def test_affordable_queries():
-    from fewshot.zeroshot.api import affordable_queries
-
     labels = np.array([0] * 16 + [1] * 20 + [2] * 3)
     assert affordable_queries(labels, np.array([0, 1]), 5, 15) == 11  # SUN-like: 16 images, 5 shots
     assert affordable_queries(labels, np.array([0, 1]), 0, 15) == 15  # K = 0 still draws one (unused) support

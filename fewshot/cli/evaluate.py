@@ -11,8 +11,9 @@ from pathlib import Path
 from fewshot.data import DATASETS
 from fewshot.files import atomic_write
 from fewshot.runtime import resolve_device
-from fewshot.runtime import RankFailure, init_from_environment, leave_process_group
-from fewshot.evaluation import EVAL_SPLITS, evaluate_checkpoint, format_table, plot_report, report_json
+from fewshot.runtime import init_from_environment, leave_process_group
+from fewshot.evaluation import EVAL_SPLITS, EvaluationSettings, evaluate_checkpoint, format_table, plot_report, report_json
+from fewshot.cli.errors import COMMAND_ERRORS, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,21 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Under torchrun (WORLD_SIZE > 1) the episodes are sharded over the ranks and gathered in order.
         world, device = init_from_environment(resolve_device(args.device))
-        report = evaluate_checkpoint(
-            args.checkpoint, dataset=args.dataset, split=args.split, eval_split=args.eval_split,
-            settings=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
-            seed=args.seed, data_root=args.data_root, device=str(device), compare=args.compare, ensemble=args.ensemble,
-            test_time_shift=args.test_time_shift, test_time_rotations=args.test_time_rotations,
-            test_time_mirror=args.test_time_mirror,
-            allow_seen=args.allow_seen_classes, with_embedding_metrics=args.embedding_metrics,
-            episode_list=args.episode_list, save_episode_lists=args.save_episodes,
-            progress=not args.no_progress, per_episode=args.per_episode)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except RankFailure as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        settings = EvaluationSettings(
+            ways_shots=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
+            seed=args.seed, episode_list=args.episode_list, save_episode_lists=args.save_episodes,
+            eval_split=args.eval_split, device=str(device), progress=not args.no_progress,
+            per_episode=args.per_episode, allow_seen=args.allow_seen_classes, embedding_metrics=args.embedding_metrics,
+            views={"shift": args.test_time_shift, "rotations": args.test_time_rotations,
+                   "mirror": args.test_time_mirror})
+        report = evaluate_checkpoint(args.checkpoint, settings, compare=args.compare, ensemble=args.ensemble,
+                                     dataset=args.dataset, split=args.split, data_root=args.data_root)
+    except COMMAND_ERRORS as error:
+        return report_error(error)
     finally:
         leave_process_group()
     if not world.is_main:  # one report, written by rank 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from fewshot.runtime import resolve_device
 from fewshot.evaluation import format_table
 from fewshot.training.recipes import RECIPES, Overrides, run_recipe
-from fewshot.training import NonFiniteLoss, OutputError, RunInUse, TrainingInterrupted
+from fewshot.training import TrainingInterrupted
+from fewshot.cli.errors import COMMAND_ERRORS, report_error, report_interrupt
 
 
 def _stage_episodes(values: list[str]) -> dict[str, int]:
@@ -54,10 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_recipe(RECIPES[args.recipe], args.output, overrides, progress=not args.no_progress,
                             test_episodes=args.test_episodes)
     except TrainingInterrupted as stop:
-        print(f"\n{stop}\nrun the same command again to continue the recipe", file=sys.stderr)
-        return 128 + stop.signum
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLoss, OutputError, RunInUse) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_interrupt(stop, "run the same command again to continue the recipe")
+    except COMMAND_ERRORS as error:
+        return report_error(error)
     print(format_table(report))
     return 0

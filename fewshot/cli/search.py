@@ -1,7 +1,7 @@
 """The search command line: `python -m fewshot.search build CHECKPOINT FOLDER --out INDEX`, then
 `python -m fewshot.search query INDEX IMAGE... -k 5` (neighbours printed, and a PNG contact sheet), plus
-`verify CHECKPOINT A B [--far]` and `calibrate CHECKPOINT [--far] [--write]` (argparse over `fewshot.search`,
-`fewshot.verification` and `fewshot.api`)."""
+`verify CHECKPOINT A B [--far]` and `calibrate CHECKPOINT [--far] [--write]` (argparse over `fewshot.inference`
+and `fewshot.evaluation.calibration`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import time
 import warnings
 from pathlib import Path
 
-from fewshot.inference.ann import ANN_KINDS
+from fewshot.cli.errors import COMMAND_ERRORS, report_error
+from fewshot.distances import describe_distance
+from fewshot.evaluation.calibration import describe, store_calibration
+from fewshot.inference.ann import ANN_BACKENDS
+from fewshot.inference.classifier import calibrate, load
+from fewshot.inference.index import Index
+from fewshot.inference.sheet import write_contact_sheet
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
     build.add_argument("folder", help="the gallery: images, in class folders for labels (<folder>/<class>/<image>)")
     build.add_argument("--out", required=True, help="the index file to write")
-    build.add_argument("--ann", choices=ANN_KINDS, default=None,
+    build.add_argument("--ann", choices=list(ANN_BACKENDS), default=None,
                        help="add a faiss structure for large galleries (needs the 'search' extra); default: exact only")
     build.add_argument("--nlist", type=int, default=None, help="IVF cells (default about 4 sqrt(n))")
     build.add_argument("--nprobe", type=int, default=16, help="IVF cells visited per query (recall/speed)")
@@ -59,24 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="false accept rate of the operating point (default: the one stored with the threshold)")
     verify.add_argument("--device", default="cpu")
 
-    calibrate = commands.add_parser("calibrate", help="choose the thresholds on the checkpoint's validation classes",
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    calibrate.add_argument("checkpoint")
-    calibrate.add_argument("--far", type=float, default=0.01, help="false accept rate to choose the thresholds at")
-    calibrate.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
-    calibrate.add_argument("--device", default="cpu")
+    calibration = commands.add_parser("calibrate", help="choose the thresholds on the checkpoint's validation classes",
+                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    calibration.add_argument("checkpoint")
+    calibration.add_argument("--far", type=float, default=0.01, help="false accept rate to choose the thresholds at")
+    calibration.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
+    calibration.add_argument("--device", default="cpu")
     return p
 
 
 def _build(args: argparse.Namespace) -> int:
-    from fewshot.inference.classifier import load
-
     model = load(args.checkpoint, args.device)
-    settings = {}
-    if args.ann == "ivf":
-        settings = {"nlist": args.nlist, "nprobe": args.nprobe}
-    elif args.ann == "hnsw":
-        settings = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+    # Every structure setting goes to the back-end chosen (each reads its own; the defaults are AnnSettings').
+    settings = {} if args.ann is None else {"nlist": args.nlist, "nprobe": args.nprobe, "m": args.m,
+                                            "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     started = time.perf_counter()
     index = model.index(args.folder, batch_size=args.batch_size, progress=not args.no_progress,
                         skip_unreadable=args.skip_unreadable, ann=args.ann, **settings)
@@ -92,11 +94,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from fewshot.inference.classifier import load
-    from fewshot.inference.index import Index
-    from fewshot.inference.geometry import describe_distance
-    from fewshot.inference.sheet import write_contact_sheet
-
     state = Index.read_state(args.index)  # read once: it names the checkpoint, then becomes the index
     checkpoint = args.checkpoint or state["meta"].get("checkpoint")
     if checkpoint is None:
@@ -136,8 +133,6 @@ def folder_label(path: Path, labels: list | None) -> str | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from fewshot.inference.classifier import load
-
     model = load(args.checkpoint, args.device)
     decision = model.verify(args.a, args.b, far=args.far)
     print(f"{'same' if decision.same else 'different'}: distance {decision.distance:.4f}, threshold "
@@ -147,9 +142,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from fewshot.inference.classifier import calibrate
-    from fewshot.evaluation.calibration import describe, store_calibration
-
     calibration = calibrate(args.checkpoint, far=args.far, device=args.device, progress=True)
     print(describe(calibration))
     if args.write:
@@ -165,12 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             return run(args)
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a read-only folder or a full disk
-        print(f"error: {error.strerror or error}: {getattr(error, 'filename', '') or ''}", file=sys.stderr)
-        return 2
+    except COMMAND_ERRORS as error:
+        return report_error(error)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,9 @@
 
 `python -m fewshot.zeroshot --dataset CUB --method ale` trains an attribute encoder on the seen classes and
 prints ZSL top-1, GZSL u / s / H (plain and calibrated) and zero- / few-shot episode accuracies, with a JSON
-report (argparse over `fewshot.zeroshot.api`).
+report (argparse over `fewshot.zeroshot.pipeline`).
 
-Features come from `res101.mat` beside `att_splits.mat` (or `--features`); `--planted-noise` replaces them
-with features planted on the real class attributes (a self-check that needs no download).
+Features come from `res101.mat` beside `att_splits.mat` (or `--features`).
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from typing import Any
 
 import torch
 
+from fewshot.cli.errors import COMMAND_ERRORS, report_error
 from fewshot.files import atomic_write
-from fewshot.zeroshot.api import evaluate_zero_shot, format_report
-from fewshot.zeroshot.data import ATTRIBUTE_KEYS, GBU_DATASETS, load_gbu
 from fewshot.zeroshot.encoders import ENCODERS
+from fewshot.zeroshot.gbu import ATTRIBUTE_KEYS, GBU_DATASETS, load_gbu
 from fewshot.zeroshot.methods import FEATURE_NORMS, METHODS, SCORES, ZeroShotConfig
-from fewshot.zeroshot.planted import load_planted_gbu, oracle_accuracy
+from fewshot.zeroshot.pipeline import evaluate_zero_shot, format_report
 
 
 def _number_or(choices: tuple[str, ...]):
@@ -48,9 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "default $FEWSHOT_DATA")
     p.add_argument("--features", default=None, help="res101.mat to use (default: beside att_splits.mat)")
     p.add_argument("--attributes", choices=ATTRIBUTE_KEYS, default="att")
-    p.add_argument("--planted-noise", type=float, default=None,
-                   help="instead of res101.mat, plant features M a_c + N(0, sigma^2) on the real attributes")
-    p.add_argument("--planted-dim", type=int, default=2048, help="feature dimension of the planted features")
     p.add_argument("--method", choices=list(METHODS), default="ale")
     p.add_argument("--encoder", choices=list(ENCODERS), default="linear")
     p.add_argument("--encoder-arg", action="append", default=[], metavar="NAME=VALUE",
@@ -101,15 +97,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """Load, train, evaluate and write the report; returns it and its path."""
     config = config_from_args(args)
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    if args.planted_noise is not None:
-        data, mapping = load_planted_gbu(args.dataset, args.data_root, args.planted_noise, args.planted_dim,
-                                         args.seed, args.attributes)
-        features = {"source": "planted", "noise": args.planted_noise, "dim": args.planted_dim,
-                    "oracle_zsl_top1": oracle_accuracy(data, mapping),
-                    "oracle_gzsl_u": oracle_accuracy(data, mapping, generalized=True)}
-    else:
-        data = load_gbu(args.dataset, args.data_root, args.features, args.attributes)
-        features = {"source": "res101.mat" if args.features is None else str(args.features)}
+    data = load_gbu(args.dataset, args.data_root, args.features, args.attributes)
+    features = {"source": "res101.mat" if args.features is None else str(args.features)}
     log(f"{data.name}: {len(data.features)} images x {data.feature_dim} features, {data.attribute_dim} attributes, "
         f"{len(data.seen_classes)} seen / {len(data.unseen_classes)} unseen classes")
     report = evaluate_zero_shot(data, config, calibration=args.calibration, fusion_weight=args.fusion_weight,
@@ -131,12 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         report, output = run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except COMMAND_ERRORS as error:
+        return report_error(error)
     print(format_report(report))
-    if "oracle_zsl_top1" in report["features"]:
-        print(f"  planted features: the Bayes classifier (true map) reaches ZSL top-1 "
-              f"{100 * report['features']['oracle_zsl_top1']:.1f}")
     print(f"report: {output}")
     return 0

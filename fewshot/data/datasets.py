@@ -76,6 +76,8 @@ class DatasetInfo:
         channels: image channels, or None when the data decides (a user's folder).
         default_image_size: the side used when `--image-size` is not given.
         schemes: the split schemes, the first being the default.
+        background: the float value (0..1) of an empty pixel, what test-time shifts fill the uncovered
+            border with; 0 (black, the value of zero padding) unless the dataset declares otherwise.
     """
 
     name: str
@@ -84,6 +86,7 @@ class DatasetInfo:
     channels: int | None
     default_image_size: int
     schemes: tuple[str, ...]
+    background: float = 0.0
 
 
 #: Datasets by name; built-in ones register when `fewshot.data` is imported.
@@ -103,7 +106,7 @@ def dataset_options(name: str) -> Registry:
     return options
 
 
-def load_splits(dataset: str = "omniglot", scheme: str | None = None, root: str | Path | None = None,
+def load_splits(dataset: str, scheme: str | None = None, root: str | Path | None = None,
                 image_size: int | None = None, **options: Any) -> DatasetSplits:
     """Load `dataset` and return its train / val / test class splits under `scheme` (default: the first listed)."""
     info = DATASETS.get_or_raise(dataset)

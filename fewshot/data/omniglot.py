@@ -469,4 +469,5 @@ OMNIGLOT = register_dataset(DatasetInfo(
     channels=1,
     default_image_size=28,
     schemes=("vinyals", "lake"),
+    background=0.0,  # the images are inverted: ink 1, paper 0
 ))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from fewshot.data.splits import ClassSplit
-from fewshot.evaluation.views import embed_views, shift_views
-from fewshot.model.network import FewShotModel
+from fewshot.evaluation.views import ViewSet
+from fewshot.model.network import FewShotModel, embed_in_batches
 
 #: Default memory for one model's embedding matrix; beyond it, episodes are scored in chunks.
 DEFAULT_MAX_BYTES = 1 << 30
@@ -21,17 +20,16 @@ class SplitEmbeddings:
     model's precision, on its device); `rows(items)` returns their embeddings. At most `max_bytes`
     of embeddings are held: `ensure` clears what it holds when the new items would not fit, so a
     caller that needs more than that at once must chunk its work (`capacity` items per chunk).
-    `max_shift` > 0 averages each embedding over shifted copies of the image, and `turns` concatenates
-    those of its rotated or mirrored copies (`embed_views`).
+    `views` (test-time views, `compose_views`) embed each image as its views combine it: averaged over
+    shifted copies, and its turned copies concatenated.
     """
 
     def __init__(self, model: FewShotModel, split: ClassSplit, device: torch.device | str = "cpu",
                  batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False,
-                 max_shift: int = 0, turns: list[tuple[int, bool]] | None = None) -> None:
+                 views: ViewSet | None = None) -> None:
         if max_bytes < 1 or batch_size < 1:
             raise ValueError(f"max_bytes and batch_size must be positive, got {max_bytes} and {batch_size}")
-        shift_views(max_shift)  # checked now, not at the first embedding
-        self.max_shift, self.turns = max_shift, turns
+        self.views = views
         self.model, self.split, self.device = model, split, torch.device(device)
         self.batch_size, self.max_bytes, self.progress = batch_size, max_bytes, progress
         self.position = np.full(len(split), -1, dtype=np.int64)  # item -> row of `matrix`, -1 if not held
@@ -46,8 +44,8 @@ class SplitEmbeddings:
 
     @property
     def copies(self) -> int:
-        """How many turned copies each row concatenates (1 without `turns`)."""
-        return len(self.turns) if self.turns else 1
+        """How many turned copies each row concatenates (1 without views)."""
+        return 1 if self.views is None else self.views.copies
 
     @property
     def nbytes(self) -> int:
@@ -57,7 +55,6 @@ class SplitEmbeddings:
         self.position[:] = -1
         self.matrix = None
 
-    @torch.no_grad()
     def ensure(self, items: np.ndarray) -> None:
         """Hold the embeddings of `items` (ids into the split)."""
         missing = np.unique(np.asarray(items, dtype=np.int64))
@@ -68,18 +65,9 @@ class SplitEmbeddings:
         if self.dim is not None and held + len(missing) > self.capacity:
             self.clear()
             return self.ensure(items)
-        was_training = self.model.training
-        self.model.eval()
-        chunks = []
-        try:
-            for start in tqdm(range(0, len(missing), self.batch_size), desc="embedding", unit="batch",
-                              disable=not self.progress, leave=False):
-                batch = missing[start:start + self.batch_size]
-                images = self.split.to_float(self.split.gather(batch)).to(self.device, non_blocking=True)
-                chunks.append(embed_views(self.model, images, self.max_shift, self.turns))
-        finally:
-            self.model.train(was_training)
-        new = torch.cat(chunks)
+        new = embed_in_batches(self.model, missing, self.batch_size, self.device, progress=self.progress,
+                               load=lambda batch: self.split.to_float(self.split.gather(batch)),
+                               embed=None if self.views is None else self.views.embed)
         self.dim = new.shape[1]
         self.position[missing] = held + np.arange(len(missing))
         self.matrix = new if self.matrix is None else torch.cat([self.matrix, new])

@@ -1,11 +1,11 @@
 """Operating points chosen on validation classes: the verification threshold (same / different pair) and the
 open-set threshold (a known class, or "unknown"), each at a chosen false accept rate, stored with that rate.
 
-    from fewshot.api import calibrate, calibrate_checkpoint
-    calibration = calibrate("runs/proto/best.pt", far=1e-2)    # the checkpoint's own validation classes
-    calibrate_checkpoint("runs/proto/best.pt")                  # the same, stored in the checkpoint
+    from fewshot.evaluation.calibration import calibrate, calibrate_checkpoint
+    calibration = calibrate(model, val_split, far=1e-2)       # a FewShotModel and classes it was not trained on
+    calibrate_checkpoint("runs/proto/best.pt")                 # its own validation classes, stored in the checkpoint
 
-(This module works on loaded models, `fewshot.api.FewShotClassifier`; the API turns paths into those.)
+This module works on a model and a split; `fewshot.api.calibrate` also takes a loaded `TrainedModel` or a path.
 
 A checkpoint holds its calibration under `state["verification"]` (`CHECKPOINT_KEY`): tensors and plain values,
 read weights-only. The validation scores are kept (sorted, float32), so another false accept rate can be chosen
@@ -26,7 +26,18 @@ import torch
 from fewshot import metrics
 from fewshot.data.datasets import DatasetSplits
 from fewshot.data.splits import ClassSplit
-from fewshot.learners.base import prototypes
+from fewshot.evaluation.cache import SplitEmbeddings
+from fewshot.evaluation.checkpoints import checkpoint_splits
+from fewshot.learners.base import nearest_prototype, prototypes
+from fewshot.metrics.verification import balanced_pairs
+from fewshot.model.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    weights_fingerprint,
+)
+from fewshot.model.network import FewShotModel
+from fewshot.runtime import resolve_device
 
 #: Where a checkpoint stores its calibration.
 CHECKPOINT_KEY = "verification"
@@ -38,36 +49,11 @@ DEFAULT_SHOTS = 5
 KINDS = ("pair", "open_set")
 
 
-def _check_far(far: float) -> float:
+def check_far(far: float) -> float:
+    """`far` as a float in (0, 1), else a ValueError saying what a false accept rate is."""
     if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0.0 < float(far) < 1.0:
         raise ValueError(f"far (false accept rate) must be a number in (0, 1), e.g. 0.01; got {far!r}")
     return float(far)
-
-
-def balanced_pairs(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """[count, 2] item pairs, half of one class (an item and another item of its class) and half of two
-    classes (drawn until `count - count // 2` are found); classes with one item give no same-class pair."""
-    labels = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(labels)
-    eligible = np.flatnonzero(counts[labels] >= 2)
-    if len(eligible) == 0 or np.count_nonzero(counts) < 2:
-        raise ValueError(f"calibration needs at least 2 classes and a class with 2 items; got {np.count_nonzero(counts)} "
-                         f"class(es) of {len(labels)} items")
-    order = np.argsort(labels, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(labels)) - starts[labels[order]]
-    anchor = eligible[rng.integers(0, len(eligible), count // 2)]
-    size = counts[labels[anchor]]
-    partner = order[starts[labels[anchor]] + (rank[anchor] + rng.integers(1, size)) % size]
-    first_parts, second_parts, needed = [], [], count - count // 2
-    while needed > 0:
-        first, second = rng.integers(0, len(labels), (2, 2 * needed + 16))
-        keep = labels[first] != labels[second]
-        first_parts.append(first[keep][:needed])
-        second_parts.append(second[keep][:needed])
-        needed -= len(first_parts[-1])
-    return np.stack([np.concatenate([anchor, *first_parts]), np.concatenate([partner, *second_parts])], axis=1)
 
 
 def _threshold_at(accepted_scores: np.ndarray, rejected_scores: np.ndarray, far: float) -> dict[str, float]:
@@ -85,30 +71,17 @@ def _sorted_scores(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.sort(np.asarray(values, dtype=np.float32))[::-1].copy())
 
 
-def _resolve(classifier: Any) -> "FewShotClassifier":
-    """`classifier` if it is a loaded model (`fewshot.api.FewShotClassifier`). This module sits below the API,
-    so checkpoint paths and bare models are turned into one there (`fewshot.api.calibrate`)."""
-    if all(hasattr(classifier, name) for name in ("model", "device", "weights_sha256", "state_info")):
-        return classifier
-    raise TypeError(f"fewshot.verification.calibrate takes a FewShotClassifier (fewshot.api.load(path)); got "
-                    f"{type(classifier).__name__}. For a checkpoint path or a FewShotModel use fewshot.api.calibrate")
-
-
-def validation_split(classifier: "FewShotClassifier") -> ClassSplit:
-    """The validation classes of the checkpoint a classifier was loaded from, prepared as it was trained."""
-    from fewshot.evaluation import checkpoint_splits
-
-    if classifier.state_info is None:
-        raise ValueError("this model was not loaded from a checkpoint, so its validation classes are unknown; pass "
-                         "val_split= (a ClassSplit of classes it was not trained on)")
-    return checkpoint_splits(classifier.state_info, image_size=classifier.model.spec.image_size).val
+def validation_split(state: dict[str, Any], image_size: int | None = None) -> ClassSplit:
+    """The validation classes of a checkpoint (its loaded `state`), prepared as its model was trained."""
+    return checkpoint_splits(state, image_size=image_size).val
 
 
 @torch.no_grad()
-def calibrate(checkpoint_or_model: Any, val_split: ClassSplit | DatasetSplits | None = None, far: float = DEFAULT_FAR,
-              *, pairs: int = DEFAULT_PAIRS, shots: int = DEFAULT_SHOTS, seed: int = 0,
-              progress: bool = False) -> dict[str, Any]:
-    """Choose the verification and open-set thresholds on validation classes at false accept rate `far`.
+def calibrate(model: FewShotModel, split: ClassSplit | DatasetSplits, far: float = DEFAULT_FAR, *,
+              device: str | torch.device = "cpu", pairs: int = DEFAULT_PAIRS, shots: int = DEFAULT_SHOTS,
+              seed: int = 0, progress: bool = False, dataset: str = "given") -> dict[str, Any]:
+    """Choose the verification and open-set thresholds of `model` on the validation classes `split` at false
+    accept rate `far` (`dataset` names where the split came from, in the record).
 
     - "pair": `pairs` balanced same / different pairs of validation items (`balanced_pairs`), scored
       `-distance`; the threshold accepts at most `far` of the different-class pairs.
@@ -116,24 +89,22 @@ def calibrate(checkpoint_or_model: Any, val_split: ClassSplit | DatasetSplits | 
       known queries, every image of the other half unknown queries; a query's score is `-distance` to its
       nearest prototype, and the threshold accepts at most `far` of the unknown queries.
 
-    `val_split` defaults to the checkpoint's own validation classes (`fewshot.evaluation.checkpoint_splits`).
-    Returns plain values and sorted float32 score tensors (see `operating_point`), safe to store in a checkpoint.
+    Returns plain values and sorted float32 score tensors (see `operating_point`), safe to store in a checkpoint,
+    with the fingerprint of the weights they hold for (`weights_fingerprint`).
     """
-    from fewshot.evaluation.cache import SplitEmbeddings
-
-    far = _check_far(far)
+    far = check_far(far)
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise ValueError(f"shots must be a positive int, got {shots!r}")
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 2:
         raise ValueError(f"pairs must be an int >= 2, got {pairs!r}")
-    classifier = _resolve(checkpoint_or_model)
-    if isinstance(val_split, DatasetSplits):
-        val_split = val_split.val
-    split = validation_split(classifier) if val_split is None else val_split
+    if isinstance(split, DatasetSplits):
+        split = split.val
     if not isinstance(split, ClassSplit):
         raise TypeError(f"val_split must be a ClassSplit or DatasetSplits, got {type(split).__name__}")
-    model = classifier.model
-    cache = SplitEmbeddings(model, split, classifier.device, batch_size=256, progress=progress)
+    if not isinstance(model, FewShotModel):
+        raise TypeError(f"calibrate takes a FewShotModel, got {type(model).__name__} (for a checkpoint path or a "
+                        "loaded TrainedModel use fewshot.api.calibrate)")
+    cache = SplitEmbeddings(model, split, resolve_device(device), batch_size=256, progress=progress)
     cache.max_bytes = max(cache.max_bytes, 1 << 34)  # every validation item at once (4 d bytes each)
     items = np.arange(len(split))
     cache.ensure(items)
@@ -167,13 +138,8 @@ def calibrate(checkpoint_or_model: Any, val_split: ClassSplit | DatasetSplits | 
     centres = prototypes(embeddings[torch.from_numpy(support_rows)], support_y, len(known))
 
     def nearest(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        best, which = [], []
-        for start in range(0, len(rows), 4096):
-            block = distance(embeddings[torch.from_numpy(rows[start:start + 4096])], centres)
-            d, i = block.min(dim=1)
-            best.append(d.float().cpu())
-            which.append(i.cpu())
-        return -torch.cat(best).double().numpy(), torch.cat(which).numpy()
+        best, which = nearest_prototype(distance, embeddings[torch.from_numpy(rows)], centres)
+        return -best.double().numpy(), which.numpy()
 
     known_scores, known_pred = nearest(known_rows)
     unknown_scores, _ = nearest(unknown_rows)
@@ -183,8 +149,8 @@ def calibrate(checkpoint_or_model: Any, val_split: ClassSplit | DatasetSplits | 
     return {
         "version": CALIBRATION_VERSION,
         "far": far,
-        "weights_sha256": classifier.weights_sha256,
-        "data": {"dataset": classifier.dataset if val_split is None else "given", "split": "val",
+        "weights_sha256": weights_fingerprint(model),
+        "data": {"dataset": dataset, "split": "val",
                  "classes": int(split.num_classes),
                  "items": int(len(split)), "seed": int(seed)},
         "pair": {**pair_point, "pairs": int(len(pair_scores)), "same": int(same.sum()),
@@ -226,7 +192,7 @@ def operating_point(calibration: dict[str, Any], kind: str = "pair", far: float 
         far = calibration["far"]
     else:
         point = _threshold_at(section["accepted_scores"].double().numpy(), section["rejected_scores"].double().numpy(),
-                              _check_far(far))
+                              check_far(far))
     point["far"] = float(far)
     if kind == "open_set":
         point["known_accuracy"] = _known_accuracy(section["accepted_scores"].double().numpy(),
@@ -249,9 +215,23 @@ def describe(calibration: dict[str, Any]) -> str:
 
 def store_calibration(checkpoint: str | Path, calibration: dict[str, Any]) -> Path:
     """Write `calibration` into `checkpoint` under `CHECKPOINT_KEY` (atomically; everything else unchanged)."""
-    from fewshot.model.checkpoint import load_checkpoint, save_checkpoint
-
     check_calibration(calibration, "the calibration given")
     state = load_checkpoint(checkpoint)
     state[CHECKPOINT_KEY] = calibration
     return save_checkpoint(checkpoint, state)
+
+
+def calibrate_checkpoint(checkpoint: str | Path, split: ClassSplit | DatasetSplits | None = None,
+                         far: float | None = None, *, device: str | torch.device = "cpu",
+                         **options: Any) -> dict[str, Any]:
+    """Calibrate the model of `checkpoint` on `split` (default: its own validation classes) and store the result
+    in it: the call made at the end of training, so that a loaded model's `verify` needs no calibration at first
+    use. `options` go to `calibrate` (pairs, shots, seed, progress)."""
+    far = check_far(DEFAULT_FAR if far is None else far)
+    model, state = model_from_checkpoint(checkpoint, resolve_device(device))
+    dataset = "given"
+    if split is None:
+        split, dataset = validation_split(state, model.spec.image_size), state.get("dataset", "omniglot")
+    calibration = calibrate(model, split, far, device=device, dataset=dataset, **options)
+    store_calibration(checkpoint, calibration)
+    return calibration

@@ -16,16 +16,17 @@ from episodes.lists import load_episodes, save_episodes
 from episodes.sampler import Episode
 from fewshot import metrics
 from fewshot.model.checkpoint import file_sha256, model_from_checkpoint
-from fewshot.data.datasets import DatasetSplits, dataset_options, load_splits
+from fewshot.data.datasets import DATASETS, DatasetSplits, dataset_options, load_splits
 from fewshot.data.splits import ClassSplit
 from fewshot.runtime import current_world
 from fewshot.evaluation.embedding_metrics import embedding_metrics
-from fewshot.evaluation.cache import DEFAULT_MAX_BYTES, SplitEmbeddings
-from fewshot.evaluation.views import shift_views, turn_views
-from fewshot.evaluation.episodes import evaluate_model, evaluation_episodes
+from fewshot.evaluation.cache import SplitEmbeddings
+from fewshot.evaluation.views import compose_views
+from fewshot.evaluation.episodes import Candidate, Ensemble, Scorer, evaluation_episodes, score_episodes
+from fewshot.evaluation.settings import EVAL_SPLITS, EvaluationSettings
 from fewshot.model.network import FewShotModel
 
-EVAL_SPLITS = ("test", "val", "train")
+__all__ = ["EVAL_SPLITS", "check_novel", "checkpoint_splits", "comparison_split", "evaluate_checkpoint"]
 
 
 def check_novel(state: dict[str, Any], dataset: str, split: ClassSplit, split_name: str, allow_seen: bool) -> None:
@@ -51,7 +52,9 @@ def checkpoint_splits(state: dict[str, Any], *, dataset: str | None = None, spli
                       data_root: str | Path | None = None, image_size: int | None = None) -> DatasetSplits:
     """The class splits a checkpoint is evaluated on: its own dataset, scheme, data root and dataset
     arguments (the same preprocessing), unless another dataset is named."""
-    own = state.get("dataset", "omniglot")
+    own = state.get("dataset")
+    if own is None and dataset is None:
+        raise ValueError("the checkpoint records no dataset; name the evaluation data (--dataset NAME)")
     dataset = dataset or own
     if dataset != own:
         return load_splits(dataset, split, data_root, image_size)
@@ -66,35 +69,25 @@ def checkpoint_splits(state: dict[str, Any], *, dataset: str | None = None, spli
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
+    settings: EvaluationSettings | None = None,
     *,
-    dataset: str | None = None,
-    split: str | None = None,
-    eval_split: str = "test",
-    settings: list[tuple[int, int]] = ((5, 1),),
-    queries: int = 15,
-    episodes: int = 1000,
-    seed: int = 0,
-    data_root: str | None = None,
-    device: str = "cpu",
     compare: str | Path | None = None,
     ensemble: Sequence[str | Path] = (),
-    allow_seen: bool = False,
-    with_embedding_metrics: bool = False,
-    episode_list: str | Path | None = None,
-    save_episode_lists: str | Path | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    data_root: str | Path | None = None,
     splits: DatasetSplits | None = None,
-    progress: bool = True,
-    per_episode: bool = False,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    test_time_shift: int = 0,
-    test_time_rotations: bool = False,
-    test_time_mirror: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (and optionally a second one on identical episodes); return the report dict.
 
-    Episodes come from `seed`, or from a saved `episode_list` (then `settings`, `queries` and
-    `episodes` are those of the list). `save_episode_lists` writes each setting's seeded episodes
-    as an episode list `<stem>_<ways>way<shots>shot.json`, for other models or libraries.
+    How is `settings` (`EvaluationSettings`; `overrides` are its fields by name, e.g. `episodes=100`);
+    what is the checkpoint, the `compare`d one, the `ensemble` members, and the data: the checkpoint's own
+    dataset, scheme and data root unless `dataset`, `split`, `data_root` or ready `splits` are given.
+
+    Episodes come from `settings.seed`, or from a saved `settings.episode_list` (then its shape replaces
+    `ways_shots`, `queries` and `episodes`). `settings.save_episode_lists` writes each setting's seeded
+    episodes as an episode list `<stem>_<ways>way<shots>shot.json`, for other models or libraries.
 
     Each model embeds every image the episodes touch once (at most `max_bytes` of embeddings held
     at a time), and all settings, the comparison and the embedding metrics are scored from those
@@ -107,128 +100,127 @@ def evaluate_checkpoint(
     embedding the images with its own preprocessing. The report's results are the ensemble's, and
     `report["ensemble"]` lists every member with its SHA-256.
 
-    `test_time_shift` K > 0 embeds every image as the mean embedding of itself and its copies
-    shifted by 1..K pixels left, right, up and down (`embed_views`), for every model evaluated.
-    `test_time_rotations` and `test_time_mirror` also embed every image's quarter-turned and/or
-    mirrored copies (each shift-averaged when K > 0); every image of an episode is turned alike, each
-    turned copy of the episode is scored as an episode of its own, and a query's scores are summed over
-    the copies: for a model trained on rotated (`mirrors=true`: mirrored) classes, each copy is a look
-    it was trained on.
+    `settings.views` applies test-time views (`fewshot.evaluation.views`) to every model evaluated, made
+    for the evaluated dataset's images: {"shift": K} embeds every image as the mean embedding of itself
+    and its copies shifted by 1..K pixels left, right, up and down (the border filled with the dataset's
+    background); {"rotations": True} and {"mirror": True} also embed every image's quarter-turned and/or
+    mirrored copies; every image of an episode is turned alike, each turned copy of the episode is scored
+    as an episode of its own, and a query's scores are summed over the copies: for a model trained on
+    rotated (`mirrors=true`: mirrored) classes, each copy is a look it was trained on.
     """
-    if eval_split not in EVAL_SPLITS:
-        raise ValueError(f"unknown evaluation split {eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
-    device_t = torch.device(device)
-    model, state = model_from_checkpoint(checkpoint, device_t)
+    settings = EvaluationSettings.of(settings, overrides, progress=True)
+    eval_split = settings.eval_split
+    device = torch.device(settings.device)
+    main_model, state = model_from_checkpoint(checkpoint, device)
     if splits is None:
         splits = checkpoint_splits(state, dataset=dataset, split=split, data_root=data_root,
-                                   image_size=model.spec.image_size)
+                                   image_size=main_model.spec.image_size)
     dataset = splits.dataset
     target = splits.get(eval_split)
-    check_novel(state, dataset, target, eval_split, allow_seen)
-    models, targets = [model], [target]
-    members: list[dict[str, Any]] = []
+    check_novel(state, dataset, target, eval_split, settings.allow_seen)
+    model = Candidate("model", main_model, target)
+    members: list[Candidate] = []
+    member_records: list[dict[str, Any]] = []
     for path in ensemble:
-        member, member_state = model_from_checkpoint(path, device_t)
-        check_novel(member_state, dataset, target, eval_split, allow_seen)
-        models.append(member)
-        targets.append(comparison_split(member, member_state, state, splits, eval_split, path, data_root))
-        members.append({"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "spec": member_state["spec"]})
-    if members and with_embedding_metrics:
+        member, member_state = model_from_checkpoint(path, device)
+        check_novel(member_state, dataset, target, eval_split, settings.allow_seen)
+        members.append(Candidate(f"member {len(members) + 1}", member,
+                                 comparison_split(member, member_state, state, splits, eval_split, path, data_root)))
+        member_records.append({"checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
+                               "spec": member_state["spec"]})
+    if members and settings.embedding_metrics:
         raise ValueError("embedding metrics describe one model's embeddings, not an ensemble's; "
                          "evaluate each member alone with --embedding-metrics")
-    turns = turn_views(test_time_rotations, test_time_mirror)
-    views_on = bool(test_time_shift) or len(turns) > 1
-    if test_time_shift:
-        shift_views(test_time_shift)
-    if views_on and with_embedding_metrics:
+    views = compose_views(settings.views, DATASETS.get_or_raise(dataset))
+    if views.on and settings.embedding_metrics:
         raise ValueError("test-time views (shifts, rotations, mirrors) apply to the accuracy evaluation; the embedding "
                          "metrics use each model's own embeddings, so evaluate them without views")
-    size = len(models)  # the evaluated model: `checkpoint` alone, or it and the ensemble members
+    # The evaluated scorer: the checkpoint alone, or it and the ensemble members as one model.
+    evaluated: Scorer = Ensemble("ensemble", [model, *members]) if members else model
+    compared: Candidate | None = None
     other_state = None
     if compare is not None:
-        other, other_state = model_from_checkpoint(compare, device_t)
-        check_novel(other_state, dataset, target, eval_split, allow_seen)
-        models.append(other)
-        targets.append(comparison_split(other, other_state, state, splits, eval_split, compare, data_root))
+        other, other_state = model_from_checkpoint(compare, device)
+        check_novel(other_state, dataset, target, eval_split, settings.allow_seen)
+        compared = Candidate("compare", other,
+                             comparison_split(other, other_state, state, splits, eval_split, compare, data_root))
 
+    ways_shots, queries, episodes = settings.ways_shots, settings.queries, settings.episodes
     fixed: list[Episode] | None = None
-    if episode_list is not None:
-        fixed = load_episodes(episode_list, target)
+    if settings.episode_list is not None:
+        fixed = load_episodes(settings.episode_list, target)
         shapes = sorted({(e.ways, e.shots, e.queries) for e in fixed})
         if len(shapes) != 1:
-            raise ValueError(f"{episode_list} mixes episode shapes (ways, shots, queries) {shapes}; evaluate one shape per list")
+            raise ValueError(f"{settings.episode_list} mixes episode shapes (ways, shots, queries) {shapes}; "
+                             "evaluate one shape per list")
         (ways, shots, queries), = shapes
-        settings, episodes = [(ways, shots)], len(fixed)
+        ways_shots, episodes = [(ways, shots)], len(fixed)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
-        "spec": model.spec.to_dict(), "dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
+        "spec": main_model.spec.to_dict(), "dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
         "classes": target.num_classes, "queries": queries,
-        "episode_source": ({"kind": "seed", "seed": seed, "sampler": "episodes.EpisodeSampler"} if fixed is None else
-                           {"kind": "list", "path": str(episode_list), "sha256": file_sha256(episode_list)}),
+        "episode_source": ({"kind": "seed", "seed": settings.seed, "sampler": "episodes.EpisodeSampler"} if fixed is None
+                           else {"kind": "list", "path": str(settings.episode_list),
+                                 "sha256": file_sha256(settings.episode_list)}),
         "results": [],
     }
     if members:
         report["ensemble"] = [{"checkpoint": str(checkpoint), "checkpoint_sha256": report["checkpoint_sha256"],
-                               "spec": report["spec"]}, *members]
+                               "spec": report["spec"]}, *member_records]
     if compare is not None:
         report["compare"] = {"checkpoint": str(compare), "checkpoint_sha256": file_sha256(compare),
                              "spec": other_state["spec"], "results": []}
     smallest = int(np.bincount(target.labels).min())
-    for ways, shots in settings:  # every setting checked before any is evaluated
+    for ways, shots in ways_shots:  # every setting checked before any is evaluated
         if ways > target.num_classes:
             raise ValueError(f"--ways {ways} exceeds the {target.num_classes} classes of the {dataset} {eval_split} split")
         if shots + queries > smallest:
             raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
                              f"of the {dataset} {eval_split} split have as few as {smallest}")
-    if views_on and (per_episode or not all(m.embeds_independently for m in models)):
+    if views.on and settings.per_episode:
         raise ValueError("test-time views (shifts, rotations, mirrors) embed each image once, so they cannot be combined "
-                         "with per-episode embedding (--per-episode, or a model whose embeddings depend on the episode)")
-    caches = [SplitEmbeddings(m, t, device_t, max_bytes=max_bytes, progress=progress, max_shift=test_time_shift,
-                              turns=turns) for m, t in zip(models, targets)]
-    if test_time_shift:
-        report["test_time_shift"] = {"max_shift": test_time_shift, "views": shift_views(test_time_shift)}
-    if len(turns) > 1:
-        report["test_time_turns"] = {"rotations": test_time_rotations, "mirror": test_time_mirror,
-                                     "copies": [list(t) for t in turns]}
-    for ways, shots in settings:
-        chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, seed)
-        if save_episode_lists is not None and fixed is None and current_world().is_main:
-            base = Path(save_episode_lists)
+                         "with per-episode embedding (--per-episode)")
+    candidates = [model, *members, *([compared] if compared else [])]
+    for candidate in candidates:
+        candidate.embeddings = SplitEmbeddings(candidate.model, candidate.split, device, batch_size=settings.batch_size,
+                                               max_bytes=settings.max_bytes, progress=settings.progress,
+                                               views=views if views.on else None)
+    report.update(views.report())
+    scorers: list[Scorer] = [evaluated, *([compared] if compared else [])]
+    for ways, shots in ways_shots:
+        chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, settings.seed)
+        if settings.save_episode_lists is not None and fixed is None and current_world().is_main:
+            base = Path(settings.save_episode_lists)
             path = base.with_name(f"{base.stem}_{ways}way{shots}shot.json")
-            save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme, "eval_split": eval_split,
-                                                          "seed": seed, "ways": ways, "shots": shots, "queries": queries})
+            save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme,
+                                                          "eval_split": eval_split, "seed": settings.seed,
+                                                          "ways": ways, "shots": shots, "queries": queries})
             report.setdefault("saved_episode_lists", []).append(str(path))
-        options = dict(episode_list=chosen, device=device_t, progress=progress, per_episode=per_episode)
-        accuracies = np.stack([
-            # One model is scored by its own logits (the path every earlier report used), several as an ensemble.
-            evaluate_model(models[0], target, ways, shots, queries, embeddings=caches[:1], **options) if size == 1 else
-            evaluate_model(models[:size], target, ways, shots, queries, embeddings=caches[:size], splits=targets[:size],
-                           ensemble=True, **options),
-            *(evaluate_model(m, t, ways, shots, queries, embeddings=[cache], **options)
-              for m, t, cache in zip(models[size:], targets[size:], caches[size:])),
-        ])
-        normal = metrics.confidence_interval(accuracies[0], "normal")
-        student = metrics.confidence_interval(accuracies[0], "t")
+        accuracies = score_episodes(scorers, chosen, settings)
+        mine = accuracies[evaluated.name]
+        normal = metrics.confidence_interval(mine, "normal")
+        student = metrics.confidence_interval(mine, "t")
         report["results"].append({
             "ways": ways, "shots": shots, "episodes": episodes, "accuracy": normal.mean, "ci95": normal.half_width,
             "normal": _interval_dict(normal), "t": _interval_dict(student),
-            "per_episode": accuracies[0].tolist(),
+            "per_episode": mine.tolist(),
         })
-        if compare is not None:
-            other_interval = metrics.confidence_interval(accuracies[1], "normal")
-            paired = metrics.paired_comparison(accuracies[0], accuracies[1])
+        if compared is not None:
+            theirs = accuracies[compared.name]
+            other_interval = metrics.confidence_interval(theirs, "normal")
+            paired = metrics.paired_comparison(mine, theirs)
             report["compare"]["results"].append({
                 "ways": ways, "shots": shots, "accuracy": other_interval.mean, "ci95": other_interval.half_width,
                 "difference": _interval_dict(paired.difference), "t_statistic": paired.t_statistic,
                 "p_value": paired.p_value, "wilcoxon_p_value": paired.wilcoxon_p_value,
             })
-    if with_embedding_metrics:
-        report["embedding_metrics"] = embedding_metrics(model, splits.val, target, device_t, seed=seed,
-                                                        test_embeddings=caches[0])
+    if settings.embedding_metrics:
+        report["embedding_metrics"] = embedding_metrics(main_model, splits.val, target, device, seed=settings.seed,
+                                                        test_embeddings=model.embeddings)
     report["embedding"] = {
-        "path": "per-episode" if per_episode else "embed-once",
-        "images_embedded": [cache.embedded for cache in caches],
-        "matrix_bytes": [cache.nbytes for cache in caches],
+        "path": "per-episode" if settings.per_episode else "embed-once",
+        "images_embedded": [c.embeddings.embedded for c in candidates],
+        "matrix_bytes": [c.embeddings.nbytes for c in candidates],
     }
     return report
 
@@ -240,7 +232,9 @@ def comparison_split(other: FewShotModel, other_state: dict[str, Any], state: di
     would not hold the same items, or whose images the other model cannot take."""
     target = splits.get(eval_split)
     same_shape = (other.spec.image_size, other.spec.in_channels) == (splits.image_size, splits.in_channels)
-    other_dataset = other_state.get("dataset", "omniglot")
+    other_dataset = other_state.get("dataset")
+    if other_dataset is None:
+        raise ValueError(f"cannot compare {compare}: its checkpoint records no dataset, so its preprocessing is unknown")
     if other_dataset != splits.dataset:
         if same_shape:
             return target  # a model of another dataset, evaluated on these images as they are

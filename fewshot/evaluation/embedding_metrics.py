@@ -10,6 +10,7 @@ import torch
 from fewshot import metrics
 from fewshot.data.splits import ClassSplit
 from fewshot.evaluation.cache import SplitEmbeddings
+from fewshot.metrics.verification import balanced_pairs
 from fewshot.model.network import FewShotModel
 
 
@@ -35,27 +36,13 @@ def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, de
     the model outputs them (L2-normalised first when the model compares them by cosine), scored by
     NMI and AMI against the classes.
     """
-    def balanced_pairs(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        # Half same-class pairs (anchor, another item of its class), half different-class pairs.
-        order = np.argsort(labels, kind="stable")
-        counts = np.bincount(labels)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(labels)) - starts[labels[order]]
-        anchor = rng.integers(0, len(labels), pairs // 2)
-        size = counts[labels[anchor]]
-        partner = order[starts[labels[anchor]] + (rank[anchor] + rng.integers(1, size)) % size]
-        first, second = rng.integers(0, len(labels), (2, pairs - pairs // 2))
-        different = labels[first] != labels[second]
-        return np.stack([np.concatenate([anchor, first[different]]), np.concatenate([partner, second[different]])], axis=1)
-
     rng = np.random.default_rng(seed)
     distance = model.learner.scoring_distance
     scores = {}
     for name, split in (("val", val), ("test", test)):
         embeddings = embed_split(model, split, device, test_embeddings if name == "test" else None)
         labels = torch.from_numpy(split.labels)
-        chosen = torch.from_numpy(balanced_pairs(split.labels, rng))
+        chosen = torch.from_numpy(balanced_pairs(split.labels, pairs, rng, fill=False))
         scores[name] = metrics.pair_scores(embeddings, labels, distance=distance, pairs=chosen)
         if name == "test":
             test_embeddings, test_labels = embeddings, labels

@@ -1,6 +1,14 @@
-"""Per-episode accuracy of models on identical episodes: the core of every evaluation."""
+"""Per-episode accuracy of named models on identical episodes: the core of every evaluation.
+
+What is scored are `Candidate`s (one model each, named by its role: the evaluated model, the compared one,
+an ensemble member) and `Ensemble`s of candidates; `score_episodes` returns each one's accuracies by name.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -10,7 +18,8 @@ from episodes.sampler import Episode, EpisodeSampler
 from fewshot import metrics
 from fewshot.data.splits import ClassSplit
 from fewshot.runtime import World, all_reduce_sum, collective_device, current_world, shard
-from fewshot.evaluation.cache import DEFAULT_MAX_BYTES, SplitEmbeddings
+from fewshot.evaluation.cache import SplitEmbeddings
+from fewshot.evaluation.settings import EvaluationSettings
 from fewshot.learners.base import prototype_logits
 from fewshot.model.network import FewShotModel
 
@@ -36,112 +45,162 @@ def _episode_chunks(episodes: list[Episode], capacity: int) -> list[list[int]]:
     return groups
 
 
-@torch.no_grad()
-def evaluate_model(
-    model: FewShotModel | list[FewShotModel],
-    split: ClassSplit,
-    ways: int,
-    shots: int,
-    queries: int,
-    episodes: int = 1000,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    episode_list: list[Episode] | None = None,
-    progress: bool = False,
-    *,
-    per_episode: bool = False,
-    embeddings: list[SplitEmbeddings] | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    distributed: bool = True,
-    ensemble: bool = False,
-    splits: list[ClassSplit] | None = None,
-) -> np.ndarray:
-    """Per-episode nearest-prototype accuracy of `model` (or of each model, on identical episodes).
+@dataclass(eq=False)
+class Candidate:
+    """One model under evaluation, named by its role (e.g. "model", "compare", an ensemble member's path),
+    with its own copy of the evaluation split (the same items, prepared with its preprocessing) and its
+    embed-once cache (made from the evaluation settings when not given)."""
 
-    Returns [episodes] (or [models, episodes]) accuracies. Models are put in eval mode and restored.
-    `ensemble=True` scores the models as one ensemble instead and returns [episodes]: each query goes
-    to the class with the largest sum of the models' log-softmax prototype scores (the product of
-    their class probabilities). `splits` gives each model its own copy of `split` (the same items,
-    prepared with that model's preprocessing); by default every model reads `split`.
-    Each image an episode touches is embedded once per model (`SplitEmbeddings`; pass `embeddings`
-    to share them across calls) and episodes index those rows; `per_episode=True`, or a model whose
-    `embeds_independently` is False (its embedding of an image depends on the episode), embeds every
-    episode's images afresh instead. Both give the same accuracies.
+    name: str
+    model: FewShotModel
+    split: ClassSplit
+    embeddings: SplitEmbeddings | None = None
+
+    def cache(self, settings: EvaluationSettings) -> SplitEmbeddings:
+        """This candidate's `SplitEmbeddings` (made on first use, without test-time views)."""
+        if self.embeddings is None:
+            self.embeddings = SplitEmbeddings(self.model, self.split, settings.device, batch_size=settings.batch_size,
+                                              max_bytes=settings.max_bytes, progress=settings.progress)
+        if self.embeddings.model is not self.model or self.embeddings.split is not self.split:
+            raise ValueError(f"the embeddings of candidate {self.name!r} must be over its own model and split")
+        return self.embeddings
+
+
+@dataclass(eq=False)
+class Ensemble:
+    """Members scored as one model: each query goes to the class with the largest sum of the members'
+    log-softmax prototype scores (the product of their class probabilities)."""
+
+    name: str
+    members: list[Candidate]
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError(f"ensemble {self.name!r} has no members")
+
+
+Scorer = Union[Candidate, Ensemble]
+
+
+def _candidates(scorers: Sequence[Scorer]) -> list[Candidate]:
+    """Every distinct candidate the scorers need, in order of first appearance."""
+    seen: dict[int, Candidate] = {}
+    for scorer in scorers:
+        for candidate in scorer.members if isinstance(scorer, Ensemble) else [scorer]:
+            seen.setdefault(id(candidate), candidate)
+    return list(seen.values())
+
+
+@torch.no_grad()
+def score_episodes(scorers: Sequence[Scorer], episodes: list[Episode],
+                   settings: EvaluationSettings | None = None) -> dict[str, np.ndarray]:
+    """Per-episode nearest-prototype accuracy [len(episodes)] of each scorer, by name, on identical episodes.
+
+    A `Candidate` is scored by its model's own logits; an `Ensemble` by the sum of its members' log-softmax
+    scores. Models are put in eval mode and restored. Each image an episode touches is embedded once per
+    candidate (its `SplitEmbeddings`; a test-time view's turned copies are scored one by one and their
+    scores summed) and episodes index those rows; `settings.per_episode` embeds every episode's images
+    afresh instead. Both give the same accuracies.
 
     Inside an initialised torch.distributed group (e.g. under torchrun), every rank must call this
     together: rank r scores episodes r, r + size, ... (embedding only the images those touch), and the
     per-episode accuracies are gathered in episode order, so every rank returns the single-process
-    array. `distributed=False` scores every episode in this process alone.
+    arrays. `settings.distributed=False` scores every episode in this process alone.
     """
-    models = model if isinstance(model, list) else [model]
-    device = torch.device(device)
-    chosen = episode_list if episode_list is not None else evaluation_episodes(split, ways, shots, queries, episodes, seed)
-    model_splits = [split] * len(models) if splits is None else list(splits)
-    if len(model_splits) != len(models):
-        raise ValueError(f"splits must hold one ClassSplit per model ({len(models)}), got {len(model_splits)}")
-    if any(s is not split and not np.array_equal(s.item_ids, split.item_ids) for s in model_splits):
-        raise ValueError("every model's split must hold the same items as `split`, for identical episodes")
-    if embeddings is None:
-        embeddings = [SplitEmbeddings(m, s, device, max_bytes=max_bytes, progress=progress)
-                      for m, s in zip(models, model_splits)]
-    if len(embeddings) != len(models) or any(e.model is not m or e.split is not s
-                                             for e, m, s in zip(embeddings, models, model_splits)):
-        raise ValueError("embeddings must hold one SplitEmbeddings per model, over its split")
-    world = current_world() if distributed else World()
-    mine = list(shard(len(chosen), world))  # this rank's episodes: all of them in one process
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    accuracies = np.zeros((len(models), len(chosen)))
-    # Ensemble: each of this rank's episodes accumulates the models' log-softmax scores [queries, ways].
-    summed: dict[int, torch.Tensor] = {}
+    settings = settings or EvaluationSettings()
+    names = [scorer.name for scorer in scorers]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"scorers need distinct names, got {names}")
+    candidates = _candidates(scorers)
+    reference = candidates[0].split
+    if any(c.split is not reference and not np.array_equal(c.split.item_ids, reference.item_ids) for c in candidates):
+        raise ValueError("every candidate's split must hold the same items, for identical episodes")
+    device = torch.device(settings.device)
+    world = current_world() if settings.distributed else World()
+    mine = list(shard(len(episodes), world))  # this rank's episodes: all of them in one process
+    label = f"{episodes[0].ways}-way {episodes[0].shots}-shot" if episodes else "episodes"
+    accuracies = np.zeros((len(scorers), len(episodes)))
+    # Ensembles: each member's log-softmax scores [queries, ways] per episode, summed in member order at the end.
+    member_scores: dict[tuple[int, int], list[torch.Tensor | None]] = {}
+    users = {id(c): [(i, s) for i, s in enumerate(scorers) if s is c or (isinstance(s, Ensemble)
+                                                                         and any(m is c for m in s.members))]
+             for c in candidates}
 
-    def score(m_index: int, e: int, logits: torch.Tensor, query_y: torch.Tensor) -> None:
-        if ensemble:
-            log_probs = logits.float().log_softmax(dim=1)
-            summed[e] = log_probs if e not in summed else summed[e] + log_probs
-        else:
-            accuracies[m_index, e] = metrics.episode_accuracy(logits, query_y)
+    def score(candidate: Candidate, e: int, logits: torch.Tensor, query_y: torch.Tensor) -> None:
+        for i, scorer in users[id(candidate)]:
+            if isinstance(scorer, Ensemble):
+                slots = member_scores.setdefault((i, e), [None] * len(scorer.members))
+                for position, member in enumerate(scorer.members):
+                    if member is candidate:
+                        slots[position] = logits.float().log_softmax(dim=1)
+            else:
+                accuracies[i, e] = metrics.episode_accuracy(logits, query_y)
 
+    modes = [c.model.training for c in candidates]
+    for c in candidates:
+        c.model.eval()
     try:
-        for m_index, m in enumerate(models):
-            if per_episode or not m.embeds_independently:
-                continue
-            cache = embeddings[m_index]
-            if cache.dim is None and mine:  # the embedding size (hence the capacity) from the first episode
-                cache.ensure(chosen[mine[0]].indices())
-            for group in _episode_chunks([chosen[e] for e in mine], cache.capacity):
-                cache.ensure(np.concatenate([chosen[mine[g]].indices() for g in group]))
-                for g in group:
-                    e = mine[g]
-                    episode = chosen[e]
-                    support_y = torch.from_numpy(episode.support_labels).to(device)
-                    support, query = cache.rows(episode.support), cache.rows(episode.query)
-                    # Turned copies (test-time views) are scored one by one and their scores summed, so a
-                    # learned or normalised distance sees embeddings of the size it was trained on.
-                    logits = sum(prototype_logits(m.learner.scoring_distance, s, support_y, q, episode.ways)
-                                 for s, q in zip(support.chunk(cache.copies, dim=1), query.chunk(cache.copies, dim=1)))
-                    score(m_index, e, logits, torch.from_numpy(episode.query_labels).to(device))
-        slow = [i for i, m in enumerate(models) if per_episode or not m.embeds_independently]
-        if slow:
-            for e in tqdm(mine, desc=f"{ways}-way {shots}-shot", disable=not progress, leave=False):
+        if settings.per_episode:
+            for e in tqdm(mine, desc=label, disable=not settings.progress, leave=False):
                 tensors: dict[int, tuple[torch.Tensor, ...]] = {}  # one copy per distinct split
-                for m_index in slow:
-                    own = model_splits[m_index]
-                    if id(own) not in tensors:
-                        tensors[id(own)] = own.episode_tensors(chosen[e], device)
-                    support_x, support_y, query_x, query_y = tensors[id(own)]
-                    score(m_index, e, models[m_index].logits(support_x, support_y, query_x), query_y)
+                for c in candidates:
+                    if id(c.split) not in tensors:
+                        tensors[id(c.split)] = c.split.episode_tensors(episodes[e], device)
+                    support_x, support_y, query_x, query_y = tensors[id(c.split)]
+                    score(c, e, c.model.logits(support_x, support_y, query_x), query_y)
+        else:
+            for c in candidates:
+                _score_embedded(c, c.cache(settings), episodes, mine, device, score)
     finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
-    if ensemble:
-        accuracies = accuracies[:1]
-        for e in mine:
-            query_y = torch.from_numpy(chosen[e].query_labels).to(summed[e].device)
-            accuracies[0, e] = metrics.episode_accuracy(summed[e], query_y)
+        for c, mode in zip(candidates, modes):
+            c.model.train(mode)
+    for (i, e), slots in member_scores.items():
+        summed = slots[0]
+        for log_probs in slots[1:]:
+            summed = summed + log_probs
+        query_y = torch.from_numpy(episodes[e].query_labels).to(summed.device)
+        accuracies[i, e] = metrics.episode_accuracy(summed, query_y)
     if world.distributed:
         # Each episode's accuracy is non-zero on one rank only, so the sum is exact: the single-process array.
         gathered = torch.from_numpy(accuracies).to(collective_device(), torch.float64)
-        accuracies = all_reduce_sum(gathered, world, f"gathering {ways}-way {shots}-shot accuracies").cpu().numpy()
-    return accuracies[0] if ensemble or not isinstance(model, list) else accuracies
+        accuracies = all_reduce_sum(gathered, world, f"gathering {label} accuracies").cpu().numpy()
+    return {name: accuracies[i] for i, name in enumerate(names)}
+
+
+def _score_embedded(candidate: Candidate, cache: SplitEmbeddings, episodes: list[Episode], mine: list[int],
+                    device: torch.device, score: Any) -> None:
+    """Score a candidate on this rank's episodes from its embed-once cache, a memory-sized chunk at a time."""
+    if cache.dim is None and mine:  # the embedding size (hence the capacity) from the first episode
+        cache.ensure(episodes[mine[0]].indices())
+    distance = candidate.model.learner.scoring_distance
+    for group in _episode_chunks([episodes[e] for e in mine], cache.capacity):
+        cache.ensure(np.concatenate([episodes[mine[g]].indices() for g in group]))
+        for g in group:
+            e = mine[g]
+            episode = episodes[e]
+            support_y = torch.from_numpy(episode.support_labels).to(device)
+            support, query = cache.rows(episode.support), cache.rows(episode.query)
+            # Turned copies (test-time views) are scored one by one and their scores summed, so a
+            # learned or normalised distance sees embeddings of the size it was trained on.
+            logits = sum(prototype_logits(distance, s, support_y, q, episode.ways)
+                         for s, q in zip(support.chunk(cache.copies, dim=1), query.chunk(cache.copies, dim=1)))
+            score(candidate, e, logits, torch.from_numpy(episode.query_labels).to(device))
+
+
+def evaluate_model(model: FewShotModel, split: ClassSplit, ways: int, shots: int, queries: int,
+                   settings: EvaluationSettings | None = None, *, episode_list: list[Episode] | None = None,
+                   embeddings: SplitEmbeddings | None = None, **overrides: Any) -> np.ndarray:
+    """Per-episode nearest-prototype accuracy [episodes] of one model on `ways`-way `shots`-shot episodes
+    of `split` (`score_episodes` with one candidate).
+
+    The episodes are `episode_list`, else `settings.episodes` drawn from `settings.seed`. `overrides` are
+    `EvaluationSettings` fields (e.g. `episodes=200, seed=1, device="cuda"`); `embeddings` shares an
+    embed-once cache across calls. Test-time views need the dataset's declaration: give them through
+    `embeddings` (a `SplitEmbeddings` made with `views`) or use `evaluate_checkpoint`.
+    """
+    settings = EvaluationSettings.of(settings, overrides)
+    if settings.views:
+        raise ValueError("evaluate_model applies no test-time views; pass embeddings=SplitEmbeddings(..., views=...)")
+    chosen = episode_list if episode_list is not None else evaluation_episodes(
+        split, ways, shots, queries, settings.episodes, settings.seed)
+    return score_episodes([Candidate("model", model, split, embeddings)], chosen, settings)["model"]

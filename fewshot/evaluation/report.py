@@ -34,7 +34,8 @@ def format_table(report: dict[str, Any]) -> str:
     if shift := report.get("test_time_shift"):
         lines.insert(1, f"test-time shift averaging: {len(shift['views'])} views (shifts up to {shift['max_shift']} px)")
     if turned := report.get("test_time_turns"):
-        kinds = " and ".join(k for k, on in (("quarter turns", turned["rotations"]), ("mirrored", turned["mirror"])) if on)
+        kinds = " and ".join(k for k, on in (("quarter turns", turned.get("rotations")),
+                                              ("mirrored", turned.get("mirror"))) if on)
         lines.insert(1, f"test-time turned copies: {len(turned['copies'])} ({kinds}), scores summed over the copies")
     compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
     if compared:

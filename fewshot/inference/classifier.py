@@ -2,14 +2,16 @@
 and use the embedding: search a gallery, verify pairs, identify with "unknown", cluster, score anomalies.
 
     from fewshot.api import load
-    model = load("runs/proto/best.pt")
+    model = load("runs/proto/best.pt")               # a TrainedModel
     labels = model.classify(support=["a1.png", "b1.png"], support_labels=["a", "b"], query=["q.png"])
-    index = model.index("gallery/")                  # fewshot.search.Index; index.search(["q.png"], k=5)
+    index = model.index("gallery/")                  # fewshot.inference.index.Index; index.search(["q.png"], k=5)
     decision = model.verify("a.png", "b.png")        # score, same / different at the calibrated threshold
 
 Images go through exactly the preprocessing used to build the training data: the checkpoint's dataset
 declares it (for Omniglot, `fewshot.data.omniglot.preprocess_image`: grayscale, antialiased resize, ink = 1;
-for a user's folder, grayscale or RGB as trained, antialiased resize).
+for a user's folder, grayscale or RGB as trained, antialiased resize). `TrainedModel` is the one place that
+joins the inference wing: streaming, indexing and clustering only see its `Embedder` interface
+(`fewshot.inference.inputs`), and calibration works on its bare `FewShotModel`.
 """
 
 from __future__ import annotations
@@ -18,23 +20,38 @@ import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 import torch
-from PIL import Image
 
-from fewshot.model.checkpoint import file_sha256, model_from_checkpoint
-from fewshot.data import DATASETS
+from fewshot.data.datasets import DatasetSplits
+from fewshot.data.splits import ClassSplit
+from fewshot.evaluation.calibration import (
+    CHECKPOINT_KEY,
+    DEFAULT_FAR,
+    check_calibration,
+    check_far,
+    operating_point,
+    validation_split,
+)
+from fewshot.evaluation.calibration import (
+    calibrate as calibrate_model,
+)
 from fewshot.files import absolute_path
-from fewshot.data.splits import to_float
-from fewshot.learners.base import prototype_logits
+from fewshot.inference.clustering import Clustering, cluster_embeddings
+from fewshot.inference.exact import exact_search
+from fewshot.inference.images import embed_stream
+from fewshot.inference.index import Index, build_index
+from fewshot.inference.inputs import DistanceFn, ImageLike, ModelInput, is_single_image
+from fewshot.learners.base import nearest_prototype, prototype_logits, prototypes
+from fewshot.model.checkpoint import (
+    file_sha256,
+    model_from_checkpoint,
+    weights_fingerprint,
+)
 from fewshot.model.network import FewShotModel
+from fewshot.runtime import resolve_device
 
-if TYPE_CHECKING:
-    from fewshot.inference.clustering import Clustering
-    from fewshot.inference.index import Index
-
-ImageLike = Union[str, Path, Image.Image]
 #: Checkpoint entries that are weights or optimiser state, not metadata (left out of `state_info`).
 _WEIGHT_KEYS = ("model", "optimizer", "scheduler")
 
@@ -68,23 +85,18 @@ class Identification:
     classes: list[Hashable]
 
 
-def preprocessor(dataset: str, image_size: int, channels: int | None = None):
-    """The function that turns one raw image into the uint8 tensor a dataset's model was trained on,
-    as the dataset's declaration gives it."""
-    info = DATASETS.get_or_raise(dataset)
-    channels = info.channels if channels is None else channels
-    return lambda image: info.preprocess(image, image_size, channels)
-
-
-class FewShotClassifier:
-    """A trained model with its preprocessing: embed images and classify queries by nearest prototype."""
+class TrainedModel:
+    """A trained `FewShotModel` with its preprocessing and device: embed raw images, classify queries by nearest
+    prototype, and use the embedding (search, verify, identify, cluster, score anomalies). It implements
+    `fewshot.inference.inputs.Embedder`. (Called `FewShotClassifier` before; `fewshot.api` keeps that name.)"""
 
     def __init__(self, model: FewShotModel, dataset: str, device: str | torch.device = "cpu", *,
                  checkpoint: str | Path | None = None, state: dict[str, Any] | None = None) -> None:
-        self.device = check_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.dataset = dataset
-        self._preprocess = preprocessor(dataset, model.spec.image_size, model.spec.in_channels)
+        #: How raw images become this model's input (the dataset's own preprocessing, and tensor checks).
+        self.input = ModelInput.for_dataset(dataset, model.spec.image_size, model.spec.in_channels)
         # Absolute: an index records it, to find the checkpoint again from another directory.
         self.checkpoint = None if checkpoint is None else absolute_path(checkpoint)
         self.checkpoint_sha256 = None if checkpoint is None else file_sha256(checkpoint)
@@ -96,59 +108,26 @@ class FewShotClassifier:
     @property
     def expected_input(self) -> str:
         """The tensor input this model takes, in words (for error messages)."""
-        side, channels = self.model.spec.image_size, self.model.spec.in_channels
-        shapes = f"[n,{side},{side}] or [n,1,{side},{side}]" if channels == 1 else f"[n,{channels},{side},{side}]"
-        return (f"{shapes} images ({channels} channel(s), {side}x{side} px, prepared like its {self.dataset} "
-                "training data): uint8 in 0..255 or float in 0..1")
-
-    def _check_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """The float32 [n,C,H,W] model input of a preprocessed tensor, after checking it fits the model."""
-        side, channels = self.model.spec.image_size, self.model.spec.in_channels
-        expected = self.expected_input
-        if images.dtype != torch.uint8 and not images.is_floating_point():
-            raise TypeError(f"images are a {images.dtype} tensor; this model takes {expected}")
-        if images.dim() == 3 and channels == 1:
-            images = images.unsqueeze(1)
-        if images.dim() != 4 or tuple(images.shape[1:]) != (channels, side, side):
-            raise ValueError(f"images have shape {list(images.shape)}; this model takes {expected}")
-        if len(images) == 0:
-            raise ValueError("no images given")
-        if images.dtype == torch.uint8:
-            return to_float(images)
-        images = images.detach().cpu()
-        if not bool(torch.isfinite(images).all()):
-            raise ValueError(f"images hold NaN or inf values; this model takes {expected}")
-        low, high = float(images.min()), float(images.max())
-        if low < 0.0 or high > 1.0:
-            hint = " (0..255 values: divide by 255, or pass a uint8 tensor)" if high > 1.0 else ""
-            raise ValueError(f"float images have values in {low:g}..{high:g}, outside 0..1{hint}; this model takes "
-                             f"{expected}")
-        return images.float()
+        return self.input.expected
 
     def images_to_tensor(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
         """Float [n,C,H,W] model input from image paths / PIL images, or from an already preprocessed tensor
         (uint8 in 0..255 or float in 0..1, of the model's channels and image size: checked)."""
-        if isinstance(images, torch.Tensor):
-            return self._check_tensor(images)
-        if isinstance(images, (str, Path, Image.Image)):
-            raise TypeError("pass a list of images, not a single image")
-        if not isinstance(images, Sequence):
-            raise TypeError(f"images must be a list of image paths or PIL images, or a tensor; got {type(images).__name__}")
-        if len(images) == 0:
-            raise ValueError("no images given")
-        for position, image in enumerate(images):
-            if not isinstance(image, (str, Path, Image.Image)):
-                raise TypeError(f"image {position} is a {type(image).__name__}; a list holds image paths or PIL images "
-                                "(pass preprocessed pixels as one tensor)")
-        return to_float(torch.stack([self._preprocess(image) for image in images]))
+        return self.input.to_tensor(images)
+
+    @property
+    def distance(self) -> DistanceFn:
+        """The model's scoring distance (the one its nearest-prototype logits use)."""
+        return self.model.learner.scoring_distance
 
     @torch.no_grad()
-    def _embed_on_device(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def embed_input(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Embeddings [n, d] (on the model's device) of model input [n, C, H, W], `batch_size` at a time."""
         return torch.cat([self.model.embed(x[i:i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)])
 
     def embed(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
         """Embeddings [n, d] of raw images (on the CPU)."""
-        return self._embed_on_device(self.images_to_tensor(images)).cpu()
+        return self.embed_input(self.images_to_tensor(images)).cpu()
 
     @torch.no_grad()
     def predict_proba(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],
@@ -161,9 +140,9 @@ class FewShotClassifier:
         index = {label: i for i, label in enumerate(classes)}
         support_y = torch.tensor([index[label] for label in support_labels])
         # Embed support and query in one pass, as in training and evaluation.
-        embeddings = self._embed_on_device(torch.cat([support_x, self.images_to_tensor(query)]))
+        embeddings = self.embed_input(torch.cat([support_x, self.images_to_tensor(query)]))
         support_e, query_e = embeddings[: len(support_y)], embeddings[len(support_y):]
-        logits = prototype_logits(self.model.learner.scoring_distance, support_e, support_y.to(self.device), query_e, len(classes))
+        logits = prototype_logits(self.distance, support_e, support_y.to(self.device), query_e, len(classes))
         return logits.softmax(dim=1).cpu(), classes
 
     def classify(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],
@@ -176,49 +155,58 @@ class FewShotClassifier:
 
     @property
     def weights_sha256(self) -> str:
-        """Fingerprint of the architecture and weights (what an index is tied to; see `fewshot.search`)."""
+        """Fingerprint of the architecture and weights (what an index and a calibration are tied to)."""
         if self._weights_sha256 is None:
-            from fewshot.inference.index import weights_fingerprint
-
             self._weights_sha256 = weights_fingerprint(self.model)
         return self._weights_sha256
 
     def _embed_any(self, images: Any, labels: Sequence[Hashable] | None = None, batch_size: int = 256,
                    progress: bool = False) -> tuple[torch.Tensor, list[str], list[Hashable] | None]:
         """Embeddings of a folder, a list / iterable of images or a preprocessed tensor, streamed in batches."""
-        from fewshot.inference.images import embed_stream
-
         embeddings, items, labels, _ = embed_stream(self, images, labels, batch_size=batch_size, progress=progress)
         return embeddings, items, labels
 
     def index(self, images_or_folder: Any, labels: Sequence[Hashable] | None = None, *, batch_size: int = 256,
               progress: bool = True, skip_unreadable: bool = False, ann: str | None = None,
-              **ann_settings: Any) -> "Index":
-        """Embed a gallery and index it for search in this model's metric (`fewshot.search.Index`).
+              **ann_settings: Any) -> Index:
+        """Embed a gallery and index it for search in this model's metric (`fewshot.inference.index.Index`).
 
         `images_or_folder`: a folder (labels: the class folders, if images sit in them), a list or any iterable
         of image paths / PIL images (with optional `labels`), or a preprocessed tensor. Streamed: one batch of
         `batch_size` images in memory at a time. Unreadable files are named together at the end (an error, or
         left out with a warning if `skip_unreadable`). `ann` "ivf" / "hnsw" adds a faiss structure (settings:
-        `fewshot.search.AnnSettings`) and measures its recall@10 against exact search.
+        `fewshot.inference.ann.AnnSettings`) and measures its recall@10 against exact search.
         """
-        from fewshot.inference.index import build_index
-
         return build_index(self, images_or_folder, labels, batch_size=batch_size, progress=progress,
                            skip_unreadable=skip_unreadable, ann=ann, **ann_settings)
 
-    def load_index(self, path: str | Path) -> "Index":
+    def load_index(self, path: str | Path) -> Index:
         """An index saved by `Index.save`, refused if another checkpoint built it."""
-        from fewshot.inference.index import Index
-
         return Index.load(path, self)
 
-    def calibrate(self, val_split: Any = None, far: float | None = None, **options: Any) -> dict[str, Any]:
-        """Choose (and use from now on) the verification and open-set thresholds on validation classes at `far`
-        (`fewshot.verification.calibrate`; default: this checkpoint's own validation classes, FAR 0.01)."""
-        from fewshot.evaluation.calibration import DEFAULT_FAR, calibrate
+    def validation_split(self) -> ClassSplit:
+        """The validation classes of the checkpoint this model was loaded from, prepared as it was trained."""
+        if self.state_info is None:
+            raise ValueError("this model was not loaded from a checkpoint, so its validation classes are unknown; pass "
+                             "val_split= (a ClassSplit of classes it was not trained on)")
+        return validation_split(self.state_info, self.model.spec.image_size)
 
-        self._calibration = calibrate(self, val_split, DEFAULT_FAR if far is None else far, **options)
+    def compute_calibration(self, val_split: ClassSplit | DatasetSplits | None = None, far: float | None = None,
+                            **options: Any) -> dict[str, Any]:
+        """The verification and open-set thresholds at `far` on validation classes (default: this checkpoint's
+        own, FAR 0.01), without adopting them (`fewshot.evaluation.calibration.calibrate` on the bare model)."""
+        far = check_far(DEFAULT_FAR if far is None else far)
+        if val_split is None:
+            split, dataset = self.validation_split(), self.dataset
+        else:
+            split, dataset = val_split, "given"
+        return calibrate_model(self.model, split, far, device=self.device, dataset=dataset, **options)
+
+    def calibrate(self, val_split: ClassSplit | DatasetSplits | None = None, far: float | None = None,
+                  **options: Any) -> dict[str, Any]:
+        """Choose (and use from now on) the verification and open-set thresholds on validation classes at `far`
+        (`compute_calibration`; default: this checkpoint's own validation classes, FAR 0.01)."""
+        self._calibration = self.compute_calibration(val_split, far, **options)
         return self._calibration
 
     @property
@@ -227,8 +215,6 @@ class FewShotClassifier:
         with these weights, else chosen now on the checkpoint's validation classes (once, with a warning)."""
         if self._calibration is not None:
             return self._calibration
-        from fewshot.evaluation.calibration import CHECKPOINT_KEY, DEFAULT_FAR, check_calibration
-
         stored = (self.state_info or {}).get(CHECKPOINT_KEY)
         where = f"checkpoint {self.checkpoint}"
         if stored is not None:
@@ -243,11 +229,11 @@ class FewShotClassifier:
         else:
             reason = f"{where} stores no verification threshold"
         warnings.warn(f"{reason}; choosing one now on its validation classes at FAR {DEFAULT_FAR:g} (once per load; "
-                      "fewshot.verification.calibrate_checkpoint stores it in the checkpoint)", stacklevel=3)
+                      "fewshot.api.calibrate_checkpoint stores it in the checkpoint)", stacklevel=3)
         return self.calibrate()
 
     def _pair_distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        distance = self.model.learner.scoring_distance
+        distance = self.distance
         with torch.no_grad():
             # The diagonal of blocks: a distance is defined on [n, d] x [m, d], and pairs are rows of both.
             return torch.cat([distance(a[i:i + 512].to(self.device), b[i:i + 512].to(self.device)).diagonal().float().cpu()
@@ -257,12 +243,10 @@ class FewShotClassifier:
         """Whether images `a` and `b` show the same class: the score (-distance in the model's metric) and the
         decision at the threshold chosen on validation classes (stored in the checkpoint), or at another false
         accept rate `far`. One image each gives floats and a bool; two lists (or tensors) of n give tensors [n]."""
-        from fewshot.evaluation.calibration import operating_point
-
-        single = isinstance(a, (str, Path, Image.Image)) and isinstance(b, (str, Path, Image.Image))
+        single = is_single_image(a) and is_single_image(b)
         if single:
             a, b = [a], [b]
-        elif isinstance(a, (str, Path, Image.Image)) or isinstance(b, (str, Path, Image.Image)):
+        elif is_single_image(a) or is_single_image(b):
             raise TypeError("verify takes two images, or two lists of images of one length (pairs a[i], b[i])")
         point = operating_point(self.calibration, "pair", far)  # first: a missing calibration fails before any work
         first, _, _ = self._embed_any(a)
@@ -277,17 +261,13 @@ class FewShotClassifier:
                                 point["far_measured"], point["tar"])
         return Verification(scores, distances, same, point["threshold"], point["far"], point["far_measured"], point["tar"])
 
-    def _check_own_index(self, index: "Index") -> None:
+    def _check_own_index(self, index: Index) -> None:
         if index.meta.get("weights_sha256") != self.weights_sha256:
             raise ValueError(f"this index was built by another checkpoint ({index.meta.get('checkpoint')}); its "
                              "embeddings are not comparable with this model's: rebuild it with this model")
 
     def _prototypes(self, support: Any, support_labels: Sequence[Hashable] | None) -> tuple[torch.Tensor, list[Hashable]]:
         """Class means of the support (an Index with labels, a labelled folder, or images with labels)."""
-        from fewshot.inference.index import Index
-
-        from fewshot.learners.base import prototypes
-
         if isinstance(support, Index):
             if support_labels is not None:
                 raise ValueError("an index brings its own labels; pass support_labels=None")
@@ -305,17 +285,6 @@ class FewShotClassifier:
         targets = torch.tensor([position[label] for label in labels])
         return prototypes(embeddings, targets, len(classes)), classes
 
-    def _nearest_prototype(self, centres: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distance = self.model.learner.scoring_distance
-        best, which = [], []
-        with torch.no_grad():
-            centres = centres.to(self.device)
-            for start in range(0, len(queries), 4096):
-                d, i = distance(queries[start:start + 4096].to(self.device), centres).min(dim=1)
-                best.append(d.float().cpu())
-                which.append(i.cpu())
-        return torch.cat(best), torch.cat(which)
-
     def identify(self, support: Any, support_labels: Sequence[Hashable] | None, query: Any, *, far: float | None = None,
                  max_distance: float | None = None, unknown: Hashable = "unknown") -> Identification:
         """Open-set identification: each query's nearest class prototype (support: images with labels, a folder
@@ -325,8 +294,6 @@ class FewShotClassifier:
         The threshold was calibrated with the number of support images per class and of known classes in the
         calibration (see `calibration["open_set"]`); far from those, the false accept rate of unknowns moves.
         """
-        from fewshot.evaluation.calibration import operating_point
-
         if max_distance is not None and far is not None:
             raise ValueError("give far= or max_distance=, not both")
         if max_distance is None:
@@ -337,7 +304,7 @@ class FewShotClassifier:
             raise ValueError(f"{unknown!r} is one of the support labels; pass unknown= another value for the answer "
                              "'none of these classes'")
         queries, _, _ = self._embed_any(query)
-        distances, nearest = self._nearest_prototype(centres, queries)
+        distances, nearest = nearest_prototype(self.distance, queries, centres.to(self.device))
         accepted = distances <= max_distance
         nearest_labels = [classes[i] for i in nearest.tolist()]
         labels = [label if ok else unknown for label, ok in zip(nearest_labels, accepted.tolist())]
@@ -348,9 +315,6 @@ class FewShotClassifier:
         """Distance [q] of each query to the nearest class prototype (rule "prototype": the reference has labels)
         or the nearest reference item (rule "item"); larger means less like the reference. The default rule is
         "prototype" when the reference has labels (given, from class folders, or an index's), else "item"."""
-        from fewshot.inference.index import Index
-        from fewshot.inference.exact import exact_search
-
         if rule not in (None, "prototype", "item"):
             raise ValueError(f"unknown anomaly rule {rule!r}; expected 'prototype' or 'item'")
         queries, _, _ = self._embed_any(query)
@@ -367,75 +331,45 @@ class FewShotClassifier:
                 raise ValueError("rule 'prototype' needs labels for the reference images")
             classes = list(dict.fromkeys(known))
             position = {label: i for i, label in enumerate(classes)}
-            from fewshot.learners.base import prototypes
-
             centres = prototypes(embeddings, torch.tensor([position[label] for label in known]), len(classes))
-            return self._nearest_prototype(centres, queries)[0]
-        return exact_search(self.model.learner.scoring_distance, queries, embeddings.to(self.device), 1)[0][:, 0]
+            return nearest_prototype(self.distance, queries, centres.to(self.device))[0]
+        return exact_search(self.distance, queries, embeddings.to(self.device), 1)[0][:, 0]
 
     def cluster(self, images: Any, n_clusters: int | None = None, *, method: str = "kmeans",
-                max_clusters: int | None = None, seed: int = 0) -> "Clustering":
-        """Cluster images by their embeddings in this model's metric (`fewshot.clustering.cluster_embeddings`:
+                max_clusters: int | None = None, seed: int = 0) -> Clustering:
+        """Cluster images by their embeddings in this model's metric (`fewshot.inference.clustering.cluster_embeddings`:
         k-means or agglomerative; without `n_clusters`, the number with the best silhouette in 2..max_clusters)."""
-        from fewshot.inference.clustering import cluster_embeddings
-
         embeddings, items, _ = self._embed_any(images)
-        result = cluster_embeddings(embeddings, self.model.learner.scoring_distance, n_clusters, method=method,
+        result = cluster_embeddings(embeddings, self.distance, n_clusters, method=method,
                                     max_clusters=max_clusters, seed=seed)
         result.items = items
         return result
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device, refused with a clear message when it is not a valid name or not present here."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} asked for CUDA, but torch sees no CUDA device here; use device='cpu'")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"numbered from 0")
-    return resolved
+def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a checkpoint written by `fewshot.train` (weights-only unpickling) as a `TrainedModel`.
 
-
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> FewShotClassifier:
-    """Load a checkpoint written by `fewshot.train` (weights-only unpickling) as a classifier.
-
-    The device is checked first; a checkpoint with non-finite weights is refused (`model_from_checkpoint`).
+    The device is checked first (`fewshot.runtime.resolve_device`: "auto" picks CUDA when present); a checkpoint
+    with non-finite weights is refused (`model_from_checkpoint`).
     """
-    device = check_device(device)
+    device = resolve_device(device)
     model, state = model_from_checkpoint(checkpoint, device)
-    return FewShotClassifier(model, state.get("dataset", "omniglot"), device, checkpoint=checkpoint, state=state)
+    return TrainedModel(model, state.get("dataset", "omniglot"), device, checkpoint=checkpoint, state=state)
 
 
-def calibrate(checkpoint_or_model: Any, val_split: Any = None, far: float | None = None, *,
+def calibrate(checkpoint_or_model: str | Path | TrainedModel | FewShotModel,
+              val_split: ClassSplit | DatasetSplits | None = None, far: float | None = None, *,
               device: str | torch.device | None = None, **options: Any) -> dict[str, Any]:
-    """`fewshot.verification.calibrate` for a checkpoint path, a loaded classifier or a bare `FewShotModel`
-    (taken as an Omniglot model): the verification and open-set thresholds at `far` on validation classes."""
-    from fewshot.evaluation.calibration import DEFAULT_FAR
-    from fewshot.evaluation.calibration import calibrate as calibrate_classifier
-
-    if isinstance(checkpoint_or_model, FewShotClassifier):
-        classifier = checkpoint_or_model
+    """The verification and open-set thresholds at `far` on validation classes, for a checkpoint path, a loaded
+    `TrainedModel` or a bare `FewShotModel` (taken as an Omniglot model); the model does not adopt them
+    (`TrainedModel.calibrate` does; `fewshot.evaluation.calibration.calibrate_checkpoint` stores them)."""
+    if isinstance(checkpoint_or_model, TrainedModel):
+        trained = checkpoint_or_model
     elif isinstance(checkpoint_or_model, (str, Path)):
-        classifier = load(checkpoint_or_model, device or "cpu")
+        trained = load(checkpoint_or_model, device or "cpu")
     elif isinstance(checkpoint_or_model, FewShotModel):
-        classifier = FewShotClassifier(checkpoint_or_model, "omniglot", device or "cpu")
+        trained = TrainedModel(checkpoint_or_model, "omniglot", device or "cpu")
     else:
-        raise TypeError(f"calibrate takes a checkpoint path, a FewShotClassifier or a FewShotModel; got "
+        raise TypeError(f"calibrate takes a checkpoint path, a TrainedModel or a FewShotModel; got "
                         f"{type(checkpoint_or_model).__name__}")
-    return calibrate_classifier(classifier, val_split, DEFAULT_FAR if far is None else far, **options)
-
-
-def calibrate_checkpoint(checkpoint: str | Path, val_split: Any = None, far: float | None = None,
-                         **options: Any) -> dict[str, Any]:
-    """Calibrate a checkpoint on its validation classes (or `val_split`) and store the result in it: the call
-    made at the end of training, so that `load(...).verify` needs no calibration at first use."""
-    from fewshot.evaluation.calibration import store_calibration
-
-    calibration = calibrate(checkpoint, val_split, far, **options)
-    store_calibration(checkpoint, calibration)
-    return calibration
+    return trained.compute_calibration(val_split, far, **options)

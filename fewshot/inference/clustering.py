@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from fewshot.inference.geometry import metric_space
 from torch import Tensor
+
+from fewshot.distances import metric_space
 
 CLUSTER_METHODS = ("kmeans", "agglomerative")
 #: Largest number of clusters tried when estimating it (pass max_clusters for more).

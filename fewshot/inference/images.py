@@ -1,4 +1,7 @@
-"""Streaming images into a trained model: a folder walked once, files decoded a batch at a time."""
+"""Streaming images into a trained model: a folder walked once, files decoded a batch at a time.
+
+Works on any `fewshot.inference.inputs.Embedder` (a loaded `TrainedModel`): its `input` turns images into model
+input, its `embed_input` embeds them."""
 
 from __future__ import annotations
 
@@ -6,16 +9,14 @@ import os
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from fewshot.data.images import IMAGE_EXTENSIONS, is_os_artifact
-
-ImageLike = Union[str, Path, Image.Image]
+from fewshot.data.images import IMAGE_EXTENSIONS, is_image_name, is_os_artifact
+from fewshot.inference.inputs import Embedder, ModelInput, is_single_image
 
 
 def folder_images(root: str | Path) -> tuple[list[Path], list[str] | None]:
@@ -32,7 +33,7 @@ def folder_images(root: str | Path) -> tuple[list[Path], list[str] | None]:
             if is_os_artifact(name):
                 continue
             path = Path(folder) / name
-            (images if path.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(path)
+            (images if is_image_name(path) else skipped).append(path)
     images.sort(key=lambda path: path.relative_to(root).as_posix())
     if skipped:
         shown = ", ".join(str(path) for path in skipped[:3])
@@ -62,11 +63,11 @@ class ImageStream:
     batches of model input, a batch in memory at a time. Unreadable files are collected, not fatal on
     the first: `failures` names them all after the stream is consumed."""
 
-    def __init__(self, classifier: "FewShotClassifier", images: Any, labels: Sequence[Hashable] | None,
+    def __init__(self, model_input: ModelInput, images: Any, labels: Sequence[Hashable] | None,
                  batch_size: int) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.classifier, self.batch_size = classifier, batch_size
+        self.input, self.batch_size = model_input, batch_size
         self.failures: list[tuple[str, str]] = []
         self.source = "images"
         if isinstance(images, (str, Path)) and Path(images).expanduser().is_dir():
@@ -77,7 +78,7 @@ class ImageStream:
             images, labels = folder_images(images)
         elif isinstance(images, (str, Path)) and not Path(images).expanduser().exists():
             raise FileNotFoundError(f"{images} does not exist (expected a folder of images, or pass a list of images)")
-        elif isinstance(images, (str, Path, Image.Image)):
+        elif is_single_image(images):
             raise TypeError(f"pass a folder or a list of images, not a single image ({images!r} is not a folder)")
         elif not isinstance(images, (torch.Tensor, Iterable)):
             raise TypeError(f"images must be a folder, a list of image paths / PIL images, or a tensor; got "
@@ -94,22 +95,20 @@ class ImageStream:
         """(float input [b, C, H, W], item names, labels or None) per batch of readable images."""
         if isinstance(self.images, torch.Tensor):
             for start in range(0, len(self.images), self.batch_size):
-                x = self.classifier.images_to_tensor(self.images[start:start + self.batch_size])
+                x = self.input.to_tensor(self.images[start:start + self.batch_size])
                 names = [f"#{i}" for i in range(start, start + len(x))]
                 yield x, names, None if self.labels is None else self.labels[start:start + len(x)]
             return
         pending: list[tuple[Tensor, str, Hashable]] = []
         position = -1
         for position, image in enumerate(self.images):
-            if not isinstance(image, (str, Path, Image.Image)):
-                raise TypeError(f"image {position} is a {type(image).__name__}; a list holds image paths or PIL "
-                                "images (pass preprocessed pixels as one tensor)")
+            self.input.check_image(image, position)
             if self.labels is not None and position >= len(self.labels):
                 raise ValueError(f"got more images than the {len(self.labels)} labels")
             name = _describe_item(image, position)
             label = None if self.labels is None else self.labels[position]
             try:
-                pixels = self.classifier._preprocess(image)
+                pixels = self.input.preprocess(image)
             except Exception as error:  # a damaged file can make PIL raise anything: name the file instead
                 self.failures.append((name, str(error)))
                 continue
@@ -123,9 +122,7 @@ class ImageStream:
             yield self._batch(pending)
 
     def _batch(self, pending: list[tuple[Tensor, str, Hashable]]) -> tuple[Tensor, list[str], list[Hashable] | None]:
-        from fewshot.data.splits import to_float
-
-        x = to_float(torch.stack([pixels for pixels, _, _ in pending]))
+        x = self.input.stack([pixels for pixels, _, _ in pending])
         return x, [name for _, name, _ in pending], None if self.labels is None else [label for _, _, label in pending]
 
     def failure_message(self) -> str:
@@ -135,20 +132,20 @@ class ImageStream:
 
 
 @torch.no_grad()
-def embed_stream(classifier: "FewShotClassifier", images: Any, labels: Sequence[Hashable] | None = None, *,
+def embed_stream(embedder: Embedder, images: Any, labels: Sequence[Hashable] | None = None, *,
                  batch_size: int = 256, progress: bool = True, skip_unreadable: bool | None = None,
                  what: str = "embedding") -> tuple[Tensor, list[str], list[Hashable] | None, str]:
     """Embeddings [n, d] (CPU float32), item names, labels and a description of the source, streamed: one
     batch of images in memory at a time. Unreadable files are named together at the end (an error, or a
     warning with `skip_unreadable`; None: an error that does not offer skipping, for callers without that option)."""
-    stream = ImageStream(classifier, images, labels, batch_size)
+    stream = ImageStream(embedder.input, images, labels, batch_size)
     chunks: list[Tensor] = []
     names: list[str] = []
     kept_labels: list[Hashable] = []
     counted_failures = 0
     with tqdm(total=stream.total, desc=what, unit="img", disable=not progress, leave=False) as bar:
         for x, batch_names, batch_labels in stream.batches():
-            chunks.append(classifier.model.embed(x.to(classifier.device)).float().cpu())
+            chunks.append(embedder.embed_input(x, batch_size=len(x)).float().cpu())
             names.extend(batch_names)
             if batch_labels is not None:
                 kept_labels.extend(batch_labels)

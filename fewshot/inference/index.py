@@ -8,13 +8,13 @@ when faiss is installed), saved weights-only and tied to the weights that built 
     index.save("gallery.index")
     index = model.load_index("gallery.index")       # refused if another checkpoint built it
 
-The command line is `python -m fewshot.search build|query|verify|calibrate` (`fewshot.cli.search`).
+The command line is `python -m fewshot.search build|query|verify|calibrate` (`fewshot.cli.search`). An index works
+with any `fewshot.inference.inputs.Embedder` (a loaded `TrainedModel`); faiss structures are the back-ends of
+`fewshot.inference.ann.ANN_BACKENDS`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -26,16 +26,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fewshot.distances import metric_space
 from fewshot.files import atomic_write, load_error_reason
 from fewshot.inference.ann import (
+    ANN_BACKENDS,
     AnnSettings,
+    ann_backend,
     build_faiss,
     faiss_available,
     import_faiss,
 )
 from fewshot.inference.exact import exact_search, recall_against_exact
-from fewshot.inference.geometry import metric_space
 from fewshot.inference.images import embed_stream
+from fewshot.inference.inputs import Embedder
 
 INDEX_FORMAT = "fewshot-index"
 INDEX_VERSION = 1
@@ -43,17 +46,6 @@ INDEX_VERSION = 1
 #: Gallery items sampled as queries to measure an approximate index's recall against exact search.
 RECALL_SAMPLE = 1000
 RECALL_K = 10
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's architecture and weights: equal exactly when two models embed alike. Unlike a
-    checkpoint file's hash, it stays the same when metadata is added to the file (a stored threshold)."""
-    digest = hashlib.sha256(json.dumps(getattr(model, "spec").to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _short(sha: str | None) -> str:
@@ -87,7 +79,7 @@ class Index:
     galleries and measures its recall@10 against exact search on sampled gallery items (`ann_recall`).
     """
 
-    def __init__(self, classifier: "FewShotClassifier", embeddings: Tensor, items: Sequence[str],
+    def __init__(self, embedder: Embedder, embeddings: Tensor, items: Sequence[str],
                  labels: Sequence[Hashable] | None = None, source: str = "", meta: dict[str, Any] | None = None) -> None:
         embeddings = torch.as_tensor(embeddings).detach().float().cpu()
         if embeddings.dim() != 2 or len(embeddings) == 0:
@@ -96,15 +88,15 @@ class Index:
         if len(items) != len(embeddings) or (labels is not None and len(labels) != len(embeddings)):
             raise ValueError(f"got {len(embeddings)} embeddings, {len(items)} item names and "
                              f"{'no' if labels is None else len(labels)} labels")
-        self.classifier = classifier
+        self.embedder = embedder
         self.embeddings = embeddings.contiguous()
         self.items = list(items)
         self.labels = None if labels is None else list(labels)
         self.source = source
         self.meta = dict(meta or {})
-        self.meta.setdefault("weights_sha256", classifier.weights_sha256)
-        self.meta.setdefault("checkpoint", None if classifier.checkpoint is None else str(classifier.checkpoint))
-        self.meta.setdefault("checkpoint_sha256", classifier.checkpoint_sha256)
+        self.meta.setdefault("weights_sha256", embedder.weights_sha256)
+        self.meta.setdefault("checkpoint", None if embedder.checkpoint is None else str(embedder.checkpoint))
+        self.meta.setdefault("checkpoint_sha256", embedder.checkpoint_sha256)
         self.ann_settings: AnnSettings | None = None
         self.ann_recall: dict[str, Any] | None = None
         self.ann_build_seconds: float | None = None
@@ -123,14 +115,14 @@ class Index:
     @property
     def distance(self) -> Callable[[Tensor, Tensor], Tensor]:
         """The model's scoring distance (the one its nearest-prototype logits use)."""
-        return self.classifier.model.learner.scoring_distance
+        return self.embedder.distance
 
     def __repr__(self) -> str:
         kind = "exact" if self.ann_settings is None else f"faiss {self.ann_settings.kind}"
         return f"Index({len(self)} items, dim {self.dim}, {kind}, labels={'yes' if self.labels else 'no'})"
 
     def _gallery(self) -> Tensor:
-        device = self.classifier.device
+        device = self.embedder.device
         if device.type == "cpu":
             return self.embeddings
         if self._on_device is None:
@@ -194,25 +186,24 @@ class Index:
         """Change the recall/speed setting of the approximate structure (then `measure_recall` again)."""
         if self._faiss is None or self.ann_settings is None:
             raise ValueError("this index has no approximate structure to tune")
-        if nprobe is not None:
-            if self.ann_settings.kind != "ivf":
-                raise ValueError("nprobe applies to an IVF index; an HNSW index takes ef_search")
-            self.ann_settings.nprobe = int(nprobe)
-            self._faiss.nprobe = min(int(nprobe), self._faiss.nlist)
-        if ef_search is not None:
-            if self.ann_settings.kind != "hnsw":
-                raise ValueError("ef_search applies to an HNSW index; an IVF index takes nprobe")
-            self.ann_settings.ef_search = int(ef_search)
-            self._faiss.hnsw.efSearch = int(ef_search)
+        backend = ann_backend(self.ann_settings.kind)
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is None:
+                continue
+            if name != backend.search_parameter:
+                owner = next(ANN_BACKENDS[kind] for kind in ANN_BACKENDS if ANN_BACKENDS[kind].search_parameter == name)
+                raise ValueError(f"{name} applies to an {owner.title} index; an {backend.title} index takes "
+                                 f"{backend.search_parameter}")
+            setattr(self.ann_settings, name, int(value))
+            backend.set_search_parameter(self._faiss, int(value))
         self.ann_settings.__post_init__()
 
     def _ann_search(self, queries: Tensor, k: int, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
         space = metric_space(self.distance)
         extra = 1 if exclude is not None else 0
-        if self.ann_settings.kind == "hnsw":
-            self._faiss.hnsw.efSearch = max(self.ann_settings.ef_search, k + extra)
+        ann_backend(self.ann_settings.kind).before_search(self._faiss, self.ann_settings, k + extra)
         with torch.no_grad():
-            vectors = np.ascontiguousarray(space.transform(queries.to(self.classifier.device)).float().cpu().numpy())
+            vectors = np.ascontiguousarray(space.transform(queries.to(self.embedder.device)).float().cpu().numpy())
         raw, found = self._faiss.search(vectors, k + extra)
         raw, found = torch.from_numpy(raw).float(), torch.from_numpy(found).long()
         if exclude is not None:  # drop each query's own row (or the last column if it was not found)
@@ -251,7 +242,7 @@ class Index:
         """The k nearest gallery items of each query image (paths, PIL images, a folder or a preprocessed tensor),
         nearest first, with distances in the model's metric."""
         k = self._check_k(k)
-        embeddings, names, _, _ = embed_stream(self.classifier, queries, batch_size=batch_size, progress=progress,
+        embeddings, names, _, _ = embed_stream(self.embedder, queries, batch_size=batch_size, progress=progress,
                                                what="queries")
         distances, indices = self.search_embeddings(embeddings, k, exact=exact)
         items = [[self.items[i] for i in row] for row in indices.tolist()]
@@ -260,7 +251,7 @@ class Index:
 
     def anomaly_scores(self, queries: Any, *, exact: bool = True, batch_size: int = 256) -> Tensor:
         """Distance of each query to its nearest gallery item (larger: more unlike anything in the gallery)."""
-        embeddings, _, _, _ = embed_stream(self.classifier, queries, batch_size=batch_size, progress=False,
+        embeddings, _, _, _ = embed_stream(self.embedder, queries, batch_size=batch_size, progress=False,
                                            what="queries")
         return self.search_embeddings(embeddings, 1, exact=exact)[0][:, 0]
 
@@ -307,19 +298,19 @@ class Index:
         return state
 
     @classmethod
-    def load(cls, path: str | Path, classifier: "FewShotClassifier", state: dict[str, Any] | None = None) -> "Index":
-        """Read an index written by `save` for `classifier` (or use its already read `state`), refusing one built
-        by another checkpoint: its embeddings would not be comparable with this model's."""
+    def load(cls, path: str | Path, embedder: Embedder, state: dict[str, Any] | None = None) -> Index:
+        """Read an index written by `save` for `embedder` (a loaded model; or use its already read `state`),
+        refusing one built by another checkpoint: its embeddings would not be comparable with this model's."""
         state = cls.read_state(path) if state is None else state
         meta = state["meta"]
-        if meta.get("weights_sha256") != classifier.weights_sha256:
+        if meta.get("weights_sha256") != embedder.weights_sha256:
             raise ValueError(
                 f"index {path} was built by another checkpoint ({meta.get('checkpoint')}, sha256 "
                 f"{_short(meta.get('checkpoint_sha256'))}, weights {_short(meta.get('weights_sha256'))}); this model is "
-                f"{classifier.checkpoint} (sha256 {_short(classifier.checkpoint_sha256)}, weights "
-                f"{_short(classifier.weights_sha256)}). Embeddings of different weights are not comparable: rebuild "
+                f"{embedder.checkpoint} (sha256 {_short(embedder.checkpoint_sha256)}, weights "
+                f"{_short(embedder.weights_sha256)}). Embeddings of different weights are not comparable: rebuild "
                 "the index with this model, or load the checkpoint that built it")
-        index = cls(classifier, state["embeddings"], state["items"], state["labels"], state.get("source", ""), meta)
+        index = cls(embedder, state["embeddings"], state["items"], state["labels"], state.get("source", ""), meta)
         ann = state.get("ann")
         if ann is not None:
             index.ann_settings = AnnSettings(**ann["settings"])
@@ -333,14 +324,14 @@ class Index:
         return index
 
 
-def build_index(classifier: "FewShotClassifier", images: Any, labels: Sequence[Hashable] | None = None, *,
+def build_index(embedder: Embedder, images: Any, labels: Sequence[Hashable] | None = None, *,
                 batch_size: int = 256, progress: bool = True, skip_unreadable: bool = False, ann: str | None = None,
                 **ann_settings: Any) -> Index:
     """Embed a gallery (streamed) and index it; `ann` "ivf" / "hnsw" adds a faiss structure (see `Index.build_ann`)."""
-    embeddings, items, labels, source = embed_stream(classifier, images, labels, batch_size=batch_size,
+    embeddings, items, labels, source = embed_stream(embedder, images, labels, batch_size=batch_size,
                                                      progress=progress, skip_unreadable=skip_unreadable,
                                                      what="indexing")
-    index = Index(classifier, embeddings, items, labels, source)
+    index = Index(embedder, embeddings, items, labels, source)
     if ann is not None:
         index.build_ann(ann, **ann_settings)
     elif ann_settings:

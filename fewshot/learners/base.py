@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fewshot.distances import DISTANCES, SQRT_EPS, build_distance
+from fewshot.distances import DISTANCES, SQRT_EPS, MetricSpace, build_distance, describe_distance, metric_space
 from fewshot.registry import Registry
 
 #: Learners by name. Constructors may take ``distance`` (an ``nn.Module`` built from the distance
@@ -78,6 +78,23 @@ def prototype_logits(
 ) -> torch.Tensor:
     """``[n_query, ways]`` logits ``-distance(query, prototypes)``."""
     return -distance(query, prototypes(support, support_labels, ways))
+
+
+#: Queries scored against the prototypes per block in `nearest_prototype` (bounds the [block, ways] matrix).
+NEAREST_BLOCK = 4096
+
+
+@torch.no_grad()
+def nearest_prototype(distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], queries: torch.Tensor,
+                      centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance (float32, CPU) and index (CPU) of each query's nearest prototype among `centres` [ways, d],
+    scored in blocks of `NEAREST_BLOCK` queries on the centres' device."""
+    best, which = [], []
+    for start in range(0, len(queries), NEAREST_BLOCK):
+        d, i = distance(queries[start:start + NEAREST_BLOCK].to(centres.device), centres).min(dim=1)
+        best.append(d.float().cpu())
+        which.append(i.cpu())
+    return torch.cat(best), torch.cat(which)
 
 
 def check_query_labels(query_labels: torch.Tensor, query: torch.Tensor, ways: int) -> None:
@@ -214,6 +231,16 @@ class SquareRoot:
 
     def __repr__(self) -> str:
         return f"SquareRoot({self.squared!r})"
+
+    def metric_space(self) -> MetricSpace | None:
+        """The wrapped squared metric's space with a square root on top (an "l2" space only)."""
+        inner = metric_space(self.squared)
+        if inner is None or inner.kind != "l2":
+            return None
+        return MetricSpace(inner.transform, "l2", lambda raw: inner.to_distance(raw).clamp_min(self.eps).sqrt())
+
+    def describe(self) -> str:
+        return f"sqrt of {describe_distance(self.squared)}"
 
 
 def metric_distances(distance: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = SQRT_EPS) -> torch.Tensor:

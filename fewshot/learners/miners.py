@@ -4,11 +4,16 @@ A miner sees the batch's ``[n, n]`` matrix of (Euclidean) distances and its ``[n
 returns three equally long LongTensors. Positives share the anchor's label (and are not the
 anchor); negatives do not. Randomness comes only from the ``generator`` passed in, so training
 is reproducible and resumable. Triplets come out sorted by (anchor, positive).
+
+Triplet miners register by name in ``MINERS`` (``@MINERS.register("name")``), like learners; the triplet
+learner's ``miner`` argument and the CLI's ``--miner`` choices read it.
 """
 
 from __future__ import annotations
 
 import torch
+
+from fewshot.registry import Registry
 
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -49,6 +54,11 @@ class Miner:
         raise NotImplementedError
 
 
+#: Triplet miners by name; registration order is the order the CLI and error messages list them in.
+MINERS: Registry[type[Miner]] = Registry("miner")
+
+
+@MINERS.register("batch-all")
 class BatchAllMiner(Miner):
     """Every valid triplet in the batch (Hermans et al., 2017, "batch all")."""
 
@@ -59,6 +69,7 @@ class BatchAllMiner(Miner):
         return anchor, pos, neg
 
 
+@MINERS.register("batch-hard")
 class BatchHardMiner(Miner):
     """Per anchor, its farthest positive and nearest negative (Hermans et al., 2017, "batch hard").
 
@@ -73,6 +84,7 @@ class BatchHardMiner(Miner):
         return anchor, hardest_positive[anchor], hardest_negative[anchor]
 
 
+@MINERS.register("semi-hard")
 class SemiHardMiner(Miner):
     """Per (anchor, positive) pair, the hardest semi-hard negative (Schroff et al., 2015, FaceNet).
 
@@ -98,6 +110,7 @@ class SemiHardMiner(Miner):
         return anchor[keep], pos[keep], neg[keep]
 
 
+@MINERS.register("distance-weighted")
 class DistanceWeightedMiner(Miner):
     """Distance-weighted negative sampling (Wu et al., 2017, "Sampling Matters in Deep Embedding Learning").
 
@@ -210,16 +223,6 @@ class MultiSimilarityMiner:
         return kept_positive, kept_negative
 
 
-MINERS: dict[str, type[Miner]] = {
-    "batch-all": BatchAllMiner,
-    "batch-hard": BatchHardMiner,
-    "semi-hard": SemiHardMiner,
-    "distance-weighted": DistanceWeightedMiner,
-}
-
-
 def build_miner(name: str, **kwargs) -> Miner:
     """Build the miner called ``name`` (one of ``MINERS``); keyword arguments go to its constructor."""
-    if name not in MINERS:
-        raise ValueError(f"unknown miner {name!r}; valid names: {', '.join(MINERS)}")
-    return MINERS[name](**kwargs)
+    return MINERS.build(name, **kwargs)

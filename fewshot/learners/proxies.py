@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.distances import MetricSpace, cosine_space, describe_cosine
 from fewshot.learners.base import EpisodeEmbeddings, Learner
 
 
@@ -81,6 +82,12 @@ class CosineScore:
 
     def __repr__(self) -> str:
         return f"CosineScore(scale={float(self.scale):g})"
+
+    def metric_space(self) -> MetricSpace | None:
+        return cosine_space(self.scale)
+
+    def describe(self) -> str:
+        return describe_cosine(self.scale)
 
 
 class ProxyLearner(Learner):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.distances import MetricSpace, describe_distance, metric_space
 from fewshot.learners.base import SQUARED_METRICS, EpisodeEmbeddings, register_learner
 from fewshot.learners.proxies import ProxyLearner, check_positive
 
@@ -24,6 +25,18 @@ class NormalizedScaled:
 
     def __repr__(self) -> str:
         return f"NormalizedScaled({self.distance!r}, scale={self.scale:g})"
+
+    def metric_space(self) -> MetricSpace | None:
+        """The wrapped metric's space after L2 normalisation, scaled (None for a scale <= 0: not a distance)."""
+        inner = metric_space(self.distance)
+        if inner is None or self.scale <= 0:
+            return None
+        scale = float(self.scale)
+        return MetricSpace(lambda x: inner.transform(F.normalize(x, dim=1)), inner.kind,
+                           lambda raw: scale * inner.to_distance(raw))
+
+    def describe(self) -> str:
+        return f"{self.scale:g} x {describe_distance(self.distance)} of unit vectors"
 
 
 @register_learner("proxy-nca")

@@ -21,7 +21,7 @@ class TripletLearner(MarginLearner):
     triplets with a positive loss (Hermans et al.'s advice for batch-all). With no triplet (or none
     active) the loss is 0. With the semi-hard miner every mined triplet has a loss in (0, margin) by
     construction, so the loss stays near margin/2 while training improves: watch the accuracy instead.
-    ``miner`` is a name from ``fewshot.miners.MINERS`` or a ``Miner``; ``margin`` is passed to the
+    ``miner`` is a name registered in ``fewshot.learners.miners.MINERS`` or a ``Miner``; ``margin`` is passed to the
     semi-hard miner.
     """
 

@@ -203,3 +203,36 @@ def choose_threshold(
     n_different = same_array.size - n_same
     accuracy = (tar * n_same + (1.0 - far) * n_different) / same_array.size
     return float(thresholds[np.argmax(accuracy)])
+
+
+def balanced_pairs(labels: ArrayLike, count: int, rng: np.random.Generator, *, fill: bool = True) -> np.ndarray:
+    """``[pairs, 2]`` item pairs for verification: ``count // 2`` same-class pairs (an item of a class with
+    at least 2 items and another item of its class), then different-class pairs. With ``fill``, different-class
+    pairs are drawn until ``count - count // 2`` are found (exactly ``count`` pairs); without it, from one draw
+    of ``count - count // 2`` candidate pairs, keeping those of two classes (fewer; the evaluator's embedding
+    metrics are measured that way, so its numbers stay comparable)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    eligible = np.flatnonzero(counts[labels] >= 2)
+    if len(eligible) == 0 or np.count_nonzero(counts) < 2:
+        raise ValueError(f"balanced pairs need at least 2 classes and a class with 2 items; got "
+                         f"{np.count_nonzero(counts)} class(es) of {len(labels)} items")
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(labels)) - starts[labels[order]]
+    anchor = eligible[rng.integers(0, len(eligible), count // 2)]
+    size = counts[labels[anchor]]
+    partner = order[starts[labels[anchor]] + (rank[anchor] + rng.integers(1, size)) % size]
+    first_parts, second_parts, needed = [], [], count - count // 2
+    if not fill:
+        first, second = rng.integers(0, len(labels), (2, needed))
+        keep = labels[first] != labels[second]
+        first_parts, second_parts, needed = [first[keep]], [second[keep]], 0
+    while needed > 0:
+        first, second = rng.integers(0, len(labels), (2, 2 * needed + 16))
+        keep = labels[first] != labels[second]
+        first_parts.append(first[keep][:needed])
+        second_parts.append(second[keep][:needed])
+        needed -= len(first_parts[-1])
+    return np.stack([np.concatenate([anchor, *first_parts]), np.concatenate([partner, *second_parts])], axis=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,32 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def weights_fingerprint(model: FewShotModel) -> str:
+    """SHA-256 of a model's architecture and weights: equal exactly when two models embed alike. Unlike a
+    checkpoint file's hash, it stays the same when metadata is added to the file (a stored threshold); a saved
+    search index and a stored calibration are tied to it."""
+    digest = hashlib.sha256(json.dumps(model.spec.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+#: Spec fields of old checkpoints that are learner arguments now.
+LEGACY_SPEC_FIELDS = ("margin", "miner")
+
+
 def spec_from_state(state: dict[str, Any], source: str | Path) -> ModelSpec:
     """The ModelSpec a checkpoint names (old-style specs included), or an error saying what is missing."""
+    spec = dict(state["spec"])
+    # Specs written before learners took arguments hold `margin` and `miner` as fields of their own.
+    legacy = {key: spec.pop(key) for key in LEGACY_SPEC_FIELDS if key in spec}
+    legacy = {key: value for key, value in legacy.items() if value is not None}
+    if legacy:
+        spec["learner_args"] = {**dict(spec.get("learner_args") or {}), **legacy}
     try:
-        return ModelSpec(**state["spec"])
+        return ModelSpec(**spec)
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint {source} names an architecture that cannot be built here: {error}. "
                          "A learner, distance or backbone defined outside fewshot must be registered (its module "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import InitVar, asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from fewshot.backbones import BACKBONES, build_backbone, embedding_dim
 from fewshot.distances import DISTANCES, build_distance
@@ -21,8 +23,8 @@ class ModelSpec:
     names with their arguments, so a model built in Python rebuilds from its checkpoint.
 
     ``metric`` and ``normalize`` default to the learner's own choice (filled in on construction).
-    ``margin`` and ``miner`` are accepted for checkpoints written before learner arguments existed;
-    they go into ``learner_args``.
+    (Specs of checkpoints written before learner arguments existed name ``margin`` and ``miner`` as
+    fields: `fewshot.model.checkpoint.spec_from_state` turns them into ``learner_args``.)
     """
 
     backbone: str = "conv4"
@@ -35,19 +37,11 @@ class ModelSpec:
     learner_args: dict[str, Any] = field(default_factory=dict)
     metric_args: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None  # training classes, for learners with one parameter per class
-    margin: InitVar[float | None] = None
-    miner: InitVar[str | None] = None
 
-    def __post_init__(self, margin: float | None, miner: str | None) -> None:
+    def __post_init__(self) -> None:
         learner = LEARNERS.get_or_raise(self.learner)
         BACKBONES.get_or_raise(self.backbone)
-        legacy = {k: v for k, v in (("margin", margin), ("miner", miner)) if v is not None}
-        for key in legacy:
-            if key not in LEARNERS.parameters(self.learner):
-                flag = f"--{key}"
-                raise ValueError(f"{flag} does not apply to the {self.learner} learner "
-                                 f"(its arguments: {LEARNERS.describe_parameters(self.learner)})")
-        object.__setattr__(self, "learner_args", {**dict(self.learner_args), **legacy})
+        object.__setattr__(self, "learner_args", dict(self.learner_args))
         object.__setattr__(self, "backbone_args", dict(self.backbone_args))
         object.__setattr__(self, "metric_args", dict(self.metric_args))
         if self.metric is None:
@@ -85,10 +79,6 @@ class FewShotModel(nn.Module):
     #: the weights stay float32 and the distances and losses are computed in float32 whatever it is.
     compute_dtype: torch.dtype | None = None
 
-    #: Whether an image's embedding depends only on the image in eval mode (so evaluation may embed
-    #: each image once and reuse it across episodes). A transductive model sets this False.
-    embeds_independently: bool = True
-
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Float32 embeddings [n, d] of float images [n, C, H, W]."""
         images = images.contiguous(memory_format=torch.channels_last)
@@ -119,3 +109,32 @@ class FewShotModel(nn.Module):
         embeddings = self.embed(torch.cat([support_x, query_x]))
         support, query = embeddings[: len(support_x)], embeddings[len(support_x) :]
         return prototype_logits(self.learner.scoring_distance, support, support_y, query, episode_ways(support_y))
+
+
+@torch.no_grad()
+def embed_in_batches(model: FewShotModel, images: torch.Tensor | Sequence[Any], batch_size: int,
+                     device: torch.device | str, *, load: Callable[[Any], torch.Tensor] | None = None,
+                     embed: Callable[[FewShotModel, torch.Tensor], torch.Tensor] | None = None,
+                     progress: bool = False, desc: str = "embedding") -> torch.Tensor:
+    """Float32 embeddings [len(images), d] on `device`, `batch_size` images at a time, in eval mode and without
+    gradients (the model's training mode is restored).
+
+    `images` is a tensor of float images [n, C, H, W], or any sliceable sequence whose slices `load` turns
+    into float images (e.g. item ids of a split, loaded a batch at a time). `embed(model, x)` replaces
+    `model.embed(x)` (e.g. test-time views)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not len(images):
+        raise ValueError("no images to embed")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+            batch = images[start:start + batch_size]
+            x = (batch if load is None else load(batch)).to(device, non_blocking=True)
+            chunks.append((model.embed(x) if embed is None else embed(model, x)).float())
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)

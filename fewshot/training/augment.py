@@ -18,12 +18,20 @@ augmented run resumes exactly like a plain one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-AUGMENTATIONS = ("none", "affine", "crop-flip-jitter")
+from fewshot.registry import Registry
+from fewshot.training.rngs import augment_generator
+
+#: An augmentation: (support images, query images, generator) -> the augmented (support, query).
+EpisodeAugmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+#: Training-image augmentations by name (`--augment`); a new one registers with `@AUGMENTATIONS.register("name")`.
+AUGMENTATIONS: Registry[EpisodeAugmentation] = Registry("augmentation")
 
 
 @dataclass(frozen=True)
@@ -129,25 +137,36 @@ def random_crop_flip_jitter(images: torch.Tensor, generator: torch.Generator,
     return v2.functional.to_dtype(torch.stack(out), images.dtype, scale=True)
 
 
+def _per_image(transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor]) -> EpisodeAugmentation:
+    """An episode augmentation that runs `transform` once over the support and query images together."""
+
+    def augment(support_x: torch.Tensor, query_x: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        both = transform(torch.cat([support_x, query_x]), generator)
+        return both[: len(support_x)], both[len(support_x):]
+
+    augment.__doc__ = transform.__doc__
+    return augment
+
+
+@AUGMENTATIONS.register("none")
+def no_augmentation(support_x: torch.Tensor, query_x: torch.Tensor,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images as they are."""
+    return support_x, query_x
+
+
+AUGMENTATIONS.register("affine", _per_image(random_affine))
+AUGMENTATIONS.register("crop-flip-jitter", _per_image(random_crop_flip_jitter))
+
+
 def augment_episode(name: str, support_x: torch.Tensor, query_x: torch.Tensor,
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply augmentation `name` (one of AUGMENTATIONS) to an episode's support and query images."""
-    if name == "none":
-        return support_x, query_x
-    if name == "affine":
-        both = random_affine(torch.cat([support_x, query_x]), generator)
-        return both[: len(support_x)], both[len(support_x):]
-    if name == "crop-flip-jitter":
-        both = random_crop_flip_jitter(torch.cat([support_x, query_x]), generator)
-        return both[: len(support_x)], both[len(support_x):]
-    raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+    """Apply the augmentation registered as `name` to an episode's support and query images."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name](support_x, query_x, generator)
 
 
-def augment_generator(seed: int, episode: int) -> torch.Generator:
-    """The augmentation RNG of episode `episode`, a pure function of (seed, episode) and separate from
-    the learner's (so turning augmentation on leaves the miners' draws unchanged)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + episode) * 2 + 1 + (1 << 40))
-
-
-__all__ = ["AUGMENTATIONS", "AffineRange", "CropFlipJitterRange", "affine_matrices", "augment_episode",
-           "augment_generator", "random_affine", "random_crop_flip_jitter"]
+__all__ = ["AUGMENTATIONS", "AffineRange", "CropFlipJitterRange", "EpisodeAugmentation", "affine_matrices",
+           "augment_episode", "augment_generator", "no_augmentation", "random_affine", "random_crop_flip_jitter"]

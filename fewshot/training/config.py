@@ -1,38 +1,59 @@
-"""A training run's settings (`TrainConfig`), their checks, and the model spec they describe."""
+"""A training run's settings in sections (`TrainConfig`), their checks, and the model spec they describe.
+
+`TrainConfig` holds six frozen sections, grouped as the command line groups its flags: `episode`
+(what a training and an evaluation episode hold), `model` (the architecture and where it starts),
+`data`, `optimisation`, `run` (validation, checkpoints, output, device) and `processes` (torchrun).
+It is built either from sections, `TrainConfig(model=ModelSettings(learner="triplet"))`, or from
+flat keywords sorted into their sections, `TrainConfig(ways=5, shots=1, output="runs/a")`; a flat
+read, `config.ways`, answers from the section that holds the setting. The object is frozen: derive
+another with `dataclasses.replace(config, episodes=100)` (flat keywords work there too).
+
+`config.resolve(splits, world_size)` checks every setting and returns a new config with what the run
+fills in itself (the loaded dataset's name, scheme and image size, absolute paths, the default output
+directory and episodes per step); the caller's object is never changed. Each setting is checked in one
+place: `check_settings` for what is wrong whatever the data, `check_data` for what the data cannot
+serve, `check_processes` for what the job's processes cannot run, and `ModelSpec` for the model's
+registered names and arguments.
+
+On disk (config.json, the `config` of every checkpoint) a config is the flat dict of its settings, as
+it always was, so old run directories resume; `TrainConfig.from_dict` and `TrainConfig.from_file`
+read flat dicts, sectioned ones (a TOML file of `[episode]`, `[model]`, ... tables) and mixtures.
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from fewshot.training.augment import AUGMENTATIONS
 from fewshot.data.datasets import DatasetSplits
+from fewshot.data.splits import ClassSplit
+from fewshot.files import absolute_path
 from fewshot.learners import LEARNERS
 from fewshot.model.network import ModelSpec
+from fewshot.training.augment import AUGMENTATIONS
+from fewshot.training.schedules import SCHEDULES
 
-SCHEDULES = ("step", "cosine", "none")
 # "episodes": N-way K-shot episodes with queries; "balanced": class-balanced batches (P classes x M images).
 SAMPLINGS = ("episodes", "balanced")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+TRAIN_SPLITS = ("train", "trainval")
 
 
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; saved as config.json and inside each checkpoint.
-
-    `learner_args`, `metric_args`, `backbone_args` and `dataset_args` are the keyword arguments of the
-    registered learner, distance, backbone and dataset loader (`--loss-arg name=value` and friends).
-    `margin` and `miner` are shorthands for the learner arguments of the same names.
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What training and evaluation episodes (or class-balanced batches) hold.
 
     `sampling="balanced"` trains on class-balanced batches of `batch_classes` x `batch_images` images
     (each a pure function of (seed, step), like the episodes) instead of `train_ways`-way episodes with
-    `queries`; `episodes` then counts batches. `init` names a checkpoint whose backbone the run starts
-    from (its learner parameters dropped); `init_sha256` is that file's digest, filled in when the run
-    starts (a given value must match the file). `freeze_backbone` trains only the learner's parameters.
+    `queries`; validation and test always use `ways`-way episodes with `eval_queries`.
     """
 
     ways: int = 5
@@ -40,49 +61,252 @@ class TrainConfig:
     queries: int = 5
     train_ways: int = 60
     eval_queries: int = 15
+    sampling: str = "episodes"  # "balanced": class-balanced batches, for the proxy and pair losses
+    batch_classes: int = 64  # P, classes per balanced batch
+    batch_images: int = 4  # M, images per class in a balanced batch
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The architecture (what `ModelSpec` is built from) and where training starts.
+
+    `learner_args`, `metric_args` and `backbone_args` are the keyword arguments of the registered
+    learner, distance and backbone (`--loss-arg name=value` and friends). `init` names a checkpoint
+    whose backbone the run starts from (its learner parameters dropped); `init_sha256` is that file's
+    digest, filled in when the run starts (a given value must match the file). `freeze_backbone`
+    trains only the learner's parameters.
+    """
+
     learner: str = "protonet"
     metric: str | None = None  # None: the learner's default distance
     backbone: str = "conv4"
     normalize: bool | None = None  # None: the learner's default (on for siamese and triplet: their margins assume unit norm)
-    margin: float | None = None
-    miner: str | None = None
     learner_args: dict[str, Any] = field(default_factory=dict)
     metric_args: dict[str, Any] = field(default_factory=dict)
     backbone_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # a checkpoint whose backbone the run starts from (pretrain, then fine-tune)
+    init_sha256: str | None = None  # SHA-256 of `init`, recorded when the run starts
+    freeze_backbone: bool = False  # train the learner's parameters only; backbone BN layers in eval mode
+
+    #: The settings that are the architecture, passed to `ModelSpec` as they are.
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("backbone", "learner", "metric", "normalize", "backbone_args",
+                                               "learner_args", "metric_args")
+
+    def spec(self, in_channels: int, image_size: int, num_classes: int | None) -> ModelSpec:
+        """The `ModelSpec` of this section for images of `in_channels` x `image_size`^2 (checked there)."""
+        return ModelSpec(**{name: getattr(self, name) for name in self.ARCHITECTURE}, in_channels=in_channels,
+                         image_size=image_size, num_classes=num_classes)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The dataset, its split, and what the training images go through."""
+
     dataset: str = "omniglot"
     split: str | None = None
     dataset_args: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"  # "trainval": train on train + val classes, keep the final model
     image_size: int | None = None
     augment: str = "none"  # "affine": a random small affine distortion of every training image
+    data_root: str | None = None
+
+
+@dataclass(frozen=True)
+class OptimisationSettings:
+    """The optimiser, its learning-rate schedule, the run's length and its seed."""
+
     episodes: int = 6000
     lr: float = 1e-3
     schedule: str = "step"
     lr_step: int = 1500
     lr_gamma: float = 0.5
     weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Validation, checkpoints, the run directory and where the run computes."""
+
     val_every: int = 500
     val_episodes: int = 200
     test_episodes: int = 1000
     checkpoint_every: int = 100
-    seed: int = 0
-    data_root: str | None = None
     output: str | None = None  # default: a new runs/<dataset>-<learner>-<ways>w<shots>s-<time> directory
     device: str = "auto"
-    threads: int | None = None
     precision: str = "fp32"  # "bf16": backbone under bfloat16 autocast (2x faster on CPUs with AVX512-BF16 or AMX)
-    sampling: str = "episodes"  # "balanced": class-balanced batches, for the proxy and pair losses
-    batch_classes: int = 64  # P, classes per balanced batch
-    batch_images: int = 4  # M, images per class in a balanced batch
-    init: str | None = None  # a checkpoint whose backbone the run starts from (pretrain, then fine-tune)
-    init_sha256: str | None = None  # SHA-256 of `init`, recorded when the run starts
-    freeze_backbone: bool = False  # train the learner's parameters only; backbone BN layers in eval mode
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Several processes under torchrun (docs/distributed.md)."""
+
     episodes_per_step: int | None = None  # B episodes per optimiser step (gradients averaged); None: one per process
     sync_batchnorm: bool = False  # SyncBatchNorm across processes (CUDA only)
     dist_timeout: float = 300.0  # seconds a collective waits for the other ranks before failing
 
+
+#: Section name -> its settings class, in the order of the command line's flag groups.
+SECTIONS: dict[str, type] = {"episode": EpisodeSettings, "model": ModelSettings, "data": DataSettings,
+                             "optimisation": OptimisationSettings, "run": RunSettings, "processes": ProcessSettings}
+#: Each setting's section.
+SETTING_SECTIONS: dict[str, str] = {f.name: name for name, kind in SECTIONS.items() for f in fields(kind)}
+#: The flat order of config.json (the order of the flat `TrainConfig` that wrote it before the sections).
+FLAT_ORDER = ("ways", "shots", "queries", "train_ways", "eval_queries", "learner", "metric", "backbone", "normalize",
+              "learner_args", "metric_args", "backbone_args", "dataset", "split", "dataset_args", "train_split",
+              "image_size", "augment", "episodes", "lr", "schedule", "lr_step", "lr_gamma", "weight_decay", "val_every",
+              "val_episodes", "test_episodes", "checkpoint_every", "seed", "data_root", "output", "device", "threads",
+              "precision", "sampling", "batch_classes", "batch_images", "init", "init_sha256", "freeze_backbone",
+              "episodes_per_step", "sync_batchnorm", "dist_timeout")
+#: Settings that saved configs once held and that now live elsewhere: `margin` and `miner` were
+#: shorthands for the learner arguments of the same names (the command line still takes them).
+LEGACY_LEARNER_SETTINGS = ("margin", "miner")
+
+
+@dataclass(frozen=True, init=False)
+class TrainConfig:
+    """Every setting of a training run, in sections; saved (flat) as config.json and inside each checkpoint.
+
+    Build it from sections or from flat keywords (see the module docstring); an unknown keyword is a
+    TypeError that lists the valid ones. Flat reads (`config.lr`) answer from the sections.
+    """
+
+    episode: EpisodeSettings
+    model: ModelSettings
+    data: DataSettings
+    optimisation: OptimisationSettings
+    run: RunSettings
+    processes: ProcessSettings
+
     # Settings that may change between a run and its resumption without changing its numbers.
-    RESUMABLE_CHANGES = ("episodes", "output", "device", "data_root", "test_episodes", "threads", "dist_timeout")
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("episodes", "output", "device", "data_root", "test_episodes",
+                                                    "threads", "dist_timeout")
+
+    def __init__(self, episode: EpisodeSettings | None = None, model: ModelSettings | None = None,
+                 data: DataSettings | None = None, optimisation: OptimisationSettings | None = None,
+                 run: RunSettings | None = None, processes: ProcessSettings | None = None, **settings: Any) -> None:
+        unknown = [name for name in settings if name not in SETTING_SECTIONS]
+        if unknown:
+            raise TypeError(f"unknown training setting {', '.join(map(repr, unknown))}; expected the sections "
+                            f"{', '.join(SECTIONS)} or the settings {', '.join(FLAT_ORDER)}")
+        given = {"episode": episode, "model": model, "data": data, "optimisation": optimisation, "run": run,
+                 "processes": processes}
+        for name, kind in SECTIONS.items():
+            section = kind() if given[name] is None else given[name]
+            if not isinstance(section, kind):
+                raise TypeError(f"the {name} section must be a {kind.__name__}, got {section!r}")
+            changes = {key: value for key, value in settings.items() if SETTING_SECTIONS[key] == name}
+            object.__setattr__(self, name, replace(section, **changes) if changes else section)
+
+    def __getattr__(self, name: str) -> Any:
+        """A flat read (`config.ways`) from the section that holds the setting."""
+        section = SETTING_SECTIONS.get(name)
+        if section is None:  # section names too: they are missing only half way through unpickling
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+        return getattr(object.__getattribute__(self, section), name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat dict of every setting (config.json's and the checkpoints' format)."""
+        return {name: _plain(getattr(getattr(self, SETTING_SECTIONS[name]), name)) for name in FLAT_ORDER}
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The settings as {section: {setting: value}}, the layout of a TOML config file."""
+        return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> TrainConfig:
+        """A config from a flat dict (config.json, a checkpoint's config, written by any version), a
+        sectioned one (a TOML file) or a mixture; `margin` / `miner` of old configs become learner arguments."""
+        flat: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key in SECTIONS:
+                if not isinstance(value, dict):
+                    raise ValueError(f"the {key} section must be a table of settings, got {value!r}")
+                misplaced = [name for name in value if SETTING_SECTIONS.get(name, key) != key]
+                if misplaced:
+                    raise ValueError(f"{', '.join(misplaced)} in the {key} section belong"
+                                     f"{'s' if len(misplaced) == 1 else ''} to the "
+                                     f"{', '.join(SETTING_SECTIONS[name] for name in misplaced)} section")
+                entries = value.items()
+            else:
+                entries = [(key, value)]
+            for name, entry in entries:
+                if name in flat:
+                    raise ValueError(f"setting {name!r} is given twice")
+                flat[name] = entry
+        flat = upgrade_settings(flat)
+        try:
+            return cls(**flat)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """A config from a TOML file (sections as tables) or a JSON file (a run directory's config.json)."""
+        path = Path(path)
+        try:
+            if path.suffix == ".toml":
+                with open(path, "rb") as file:
+                    settings = tomllib.load(file)
+            else:
+                settings = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: "
+                             f"{error}") from None
+        if not isinstance(settings, dict):
+            raise ValueError(f"config file {path} must hold a table of settings, got {type(settings).__name__}")
+        try:
+            return cls.from_dict(settings)
+        except ValueError as error:
+            raise ValueError(f"config file {path}: {error}") from None
+
+    def resolve(self, splits: DatasetSplits, world_size: int = 1) -> TrainConfig:
+        """A new, checked config of the run on `splits` by `world_size` processes: the dataset's name,
+        scheme and image size as loaded, absolute paths, the default output directory and one episode
+        per process and step filled in. Raises ValueError on any setting the run cannot use."""
+        check_settings(self)
+        resolved = replace(
+            self,
+            dataset=splits.dataset, split=splits.scheme, image_size=splits.image_size,
+            data_root=None if self.data_root is None else str(absolute_path(self.data_root)),
+            init=None if self.init is None else str(absolute_path(self.init)),
+            episodes_per_step=world_size if self.episodes_per_step is None else self.episodes_per_step,
+        )
+        if resolved.output is None:  # named after the loaded dataset
+            resolved = replace(resolved, output=default_output(resolved))
+        check_data(resolved, splits)
+        resolved.model_spec(splits)  # the model section's names and arguments, checked by ModelSpec
+        return resolved
+
+    def model_spec(self, splits: DatasetSplits) -> ModelSpec:
+        """The architecture this config trains on `splits` (the learner's own defaults filled in)."""
+        # Only learners with per-class parameters (proxies) record the class count: other specs stay as before.
+        num_classes = (splits.get(self.train_split).num_classes
+                       if "num_classes" in LEARNERS.signature(self.learner) else None)
+        return self.model.spec(splits.in_channels, splits.image_size, num_classes)
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value for JSON (argument dicts copied, so the saved dict shares nothing with the config)."""
+    return dict(value) if isinstance(value, dict) else value
+
+
+def default_output(config: TrainConfig) -> str:
+    """A new timestamped run directory, runs/<dataset>-<learner>-<ways>w<shots>s-<time>."""
+    return f"runs/{config.dataset}-{config.learner}-{config.ways}w{config.shots}s-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def upgrade_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Flat settings as this version names them: `margin` and `miner` (configs saved before learner
+    arguments existed) become `learner_args` entries (given ones win, as they always did)."""
+    legacy = {key: settings[key] for key in LEGACY_LEARNER_SETTINGS if settings.get(key) is not None}
+    upgraded = {key: value for key, value in settings.items() if key not in LEGACY_LEARNER_SETTINGS}
+    if legacy:
+        upgraded["learner_args"] = {**dict(upgraded.get("learner_args") or {}), **legacy}
+    return upgraded
 
 
 class NonFiniteLoss(RuntimeError):
@@ -94,10 +318,11 @@ class NonFiniteParameters(NonFiniteLoss):
 
 
 def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """A saved or current config as a dict with every default filled in: settings added since a run
-    was saved take their defaults, and `metric` / `normalize` left to the learner are made explicit,
-    so that two configs compare equal exactly when they train the same way."""
-    merged = {**asdict(TrainConfig()), **settings}
+    """A saved or current config as a flat dict with every default filled in: settings added since a
+    run was saved take their defaults, `margin` / `miner` become learner arguments, and `metric` /
+    `normalize` left to the learner are made explicit, so that two configs compare equal exactly when
+    they train the same way."""
+    merged = {**TrainConfig().to_dict(), **upgrade_settings(settings)}
     if merged["episodes_per_step"] is None:  # runs from before the setting, and single-process defaults
         merged["episodes_per_step"] = 1
     learner = LEARNERS.get(merged["learner"])
@@ -110,26 +335,11 @@ def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_spec(config: TrainConfig, splits: DatasetSplits) -> ModelSpec:
-    """The architecture a config trains on `splits` (the learner's own defaults filled in)."""
-    return ModelSpec(
-        backbone=config.backbone,
-        learner=config.learner,
-        metric=config.metric,
-        normalize=config.normalize,
-        in_channels=splits.in_channels,
-        image_size=splits.image_size,
-        backbone_args=config.backbone_args,
-        learner_args=config.learner_args,
-        metric_args=config.metric_args,
-        # Only learners with per-class parameters (proxies) record the class count: other specs stay as before.
-        num_classes=(splits.get(config.train_split).num_classes
-                     if "num_classes" in LEARNERS.signature(config.learner) else None),
-        margin=config.margin,
-        miner=config.miner,
-    )
+    """The architecture a config trains on `splits` (`config.model_spec(splits)`)."""
+    return config.model_spec(splits)
 
 
-def _too_small(split, needed: int) -> str:
+def _too_small(split: ClassSplit, needed: int) -> str:
     counts = split.class_counts()
     small = np.flatnonzero(counts < needed)
     listed = ", ".join(f"{split.class_names[c]} ({counts[c]})" for c in small[:5])
@@ -147,9 +357,15 @@ def _non_finite_arguments(values: Any, where: str) -> list[str]:
     return []
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def check_settings(config: TrainConfig) -> None:
     """Fail on settings that are wrong whatever the data: non-finite hyper-parameters (one update with
-    --lr inf fills the weights with NaN, and a model of NaN scores chance), a thread count torch refuses."""
+    --lr inf fills the weights with NaN, and a model of NaN scores chance), counts below their least
+    value, unknown names of the training's own choices, a thread count torch refuses, balanced batches
+    for a learner that needs queries."""
     bounds = (("lr", config.lr, 0.0, False), ("lr_gamma", config.lr_gamma, 0.0, False),
               ("weight_decay", config.weight_decay, 0.0, True))
     for name, value, low, low_allowed in bounds:
@@ -158,39 +374,64 @@ def check_settings(config: TrainConfig) -> None:
             raise ValueError(f"{flag} must be a finite number, got {value!r}")
         if value < low or (value == low and not low_allowed):
             raise ValueError(f"{flag} must be {'at least' if low_allowed else 'greater than'} {low:g}, got {value!r}")
-    if config.margin is not None and (isinstance(config.margin, bool) or not isinstance(config.margin, (int, float))
-                                      or not math.isfinite(config.margin)):
-        raise ValueError(f"--margin must be a finite number, got {config.margin!r}")
     bad = [*_non_finite_arguments(config.learner_args, "--loss-arg"), *_non_finite_arguments(config.metric_args, "--metric-arg"),
            *_non_finite_arguments(config.backbone_args, "--backbone-arg"), *_non_finite_arguments(config.dataset_args, "--dataset-arg")]
     if bad:
         raise ValueError(f"non-finite argument values {', '.join(bad)}; give finite numbers")
-    if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int)
-                                       or config.threads < 1):
+    if config.threads is not None and (not _is_int(config.threads) or config.threads < 1):
         raise ValueError(f"--threads must be a positive int (or left out for torch's choice), got {config.threads!r}")
-
-
-def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
-    """Fail before training on settings the data cannot serve (and on those `check_settings` refuses)."""
-    check_settings(config)
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown --precision {config.precision!r}; expected one of {sorted(PRECISIONS)}")
     for name, value in (("ways", config.ways), ("shots", config.shots), ("queries", config.queries),
                         ("train_ways", config.train_ways), ("eval_queries", config.eval_queries), ("episodes", config.episodes),
                         ("val_every", config.val_every), ("checkpoint_every", config.checkpoint_every),
                         ("lr_step", config.lr_step)):
+        if not _is_int(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for name, value in (("val_episodes", config.val_episodes), ("test_episodes", config.test_episodes)):
+        if not _is_int(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
         if value < 2:  # a confidence interval needs two episodes; the test episodes come after all the training
             raise ValueError(f"--{name.replace('_', '-')} must be at least 2 (for a confidence interval), got {value}")
-    if config.train_split not in ("train", "trainval"):
+    if config.train_split not in TRAIN_SPLITS:
         raise ValueError(f"unknown --train-split {config.train_split!r}; expected train or trainval")
     if config.sampling not in SAMPLINGS:
         raise ValueError(f"unknown --sampling {config.sampling!r}; expected one of {', '.join(SAMPLINGS)}")
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown --augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    per_step = config.episodes_per_step
+    if per_step is not None and (not _is_int(per_step) or per_step < 1):
+        raise ValueError(f"--episodes-per-step must be a positive int, got {per_step!r}")
+    if config.sampling == "balanced":
+        learner = LEARNERS.get_or_raise(config.learner)
+        if learner.needs_queries:
+            usable = ", ".join(name for name, factory in LEARNERS.items() if not factory.needs_queries)
+            raise ValueError(f"--sampling balanced gives batches without queries, and the {config.learner} loss needs "
+                             f"queries (it scores them against the support); train {config.learner} on episodes "
+                             f"(--sampling episodes), or use a loss over the whole batch: {usable}")
+        for flag, value in (("--batch-classes", config.batch_classes), ("--batch-images", config.batch_images)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{flag} must be a positive int, got {value!r}")
+
+
+def check_data(config: TrainConfig, splits: DatasetSplits) -> None:
+    """Fail before training on settings the data cannot serve: more ways than a split has classes,
+    more shots and queries (or balanced-batch images) than a class holds."""
     balanced = config.sampling == "balanced"
     if balanced:
-        check_balanced(config, splits)
+        split = splits.get(config.train_split)
+        if config.batch_classes > split.num_classes:
+            raise ValueError(f"--batch-classes {config.batch_classes} exceeds the {split.num_classes} classes of the "
+                             f"{splits.dataset} {splits.scheme} {config.train_split} split")
+        smallest = int(split.class_counts().min())
+        if config.batch_images > smallest:
+            raise ValueError(f"--batch-images {config.batch_images} exceeds the images of some classes of the "
+                             f"{splits.dataset} {splits.scheme} {config.train_split} split, which have as few as "
+                             f"{smallest} ({_too_small(split, config.batch_images)})")
     # Balanced batches replace the training episodes: --train-ways and --queries then do not apply.
     episode_splits = (("val", "test") if balanced else (config.train_split, "val", "test"))
     for split_name in episode_splits:
@@ -209,38 +450,18 @@ def check_config(config: TrainConfig, splits: DatasetSplits) -> None:
             raise ValueError(f"--shots {config.shots} + {flag} {queries} needs {config.shots + queries} images per class, but "
                              f"classes of the {splits.dataset} {splits.scheme} {split_name} split have as few as {smallest} "
                              f"({_too_small(split, config.shots + queries)})")
-    if config.augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown --augment {config.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
-    if config.schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {config.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
-def check_balanced(config: TrainConfig, splits: DatasetSplits) -> None:
-    """Fail on class-balanced batches that the learner or the training split cannot serve."""
-    learner = LEARNERS.get_or_raise(config.learner)
-    if learner.needs_queries:
-        usable = ", ".join(name for name, factory in LEARNERS.items() if not factory.needs_queries)
-        raise ValueError(f"--sampling balanced gives batches without queries, and the {config.learner} loss needs "
-                         f"queries (it scores them against the support); train {config.learner} on episodes "
-                         f"(--sampling episodes), or use a loss over the whole batch: {usable}")
-    for flag, value in (("--batch-classes", config.batch_classes), ("--batch-images", config.batch_images)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{flag} must be a positive int, got {value!r}")
-    split = splits.get(config.train_split)
-    if config.batch_classes > split.num_classes:
-        raise ValueError(f"--batch-classes {config.batch_classes} exceeds the {split.num_classes} classes of the "
-                         f"{splits.dataset} {splits.scheme} {config.train_split} split")
-    smallest = int(split.class_counts().min())
-    if config.batch_images > smallest:
-        raise ValueError(f"--batch-images {config.batch_images} exceeds the images of some classes of the "
-                         f"{splits.dataset} {splits.scheme} {config.train_split} split, which have as few as {smallest} "
-                         f"({_too_small(split, config.batch_images)})")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-episode learning-rate schedule."""
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.episodes)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+def check_processes(config: TrainConfig, world_size: int, device: torch.device) -> None:
+    """Refuse what a job of `world_size` processes on `device` cannot run (episodes per step left out:
+    one per process)."""
+    per_step = world_size if config.episodes_per_step is None else config.episodes_per_step
+    if per_step % world_size:
+        raise ValueError(f"--episodes-per-step {per_step} must be a multiple of the {world_size} processes, so that "
+                         "every process trains on the same number of episodes per step")
+    if config.episodes % per_step:
+        raise ValueError(f"--episodes {config.episodes} must be a multiple of --episodes-per-step {per_step}")
+    if config.sync_batchnorm and device.type != "cuda":
+        raise ValueError("--sync-batchnorm needs CUDA devices: torch's SyncBatchNorm runs on GPUs only (on CPU "
+                         "each process's batch norm sees its own episodes, which is what an episode-level "
+                         "batch norm does anyway)")

@@ -18,9 +18,9 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,8 +31,7 @@ from tqdm import tqdm
 from episodes.batches import ClassBalancedSampler
 from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
-from fewshot.inference.classifier import calibrate_checkpoint
-from fewshot.training.augment import augment_episode, augment_generator
+from fewshot.training.augment import augment_episode
 from fewshot.model.checkpoint import (
     describe_names,
     file_sha256,
@@ -63,94 +62,30 @@ from fewshot.training.config import (
     NonFiniteLoss,
     NonFiniteParameters,
     TrainConfig,
-    check_config,
+    check_processes,
     check_settings,
-    make_scheduler,
-    model_spec,
-    resolved_settings,
 )
+from fewshot.training.resume import checkpoint_state, restarted, resume_state
 from fewshot.training.rundir import RunLock, check_run_dir, describe_write_error, writing
 from fewshot.training.runlog import MetricsLog, plot_curve
+from fewshot.training.rngs import augment_generator, episode_generator
+from fewshot.training.schedules import make_scheduler
 from fewshot.training.steps import StepBatchNorm
-from fewshot.evaluation.calibration import DEFAULT_FAR
+from fewshot.evaluation.calibration import DEFAULT_FAR, calibrate_checkpoint
 
 
 #: Validation classes the end-of-run verification calibration uses (all of them when there are fewer).
 CALIBRATION_CLASSES = 200
 
 
-def episode_generator(seed: int, episode: int) -> torch.Generator:
-    """The torch RNG a learner may use in episode `episode` (miners), a pure function of (seed, episode)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + episode)
-
-
-def _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits, train_seconds) -> dict[str, Any]:
-    return {
-        "train_seconds": train_seconds,
-        "spec": spec.to_dict(),
-        "config": asdict(config),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "episode": episode,
-        "best": best,
-        "dataset": splits.dataset,
-        "split_scheme": splits.scheme,
-        "dataset_args": dict(splits.options),
-        "train_classes": list(splits.get(config.train_split).class_names),
-    }
-
-
-def _intact_checkpoint_hint(run_dir: Path) -> str:
-    """What to do when last.pt cannot be read: resume from best.pt if that one is intact, else start over."""
-    best, last = run_dir / "best.pt", run_dir / "last.pt"
-    try:
-        episode = load_checkpoint(best)["episode"]
-    except (FileNotFoundError, ValueError):
-        return ("No intact checkpoint is left to resume from: start the run over with --overwrite, "
-                "or choose another --output")
-    return (f"To continue from {best} (episode {episode}), replace the damaged last.pt with it "
-            f"(cp {best} {last}) and run with --resume again; or start the run over with --overwrite")
-
-
-def _resume_state(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
-    try:
-        state = load_checkpoint(run_dir / "last.pt")
-    except ValueError as error:  # a damaged last.pt blocks the run: say how to get going again
-        raise ValueError(f"{error}.\n{_intact_checkpoint_hint(run_dir)}") from None
-    # A cosine schedule spans the run's length: a longer run would climb the lr back up from zero.
-    resumable = [k for k in TrainConfig.RESUMABLE_CHANGES if not (k == "episodes" and config.schedule == "cosine")]
-    # The other sampling's sizes are not used by this run, so they cannot change its numbers.
-    resumable += ["train_ways", "queries"] if config.sampling == "balanced" else ["batch_classes", "batch_images"]
-    if config.init is not None and config.init_sha256 is None:
-        # The digest is the one recorded when the run started: resuming never reads the --init file again.
-        config.init_sha256 = state["config"].get("init_sha256")
-    saved, now = resolved_settings(state["config"]), resolved_settings(asdict(config))
-    changed = {k: (saved.get(k), v) for k, v in now.items() if k not in resumable and saved.get(k) != v}
-    if changed:
-        described = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(f"--resume with settings that differ from the run in {run_dir} ({described}); "
-                         "resume with the run's own settings, or start a new --output")
-    # Allowed, so a run can move to another machine, but no longer bit-exact: another thread count or
-    # device sums in another order (visible in bf16 within a few hundred steps).
-    numeric = {k: (saved.get(k), now[k]) for k in NUMERIC_CHANGES if saved.get(k) != now[k]}
-    if numeric:
-        described = ", ".join(f"--{k.replace('_', '-')} {b!r} (the run used {a!r})" for k, (a, b) in numeric.items())
-        print(f"warning: resuming with {described}: the numbers will differ from an uninterrupted run's, as "
-              "another thread count or device adds floating-point terms in another order", file=sys.stderr)
-    return state
-
-
-#: Resumable changes that keep the run going but not bit-exact (see `_resume_state`).
-NUMERIC_CHANGES = ("threads", "device")
-
-
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT or SIGTERM after saving its state; `signum` is the signal."""
+    """Training stopped on SIGINT or SIGTERM after saving its state; `signum` is the signal, `output` the
+    run directory to resume."""
 
-    def __init__(self, message: str, signum: int) -> None:
+    def __init__(self, message: str, signum: int, output: str | None = None) -> None:
         super().__init__(message)
         self.signum = signum
+        self.output = output
 
 
 # Signals that stop training cleanly: SIGINT (Ctrl-C) and SIGTERM (what SLURM, Kubernetes and torchrun send
@@ -158,13 +93,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _output_dir(config: TrainConfig, resume: bool) -> Path:
-    """The run directory (a new timestamped one without --output), refused early when it cannot serve."""
-    if config.output is None:
-        if resume:
-            raise ValueError("--resume needs --output: the run directory to continue")
-        config.output = f"runs/{config.dataset}-{config.learner}-{config.ways}w{config.shots}s-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(config.output)
+def _checked_output_dir(output: str, resume: bool) -> Path:
+    """The run directory `output`, refused early when it cannot serve."""
+    run_dir = Path(output)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output {run_dir} is a file, not a directory; name a new (or empty) directory for the run")
     if resume and not (run_dir / "last.pt").is_file():
@@ -180,8 +111,8 @@ def validation_interval(model: FewShotModel, split: ClassSplit, config: TrainCon
     return confidence_interval(accuracies, "normal")
 
 
-def _init_state(config: TrainConfig) -> dict[str, Any]:
-    """The checkpoint named by `config.init` (weights-only), its SHA-256 recorded in the config."""
+def _init_state(config: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
+    """The checkpoint named by `config.init` (weights-only), and `config` with its SHA-256 recorded."""
     try:
         state = load_checkpoint(config.init)
     except (FileNotFoundError, ValueError) as error:
@@ -191,8 +122,7 @@ def _init_state(config: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"--init {config.init} has SHA-256 {digest}, but the config records {config.init_sha256}: the "
                          "file changed since that config was written; initialise from the recorded file, or drop "
                          "init_sha256 to start from this one")
-    config.init_sha256 = digest
-    return state
+    return state, replace(config, init_sha256=digest)
 
 
 def _build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
@@ -222,12 +152,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     """Train, validate, keep the best checkpoint, then evaluate it on novel classes. Returns the final report.
 
     `splits` are any class splits (e.g. `fewshot.data.from_folder(...)` or `from_arrays(...)`); without
-    them the config's dataset is loaded by name. With `config.init` a new run starts from that
-    checkpoint's backbone (checked and loaded before the run directory is touched). The output
-    directory must be new or empty, unless `resume` (continue the run there) or `overwrite` (delete
-    that run's files and start over). It is locked for the run's life (`RunInUse` for a second
-    process). SIGINT and SIGTERM finish the step, save last.pt and raise `TrainingInterrupted`; a
-    failed write raises `OutputError` with what is intact.
+    them the config's dataset is loaded by name. `config` is never changed: the run uses
+    `config.resolve(splits, ...)`, which the run directory's config.json records. With `config.init`
+    a new run starts from that checkpoint's backbone (checked and loaded before the run directory is
+    touched). The output directory must be new or empty, unless `resume` (continue the run there) or
+    `overwrite` (delete that run's files and start over). It is locked for the run's life (`RunInUse`
+    for a second process). SIGINT and SIGTERM finish the step, save last.pt and raise
+    `TrainingInterrupted`; a failed write raises `OutputError` with what is intact.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this: rank r trains on its shard of each step's
     `config.episodes_per_step` episodes under DistributedDataParallel, validation and the test
@@ -237,29 +168,29 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     check_settings(config)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over")
+    if resume and config.output is None:
+        raise ValueError("--resume needs --output: the run directory to continue")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     world, device = init_from_environment(resolve_device(config.device), config.dist_timeout)
-    check_world(config, world, device)
-    if config.data_root is not None:
-        config.data_root = str(absolute_path(config.data_root))
-    if config.init is not None:
-        config.init = str(absolute_path(config.init))
+    check_processes(config, world.size, device)
     if splits is None:
-        splits = load_splits(config.dataset, config.split, config.data_root, config.image_size, **config.dataset_args)
-    config.dataset, config.split, config.image_size = splits.dataset, splits.scheme, splits.image_size
+        data_root = None if config.data_root is None else str(absolute_path(config.data_root))
+        splits = load_splits(config.dataset, config.split, data_root, config.image_size, **config.dataset_args)
+    run = config.resolve(splits, world.size)
     if world.distributed:  # the default --output has a timestamp: every rank takes rank 0's
-        config.output = broadcast_from_main(_output_dir(config, resume).as_posix() if world.is_main else None, world,
-                                            "agreeing on the run directory")
-    run_dir = _output_dir(config, resume)
+        run = replace(run, output=broadcast_from_main(_checked_output_dir(run.output, resume).as_posix()
+                                                      if world.is_main else None, world, "agreeing on the run directory"))
+    run_dir = _checked_output_dir(run.output, resume)
     # Rank 0 alone looks at the directory: the others must not see it half way through an --overwrite.
-    resume, overwrite = broadcast_from_main(_restarted(run_dir, config, resume, overwrite)
+    resume, overwrite = broadcast_from_main(restarted(run_dir, run, resume, overwrite)
                                             if world.is_main else None, world, "checking the run directory")
-    check_config(config, splits)
-    spec = model_spec(config, splits)
+    spec = run.model_spec(splits)
     # Read before --overwrite may delete files: --init may name a checkpoint in the run directory itself.
-    init_state = _init_state(config) if config.init is not None and not resume else None
-    model = _build_model(config, spec, device, init_state)
+    init_state = None
+    if run.init is not None and not resume:
+        init_state, run = _init_state(run)
+    model = _build_model(run, spec, device, init_state)
     del init_state  # its tensors are not needed once loaded
 
     lock = RunLock(run_dir) if world.is_main else None
@@ -283,48 +214,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if word is not None:
         raise RankFailure(f"rank 0 refused the run: {word}")
     try:
-        return _train_locked(config, resume, progress and world.is_main, splits, spec, model, device, run_dir, world)
+        return _train_locked(run, resume, progress and world.is_main, splits, spec, model, device, run_dir, world)
     finally:
         if lock is not None:
             lock.release()
-
-
-def check_world(config: TrainConfig, world: World, device: torch.device) -> None:
-    """Resolve `episodes_per_step` (default: one episode per process) and refuse what the job cannot run."""
-    if config.episodes_per_step is None:
-        config.episodes_per_step = world.size
-    per_step = config.episodes_per_step
-    if isinstance(per_step, bool) or not isinstance(per_step, int) or per_step < 1:
-        raise ValueError(f"--episodes-per-step must be a positive int, got {per_step!r}")
-    if per_step % world.size:
-        raise ValueError(f"--episodes-per-step {per_step} must be a multiple of the {world.size} processes, so that "
-                         "every process trains on the same number of episodes per step")
-    if config.episodes % per_step:
-        raise ValueError(f"--episodes {config.episodes} must be a multiple of --episodes-per-step {per_step}")
-    if config.sync_batchnorm and device.type != "cuda":
-        raise ValueError("--sync-batchnorm needs CUDA devices: torch's SyncBatchNorm runs on GPUs only (on CPU "
-                         "each process's batch norm sees its own episodes, which is what an episode-level "
-                         "batch norm does anyway)")
-
-
-def _restarted(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> tuple[bool, bool]:
-    """(resume, overwrite) for this process; a job that torchrun restarted (`--max-restarts`) continues
-    from last.pt, or, when its failed attempt wrote none, starts over in files that attempt wrote (its
-    config.json is this run's); anything else in the directory is refused as usual."""
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if restart in ("", "0") or resume or overwrite:
-        return resume, overwrite
-    if (run_dir / "last.pt").is_file():
-        print(f"restart {restart} of this torchrun job: resuming from {run_dir / 'last.pt'}", file=sys.stderr)
-        return True, False
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return resume, overwrite
-    ignored = {*TrainConfig.RESUMABLE_CHANGES, "init_sha256"}
-    same = {k: v for k, v in resolved_settings(saved).items() if k not in ignored} == \
-        {k: v for k, v in resolved_settings(asdict(config)).items() if k not in ignored}
-    return resume, same
 
 
 class _NoLog:
@@ -345,19 +238,192 @@ class _NoLog:
         pass
 
 
-def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: DatasetSplits, spec: Any,
+class _RunFiles:
+    """What a run writes to its directory (rank 0 only; the other ranks keep the bookkeeping), and what
+    it says about them when something fails."""
+
+    def __init__(self, run_dir: Path, main: bool, saved: dict[str, int], seconds_before: float, started: float) -> None:
+        self.run_dir = run_dir
+        self.main = main
+        self.saved = saved  # episode of each checkpoint of this run on disk, for the failure messages
+        self.seconds_before = seconds_before  # wall time of training and validation of earlier sessions
+        self.started = started  # time.perf_counter() when this session's training began
+        self.log: MetricsLog | _NoLog = _NoLog()
+
+    def intact(self) -> str:
+        """Which checkpoints a failure leaves, and how to go on from them."""
+        if "last.pt" in self.saved:
+            return (f"{self.run_dir / 'last.pt'} (episode {self.saved['last.pt']}) is intact: fix the cause and "
+                    "continue with --resume")
+        return "no last.pt was written yet, so there is nothing to resume: fix the cause and start over with --overwrite"
+
+    def start(self, config: TrainConfig, splits: DatasetSplits, resume_episode: int | None) -> None:
+        """Open the metrics log (read and checked before anything is written, so a bad log leaves the run as
+        it was), then write config.json and splits.json."""
+        if not self.main:
+            return
+        with writing(self.run_dir / "metrics.jsonl", self.intact()):
+            self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_episode)
+        with writing(self.run_dir, self.intact()):
+            atomic_write(self.run_dir / "config.json",
+                         lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+            record = {"dataset": splits.dataset, "scheme": splits.scheme, "options": splits.options, **splits.class_lists()}
+            atomic_write(self.run_dir / "splits.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        with writing(self.log.path, self.intact()):
+            self.log.write(record)
+
+    def seconds(self) -> float:
+        """Wall time of training and validation, summed over resumes."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def save(self, name: str, episode: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             state: Callable[[float], dict[str, Any]]) -> None:
+        """Write checkpoint `name` (`state(train_seconds)`) at `episode`, never with non-finite weights."""
+        bad = [*non_finite_tensors(model.state_dict(), "model"), *non_finite_tensors(optimizer.state_dict(), "optimizer")]
+        if bad:  # never replace a good checkpoint with one that can only score chance (every rank sees the same weights)
+            raise NonFiniteParameters(f"after episode {episode} the weights hold NaN or inf ({describe_names(bad)}); "
+                                      f"{name} was not written. {_checkpoint_note(self.run_dir, self.saved)} Train "
+                                      "again with a lower --lr (in another --output, or with --overwrite)")
+        path = self.run_dir / name
+        previous = f"the previous {name} (episode {self.saved[name]}) is unchanged; " if name in self.saved else ""
+        if self.main:
+            with writing(path, previous + self.intact()):
+                self.log.sync()
+                save_checkpoint(path, state(self.seconds()))
+        self.saved[name] = episode
+
+    def plot(self, config: TrainConfig) -> None:
+        """The learning curve from the log (a view of metrics.jsonl: training goes on without it)."""
+        if not self.main:
+            return
+        try:
+            plot_curve(self.log.records(), self.run_dir / "curve.png", config)
+        except OSError as error:
+            warnings.warn(f"could not write the learning curve: {describe_write_error(error, self.run_dir / 'curve.png')}",
+                          stacklevel=2)
+
+    def close(self, failing: bool) -> None:
+        """Close the log; while an error is under way a failed flush must not mask it."""
+        if failing:
+            with contextlib.suppress(OSError):
+                self.log.close()
+        else:
+            with writing(self.log.path, self.intact()):
+                self.log.close()
+
+
+def _training_sampler(config: TrainConfig, train_split: ClassSplit) -> tuple[EpisodeSampler | ClassBalancedSampler, str]:
+    """The training episodes (or class-balanced batches) of the run and how the progress bar names them."""
+    if config.sampling == "balanced":  # P x M batches without queries (a P-way M-shot 0-query draw)
+        sampler = ClassBalancedSampler(train_split.labels, config.batch_classes, config.batch_images,
+                                       seed=config.seed, num_batches=config.episodes)
+        return sampler, f"{config.learner} {config.batch_classes} classes x {config.batch_images} images"
+    sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
+                             seed=config.seed, num_episodes=config.episodes)
+    return sampler, f"{config.learner} {config.train_ways}-way {config.shots}-shot"
+
+
+def _train_step(first: int, config: TrainConfig, trainer: nn.Module, episode_stream: Any, device: torch.device,
+                world: World, stop_signal: int | None, batch_norm: StepBatchNorm | None,
+                intact: Callable[[], str]) -> tuple[torch.Tensor, float, Any]:
+    """The forward and backward passes of this rank's episodes of the step that starts at episode `first`
+    (gradients accumulated, not applied). Returns the step's totals summed over the ranks: loss sum,
+    accuracy sum, accuracy count, stop signal, non-finite losses, then one slot per episode of the step
+    holding its number (from 1), each filled exactly once; the last non-finite loss; the last output."""
+    per_step = config.episodes_per_step
+    local = per_step // world.size  # episodes each rank trains on per step
+    totals = torch.zeros(5 + per_step, dtype=torch.float64)
+    bad_loss = float("nan")
+    output = None
+    try:
+        for j in range(local):
+            index = first + world.rank + world.size * j  # the global episode number
+            totals[5 + index - first] += index + 1
+            episode = next(episode_stream)
+            support_x, support_y, query_x, query_y, classes = (t.to(device, non_blocking=True) for t in episode)
+            support_x, query_x = augment_episode(config.augment, support_x, query_x,
+                                                 augment_generator(config.seed, index))
+            # DDP all-reduces the gradients in the backward of the step's last local episode only.
+            sync = contextlib.nullcontext() if j == local - 1 or not world.distributed else trainer.no_sync()
+            with sync:
+                output = trainer(support_x, support_y, query_x, query_y,
+                                 generator=episode_generator(config.seed, index), classes=classes)
+                loss = output.loss
+                if not torch.isfinite(loss):
+                    totals[4] += 1
+                    bad_loss = loss.item()
+                    if not world.distributed:
+                        break
+                (loss / local if local > 1 else loss).backward()
+            if batch_norm is not None:
+                batch_norm.after_episode()
+            totals[0] += loss.item()
+            if len(query_y):
+                totals[1] += (output.logits.argmax(1) == query_y).float().mean().item()
+                totals[2] += 1
+        totals[3] = stop_signal or 0
+        if world.distributed:
+            totals = all_reduce_sum(totals.to(collective_device()), world, f"the step at episode {first + 1}").cpu()
+    except (RuntimeError, torch.distributed.DistError) as error:
+        if not world.distributed or not _is_collective_error(error):
+            raise
+        raise RankFailure(f"rank {world.rank} of {world.size}: another rank stopped during the step at episode "
+                          f"{first + 1} ({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
+                          f"{intact()}; torchrun --max-restarts restarts the job from it") from error
+    return totals, bad_loss, output
+
+
+def _calibrate(run_dir: Path, splits: DatasetSplits, seed: int) -> None:
+    """The verification threshold, chosen on validation classes and stored in best.pt (before the test
+    report, which records best.pt's sha256), so `fewshot.api.load(...).verify` needs no calibration later.
+    At most CALIBRATION_CLASSES validation classes (seeded), so that the end of a run stays short."""
+    calibration_split = splits.val
+    if calibration_split.num_classes > CALIBRATION_CLASSES:
+        chosen = np.random.default_rng(seed).permutation(calibration_split.num_classes)[:CALIBRATION_CLASSES]
+        calibration_split = calibration_split.subset(np.sort(chosen))
+    try:
+        calibrate_checkpoint(run_dir / "best.pt", calibration_split, far=DEFAULT_FAR)
+    except ValueError as error:  # the model and its checkpoints are fine; only verify() will calibrate later
+        warnings.warn(f"could not calibrate the verification threshold of {run_dir / 'best.pt'}: {error}", stacklevel=2)
+
+
+def _validation_step(done: int, best: dict[str, Any], model: FewShotModel, splits: DatasetSplits, config: TrainConfig,
+                     device: torch.device, files: _RunFiles, save: Callable[[str, int, dict[str, Any]], None],
+                     say: Callable[[str], None] | None) -> dict[str, Any]:
+    """Validate after episode `done`, log it, save best.pt when the model is the best so far (always, when
+    training on the validation classes too: then the final model is kept), redraw the curve. Returns
+    the best {"episode", "accuracy"} after this validation."""
+    result = validation_interval(model, splits.val, config, device)
+    files.write_log({"kind": "val", "episode": done, "accuracy": result.mean, "ci95": result.half_width})
+    # Trained on val classes too, validation accuracy is no longer a fair guide: keep the final model
+    # (the protocol of Snell et al.'s final models: train + val for the schedule found on train).
+    select_on_val = config.train_split == "train"
+    if result.mean > best["accuracy"] or not select_on_val:
+        best = {"episode": done, "accuracy": result.mean}
+        save("best.pt", done, best)
+    if say is not None:
+        say(f"episode {done}: val {100 * result.mean:.2f} +- {100 * result.half_width:.2f}% "
+            f"(best {100 * best['accuracy']:.2f}% at {best['episode']})")
+    files.plot(config)
+    return best
+
+
+def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: DatasetSplits, spec: ModelSpec,
                   model: FewShotModel, device: torch.device, run_dir: Path, world: World) -> dict[str, Any]:
     """`train` once the run directory is locked and checked (by rank 0)."""
     main = world.is_main
     # A frozen backbone's parameters are left out (the optimizer state of a full run is unchanged).
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                  weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config)
+    scheduler = make_scheduler(optimizer, config.schedule, episodes=config.episodes, lr_step=config.lr_step,
+                               lr_gamma=config.lr_gamma)
     start, best = 0, {"episode": None, "accuracy": -1.0}
-    saved: dict[str, int] = {}  # episode of each checkpoint of this run on disk, for the failure messages
-    seconds_before, started = 0.0, time.perf_counter()  # wall time of training and validation, summed over resumes
+    saved: dict[str, int] = {}
+    seconds_before, started = 0.0, time.perf_counter()
     if resume:
-        state = _resume_state(run_dir, config)
+        state, config = resume_state(run_dir, config)
         load_model_state(model, state, run_dir / "last.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -367,36 +433,11 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
         if best["episode"] is not None and (run_dir / "best.pt").is_file():
             saved["best.pt"] = int(best["episode"])
         del state
-
-    def intact() -> str:
-        """Which checkpoints a failure leaves, and how to go on from them."""
-        if "last.pt" in saved:
-            return (f"{run_dir / 'last.pt'} (episode {saved['last.pt']}) is intact: fix the cause and continue "
-                    "with --resume")
-        return "no last.pt was written yet, so there is nothing to resume: fix the cause and start over with --overwrite"
-
-    # The log is read (and checked) before anything is written, so a bad log leaves the run as it was.
-    log: MetricsLog | _NoLog = _NoLog()
-    if main:
-        with writing(run_dir / "metrics.jsonl", intact()):
-            log = MetricsLog(run_dir / "metrics.jsonl", start if resume else None)
-        with writing(run_dir, intact()):
-            atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(asdict(config), indent=2).encode()))
-            record = {"dataset": splits.dataset, "scheme": splits.scheme, "options": splits.options, **splits.class_lists()}
-            atomic_write(run_dir / "splits.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
+    files = _RunFiles(run_dir, main, saved, seconds_before, started)
+    files.start(config, splits, start if resume else None)
 
     train_split = splits.get(config.train_split)
-    # Trained on val classes too, validation accuracy is no longer a fair guide: keep the final model
-    # (the protocol of Snell et al.'s final models: train + val for the schedule found on train).
-    select_on_val = config.train_split == "train"
-    if config.sampling == "balanced":  # P x M batches without queries (a P-way M-shot 0-query draw)
-        sampler = ClassBalancedSampler(train_split.labels, config.batch_classes, config.batch_images,
-                                       seed=config.seed, num_batches=config.episodes)
-        description = f"{config.learner} {config.batch_classes} classes x {config.batch_images} images"
-    else:
-        sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
-                                 seed=config.seed, num_episodes=config.episodes)
-        description = f"{config.learner} {config.train_ways}-way {config.shots}-shot"
+    sampler, description = _training_sampler(config, train_split)
     per_step = config.episodes_per_step
     local = per_step // world.size  # episodes each rank trains on per step
     if start % per_step:
@@ -408,30 +449,9 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
         for signum in STOP_SIGNALS:
             previous_handlers[signum] = signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
 
-    def save(name: str, episode: int) -> None:
-        bad = [*non_finite_tensors(model.state_dict(), "model"), *non_finite_tensors(optimizer.state_dict(), "optimizer")]
-        if bad:  # never replace a good checkpoint with one that can only score chance (every rank sees the same weights)
-            raise NonFiniteParameters(f"after episode {episode} the weights hold NaN or inf ({describe_names(bad)}); "
-                                      f"{name} was not written. {_checkpoint_note(run_dir, saved)} Train again with a "
-                                      "lower --lr (in another --output, or with --overwrite)")
-        path = run_dir / name
-        previous = f"the previous {name} (episode {saved[name]}) is unchanged; " if name in saved else ""
-        if main:
-            with writing(path, previous + intact()):
-                log.sync()
-                seconds = seconds_before + time.perf_counter() - started
-                save_checkpoint(path, _checkpoint_state(config, spec, model, optimizer, scheduler, episode, best, splits,
-                                                        seconds))
-        saved[name] = episode
-
-    def plot() -> None:
-        if not main:
-            return
-        try:
-            plot_curve(log.records(), run_dir / "curve.png", config)
-        except OSError as error:  # the curve is a view of metrics.jsonl: training goes on without it
-            warnings.warn(f"could not write the learning curve: {describe_write_error(error, run_dir / 'curve.png')}",
-                          stacklevel=2)
+    def save(name: str, episode: int, best: dict[str, Any]) -> None:
+        files.save(name, episode, model, optimizer, lambda seconds: checkpoint_state(
+            config, spec, model, optimizer, scheduler, episode, best, splits, seconds))
 
     if progress:
         print(f"run directory: {run_dir}\n{splits.describe()}", file=sys.stderr)
@@ -454,55 +474,18 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
         for first in bar:
             requested = agreed_stop if world.distributed else stop["signal"]
             if requested:
-                save("last.pt", first)
+                save("last.pt", first, best)
                 signum = stop["signal"] or signal.SIGTERM  # another rank's signal: the ranks' sum names none
                 raise TrainingInterrupted(f"{signal.Signals(signum).name} received: interrupted before episode {first}; "
-                                          f"state saved to {run_dir / 'last.pt'}", signum)
+                                          f"state saved to {run_dir / 'last.pt'}", signum, config.output)
             model.train()
             if config.freeze_backbone:
                 model.backbone.eval()  # linear-probe style: batch-norm statistics stay those of the init
             optimizer.zero_grad(set_to_none=True)
             if batch_norm is not None:
                 batch_norm.begin()
-            # Loss sum, accuracy sum, accuracy count, stop signal, non-finite losses, then one slot per episode of
-            # the step holding its number (from 1): summed over the ranks, each slot is filled exactly once.
-            totals = torch.zeros(5 + per_step, dtype=torch.float64)
-            bad_loss = float("nan")
-            try:
-                for j in range(local):
-                    index = first + world.rank + world.size * j  # the global episode number
-                    totals[5 + index - first] += index + 1
-                    episode = next(episode_stream)
-                    support_x, support_y, query_x, query_y, classes = (t.to(device, non_blocking=True) for t in episode)
-                    support_x, query_x = augment_episode(config.augment, support_x, query_x,
-                                                         augment_generator(config.seed, index))
-                    # DDP all-reduces the gradients in the backward of the step's last local episode only.
-                    sync = contextlib.nullcontext() if j == local - 1 or not world.distributed else trainer.no_sync()
-                    with sync:
-                        output = trainer(support_x, support_y, query_x, query_y,
-                                         generator=episode_generator(config.seed, index), classes=classes)
-                        loss = output.loss
-                        if not torch.isfinite(loss):
-                            totals[4] += 1
-                            bad_loss = loss.item()
-                            if not world.distributed:
-                                break
-                        (loss / local if local > 1 else loss).backward()
-                    if batch_norm is not None:
-                        batch_norm.after_episode()
-                    totals[0] += loss.item()
-                    if len(query_y):
-                        totals[1] += (output.logits.argmax(1) == query_y).float().mean().item()
-                        totals[2] += 1
-                totals[3] = stop["signal"] or 0
-                if world.distributed:
-                    totals = all_reduce_sum(totals.to(collective_device()), world, f"the step at episode {first + 1}").cpu()
-            except (RuntimeError, torch.distributed.DistError) as error:
-                if not world.distributed or not _is_collective_error(error):
-                    raise
-                raise RankFailure(f"rank {world.rank} of {world.size}: another rank stopped during the step at episode "
-                                  f"{first + 1} ({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
-                                  f"{intact()}; torchrun --max-restarts restarts the job from it") from error
+            totals, bad_loss, output = _train_step(first, config, trainer, episode_stream, device, world,
+                                                   stop["signal"], batch_norm, files.intact)
             if totals[4]:
                 # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.
                 where = (f"is {bad_loss} at episode {first + 1}" if per_step == 1 else
@@ -524,52 +507,32 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
                       "lr": optimizer.param_groups[0]["lr"]}
             if per_step > 1:  # the episodes this step trained on, as the ranks reported them
                 record["episodes"] = [int(n) for n in totals[5:].tolist()]
-            with writing(log.path, intact()):
-                log.write(record)
+            files.write_log(record)
             bar.set_postfix(loss=f"{loss_value:.3f}", **({} if accuracy is None else {"acc": f"{accuracy:.3f}"}),
                             refresh=False)
             if _crossed(first, done, config.val_every) or done == config.episodes:
-                result = validation_interval(model, splits.val, config, device)
-                with writing(log.path, intact()):
-                    log.write({"kind": "val", "episode": done, "accuracy": result.mean, "ci95": result.half_width})
-                if result.mean > best["accuracy"] or not select_on_val:
-                    best = {"episode": done, "accuracy": result.mean}
-                    save("best.pt", done)
-                if progress:
-                    bar.write(f"episode {done}: val {100 * result.mean:.2f} +- {100 * result.half_width:.2f}% "
-                              f"(best {100 * best['accuracy']:.2f}% at {best['episode']})")
-                plot()
+                best = _validation_step(done, best, model, splits, config, device, files, save,
+                                        bar.write if progress else None)
             if _crossed(first, done, config.checkpoint_every) or done == config.episodes or _crossed(first, done, config.val_every):
-                save("last.pt", done)
+                save("last.pt", done, best)
     except BaseException:
-        with contextlib.suppress(OSError):  # the error under way says what failed; a failed flush must not mask it
-            log.close()
+        files.close(failing=True)
         raise
     else:
-        with writing(log.path, intact()):
-            log.close()
+        files.close(failing=False)
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
         bar.close()
     if stop["signal"] is not None:  # asked to stop during the last episode or its validation: last.pt is saved
         raise TrainingInterrupted(f"{signal.Signals(stop['signal']).name} received: stopped after the last episode, "
-                                  f"before the test evaluation; state saved to {run_dir / 'last.pt'}", stop["signal"])
-    plot()
-    # The verification threshold, chosen on validation classes now and stored in best.pt (before the test
-    # report, which records best.pt's sha256), so `fewshot.api.load(...).verify` needs no calibration later.
-    # At most CALIBRATION_CLASSES validation classes (seeded), so that the end of a run stays short.
+                                  f"before the test evaluation; state saved to {run_dir / 'last.pt'}", stop["signal"],
+                                  config.output)
+    files.plot(config)
     if main:
-        calibration_split = splits.val
-        if calibration_split.num_classes > CALIBRATION_CLASSES:
-            chosen = np.random.default_rng(config.seed).permutation(calibration_split.num_classes)[:CALIBRATION_CLASSES]
-            calibration_split = calibration_split.subset(np.sort(chosen))
-        try:
-            calibrate_checkpoint(run_dir / "best.pt", calibration_split, far=DEFAULT_FAR)
-        except ValueError as error:  # the model and its checkpoints are fine; only verify() will calibrate later
-            warnings.warn(f"could not calibrate the verification threshold of {run_dir / 'best.pt'}: {error}", stacklevel=2)
+        _calibrate(run_dir, splits, config.seed)
     barrier(world, "waiting for rank 0 to calibrate best.pt")  # the others read best.pt next
-    report = evaluate_checkpoint(run_dir / "best.pt", eval_split="test", settings=[(config.ways, config.shots)],
+    report = evaluate_checkpoint(run_dir / "best.pt", eval_split="test", ways_shots=((config.ways, config.shots),),
                                  queries=config.eval_queries, episodes=config.test_episodes, seed=config.seed,
                                  device=str(device), splits=splits, progress=progress)
     report["train_seconds"] = float(load_checkpoint(run_dir / "last.pt").get("train_seconds", 0.0))

@@ -106,6 +106,6 @@ def run_recipe(recipe: Recipe, output: str | Path, overrides: Overrides | None =
             continue
         train(config, resume=(Path(config.output) / "last.pt").is_file(), progress=progress)
     final = configs[-1][1]
-    return evaluate_checkpoint(Path(final.output) / "best.pt", settings=list(recipe.settings), queries=final.eval_queries,
+    return evaluate_checkpoint(Path(final.output) / "best.pt", ways_shots=tuple(recipe.settings), queries=final.eval_queries,
                                episodes=test_episodes or final.test_episodes, seed=final.seed,
                                device=str(resolve_device(final.device)), data_root=final.data_root, progress=progress)

@@ -3,18 +3,18 @@
 An attribute encoder (`encoders`: linear or MLP, registered in `ENCODERS`) maps each class's attribute
 vector to a prototype in feature space, trained on seen classes by one of `METHODS` (softmax
 compatibility, DeViSE / ALE / SJE ranking hinges, closed-form ESZSL). Features are either frozen
-per-image features (the GBU benchmark, `load_gbu`) or images embedded by a backbone of this project
+per-image features (the GBU benchmark files, `gbu`: `load_gbu`) or images embedded by a backbone of this project
 (`embed_images`). `evaluate_zero_shot` runs the GBU protocol (ZSL top-1, GZSL u / s / H, calibrated
-stacking) and K = 0 / K >= 1 episodes with 95% intervals. The command line is `python -m fewshot.zeroshot`.
+stacking) and K = 0 / K >= 1 episodes with 95% intervals (`pipeline`). The command line is
+`python -m fewshot zeroshot` (`fewshot.cli.zeroshot`).
 See docs/zeroshot.md.
 """
 
-from fewshot.zeroshot.api import embed_images, evaluate_zero_shot, format_report, validation_fold
-from fewshot.zeroshot.data import (
+from fewshot.zeroshot.data import ZeroShotData
+from fewshot.zeroshot.gbu import (
     GBU_CLASS_COUNTS,
     GBU_DATASETS,
     AttributeSplits,
-    ZeroShotData,
     combine_gbu,
     load_attribute_splits,
     load_gbu,
@@ -40,13 +40,7 @@ from fewshot.zeroshot.methods import (
     eszsl_closed_form,
     fit,
 )
-from fewshot.zeroshot.planted import (
-    load_planted_gbu,
-    oracle_accuracy,
-    planted_features,
-    planted_problem,
-    write_planted_res101,
-)
+from fewshot.zeroshot.pipeline import embed_images, evaluate_zero_shot, format_report, validation_fold
 
 __all__ = [
     "ENCODERS",
@@ -76,14 +70,9 @@ __all__ = [
     "harmonic_mean",
     "load_attribute_splits",
     "load_gbu",
-    "load_planted_gbu",
     "load_res101",
-    "oracle_accuracy",
     "per_class_accuracy",
-    "planted_features",
-    "planted_problem",
     "validation_fold",
     "write_attribute_splits",
-    "write_planted_res101",
     "write_res101",
 ]

@@ -1,7 +1,9 @@
-"""Planted zero-shot problems: features generated from class attributes by a known linear map plus noise.
+"""Test scaffolding: planted zero-shot problems, features generated from class attributes by a known linear map
+plus noise.
 
-The per-image GBU features (`res101.mat`) are not available offline, so tests, the benchmark and
-`python -m fewshot.zeroshot --planted-noise` generate them from the *real* class attributes:
+The per-image GBU features (`res101.mat`) are not available offline, so the tests and the zero-shot benchmark
+generate them from the *real* class attributes (in memory, or written as a real-format res101.mat for the command
+line):
 
     feature(image of class c) = M a_c + noise,   M ~ N(0, 1) entries [D, A],   noise ~ N(0, sigma^2 I_D)
 
@@ -17,12 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot.zeroshot.data import (
+from fewshot.zeroshot.data import ZeroShotData, check_attributes
+from fewshot.zeroshot.evaluate import per_class_accuracy
+from fewshot.zeroshot.gbu import (
     GBU_CLASS_COUNTS,
     AttributeSplits,
-    ZeroShotData,
-    check_attributes,
+    combine_gbu,
+    find_gbu_folder,
+    load_attribute_splits,
     split_classes_from_lists,
+    write_attribute_splits,
     write_res101,
 )
 
@@ -79,8 +85,6 @@ def write_planted_res101(splits: AttributeSplits, path: str | Path | None = None
 def oracle_accuracy(data: ZeroShotData, mapping: np.ndarray, generalized: bool = False) -> float:
     """Per-class-averaged top-1 of the Bayes classifier (nearest true class mean M a_c) on the unseen test
     images, among the unseen classes (ZSL) or all seen and unseen classes (`generalized`)."""
-    from fewshot.zeroshot.evaluate import per_class_accuracy
-
     candidates = np.concatenate([data.seen_classes, data.unseen_classes]) if generalized else data.unseen_classes
     means = data.attributes[candidates].astype(np.float32) @ mapping.T
     features = data.features[data.test_unseen]
@@ -107,8 +111,6 @@ def load_planted_gbu(dataset: str, root: str | Path | None = None, noise: float 
                      seed: int = 0, attributes: str = "att") -> tuple[ZeroShotData, np.ndarray]:
     """A real GBU split (att_splits.mat and class lists) with planted features in place of res101.mat, in
     memory: the same checks as `load_gbu`. Returns the data and the planted map (for `oracle_accuracy`)."""
-    from fewshot.zeroshot.data import combine_gbu, find_gbu_folder, load_attribute_splits
-
     splits = load_attribute_splits(find_gbu_folder(dataset, root), attributes)
     if dataset.upper() in GBU_CLASS_COUNTS:
         splits = replace(splits, name=dataset.upper())
@@ -122,8 +124,6 @@ def write_synthetic_gbu(folder: str | Path, num_classes: int = 12, num_unseen: i
                         noise: float = 1.0, folds: int = 2, seed: int = 0) -> Path:
     """A complete GBU-format folder (att_splits.mat, res101.mat, trainvalclasses.txt, testclasses.txt,
     trainclassesK.txt / valclassesK.txt) of a fully synthetic planted problem, for checks without any data."""
-    from fewshot.zeroshot.data import write_attribute_splits
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 5])

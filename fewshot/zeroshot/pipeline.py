@@ -1,5 +1,6 @@
-"""Zero-shot from Python: train on the seen classes, choose what the protocol chooses on validation classes,
-evaluate on the unseen (and, generalized, all) classes.
+"""The zero-shot pipeline (the GBU protocol end to end): train on the seen classes, choose what the protocol chooses
+on validation classes, evaluate on the unseen (and, generalized, all) classes; and `embed_images`, the way in for
+images through a backbone of this project.
 
     from fewshot.zeroshot import ZeroShotConfig, ZeroShotData, evaluate_zero_shot, load_gbu
     report = evaluate_zero_shot(load_gbu("CUB"), ZeroShotConfig(method="ale"))

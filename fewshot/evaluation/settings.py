@@ -1,0 +1,93 @@
+"""The settings of an evaluation as one object: which episodes, where, how embedded, with which test-time views."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewshot.evaluation.cache import DEFAULT_MAX_BYTES
+
+EVAL_SPLITS = ("test", "val", "train")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How to evaluate: the same settings give the same episodes and the same accuracies.
+
+    Attributes:
+        ways_shots: the (ways, shots) episode settings evaluated, in order.
+        queries: query images per class.
+        episodes: episodes per setting, drawn from `seed` (`episodes.EpisodeSampler`).
+        seed: the episodes are a pure function of it.
+        episode_list: a saved episode list (JSON, `episodes.lists`) used instead of seeded episodes; its
+            shape then replaces `ways_shots`, `queries` and `episodes`.
+        save_episode_lists: write each setting's seeded episodes as `<stem>_<ways>way<shots>shot.json`.
+        eval_split: which classes: "test" (novel), "val" or "train".
+        device: where the models run.
+        progress: show progress bars.
+        per_episode: embed each episode's images afresh instead of each image once (the same numbers).
+        views: test-time views, view kind -> setting (`fewshot.evaluation.views.VIEWS`), e.g.
+            {"shift": 1, "rotations": True, "mirror": False}.
+        batch_size: images embedded at a time.
+        max_bytes: memory for one model's embedding matrix; beyond it episodes are scored in chunks.
+        distributed: inside a torch.distributed group, shard the episodes over the ranks (else score all here).
+        allow_seen: evaluate even on classes the checkpoint was trained on.
+        embedding_metrics: also verification, retrieval and clustering metrics of the embeddings.
+    """
+
+    ways_shots: tuple[tuple[int, int], ...] = ((5, 1),)
+    queries: int = 15
+    episodes: int = 1000
+    seed: int = 0
+    episode_list: str | Path | None = None
+    save_episode_lists: str | Path | None = None
+    eval_split: str = "test"
+    device: str | torch.device = "cpu"
+    progress: bool = False
+    per_episode: bool = False
+    views: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    max_bytes: int = DEFAULT_MAX_BYTES
+    distributed: bool = True
+    allow_seen: bool = False
+    embedding_metrics: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            pairs = tuple((ways, shots) for ways, shots in self.ways_shots)
+        except (TypeError, ValueError):
+            raise ValueError(f"ways_shots must be (ways, shots) pairs, got {self.ways_shots!r}") from None
+        for ways, shots in pairs:
+            _positive_int("ways", ways)
+            _positive_int("shots", shots)
+        object.__setattr__(self, "ways_shots", pairs)
+        object.__setattr__(self, "views", dict(self.views))
+        for name in ("queries", "batch_size", "max_bytes"):
+            _positive_int(name, getattr(self, name))
+        if isinstance(self.episodes, bool) or not isinstance(self.episodes, int) or self.episodes < 0:
+            raise ValueError(f"episodes must be a whole number >= 0, got {self.episodes!r}")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(f"unknown evaluation split {self.eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
+
+    @classmethod
+    def of(cls, settings: EvaluationSettings | None, overrides: Mapping[str, Any], **defaults: Any) -> EvaluationSettings:
+        """`settings` (or the defaults, updated by `defaults`) with `overrides` applied; unknown names are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        if settings is None:
+            return cls(**{**defaults, **overrides})
+        if not isinstance(settings, cls):
+            raise TypeError(f"settings must be an EvaluationSettings, got {type(settings).__name__} "
+                            "((ways, shots) pairs go in ways_shots=...)")
+        return replace(settings, **overrides)
