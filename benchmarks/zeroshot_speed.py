@@ -1,7 +1,7 @@
 """Training and evaluation time of each zero-shot method on a CUB-sized planted problem.
 
 11,788 features of 2,048 dimensions, 312 attributes, 200 classes (150 seen / 50 unseen, 7,057 training images):
-with FEWSHOT_DATA set, the real CUB split and attributes with planted features (`tests/zeroshot_planted.py`);
+with FEWSHOT_DATA set, the real CUB split and attributes with planted features (`tests/support/zeroshot_planted.py`);
 without it, random attributes and a split of the same sizes. Training is `fit` on the training images at the
 default settings (10 epochs, batch 128 for the gradient methods; fixed regularisers for ESZSL, and separately
 ESZSL's choice of regularisers on the three validation folds). Evaluation is the GBU protocol on the test images
@@ -35,8 +35,8 @@ from fewshot.zeroshot import (
 from fewshot.zeroshot.pipeline import tune_eszsl
 
 # The planted problems are test scaffolding, kept beside the tests.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from zeroshot_planted import load_planted_gbu, oracle_accuracy, planted_features  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.zeroshot_planted import load_planted_gbu, oracle_accuracy, planted_features  # noqa: E402
 
 IMAGES, FEATURE_DIM, ATTRIBUTE_DIM, CLASSES, UNSEEN = 11788, 2048, 312, 200, 50
 NOISE = 4.0

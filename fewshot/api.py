@@ -15,6 +15,7 @@ name as a model base class; it is a loaded model with its preprocessing).
 from fewshot.data import from_arrays, from_folder, load_splits
 from fewshot.evaluation import evaluate_checkpoint, evaluate_model
 from fewshot.evaluation.calibration import calibrate_checkpoint, operating_point
+from fewshot.evaluation.settings import EvaluationSettings
 from fewshot.inference.classifier import (
     Identification,
     TrainedModel,
@@ -29,6 +30,7 @@ from fewshot.training import TrainConfig, train
 FewShotClassifier = TrainedModel
 
 __all__ = [
+    "EvaluationSettings",
     "FewShotClassifier",
     "Identification",
     "Index",

@@ -1,4 +1,5 @@
-"""Named plug-ins: losses, distances, backbones and datasets register here, and everything that lists
+"""Named plug-ins: every kind of extension (datasets, backbones, distances, losses, miners, augmentations,
+schedules, test-time views, search back-ends) registers in a `Registry`, and everything that lists
 or builds them (the CLI's choices, `--loss-arg name=value`, checkpoints) reads the registry.
 
 A checkpoint stores a component as its registered name plus its keyword arguments, so any component

@@ -46,7 +46,7 @@ def gbu_root() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A miniature Omniglot (official zips and Vinyals split lists, drawn characters) for data-free tests."""
-    from synthetic import write_omniglot
+    from tests.support.synthetic import write_omniglot
 
     return write_omniglot(tmp_path_factory.mktemp("synthetic-data"))
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_train import EPISODES, assert_same_run, read_log, run_args, run_main, start_training, wait_for_checkpoint
+from tests.training.test_loop import EPISODES, assert_same_run, read_log, run_args, run_main, start_training, wait_for_checkpoint
 
 import fewshot.model.checkpoint
 import fewshot.data.omniglot

@@ -18,7 +18,7 @@ from torchvision.transforms.functional import to_tensor
 from episodes import EpisodeSampler
 from fewshot.data.miniimagenet import load_miniimagenet
 from fewshot.data.omniglot import load_omniglot
-from synthetic import (
+from tests.support.synthetic import (
     alphabet_names,
     image_folder_classes,
     miniimagenet_wnids,

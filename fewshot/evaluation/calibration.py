@@ -231,7 +231,7 @@ def calibrate_checkpoint(checkpoint: str | Path, split: ClassSplit | DatasetSpli
     model, state = model_from_checkpoint(checkpoint, resolve_device(device))
     dataset = "given"
     if split is None:
-        split, dataset = validation_split(state, model.spec.image_size), state.get("dataset", "omniglot")
+        split, dataset = validation_split(state, model.spec.image_size), state["dataset"]
     calibration = calibrate(model, split, far, device=device, dataset=dataset, **options)
     store_calibration(checkpoint, calibration)
     return calibration

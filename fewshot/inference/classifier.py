@@ -354,21 +354,29 @@ def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedM
     """
     device = resolve_device(device)
     model, state = model_from_checkpoint(checkpoint, device)
-    return TrainedModel(model, state.get("dataset", "omniglot"), device, checkpoint=checkpoint, state=state)
+    if "dataset" not in state:
+        raise ValueError(f"{checkpoint} records no dataset, so its preprocessing is unknown; expected a checkpoint "
+                         "written by fewshot.train")
+    return TrainedModel(model, state["dataset"], device, checkpoint=checkpoint, state=state)
 
 
 def calibrate(checkpoint_or_model: str | Path | TrainedModel | FewShotModel,
               val_split: ClassSplit | DatasetSplits | None = None, far: float | None = None, *,
-              device: str | torch.device | None = None, **options: Any) -> dict[str, Any]:
+              device: str | torch.device | None = None, dataset: str | None = None,
+              **options: Any) -> dict[str, Any]:
     """The verification and open-set thresholds at `far` on validation classes, for a checkpoint path, a loaded
-    `TrainedModel` or a bare `FewShotModel` (taken as an Omniglot model); the model does not adopt them
+    `TrainedModel` or a bare `FewShotModel` (whose `dataset` must then be named: it decides the preprocessing and
+    the default validation classes); the model does not adopt them
     (`TrainedModel.calibrate` does; `fewshot.evaluation.calibration.calibrate_checkpoint` stores them)."""
     if isinstance(checkpoint_or_model, TrainedModel):
         trained = checkpoint_or_model
     elif isinstance(checkpoint_or_model, (str, Path)):
         trained = load(checkpoint_or_model, device or "cpu")
     elif isinstance(checkpoint_or_model, FewShotModel):
-        trained = TrainedModel(checkpoint_or_model, "omniglot", device or "cpu")
+        if dataset is None:
+            raise ValueError("calibrate of a bare FewShotModel needs dataset=NAME (one of the registered datasets), "
+                             "the data it was trained on")
+        trained = TrainedModel(checkpoint_or_model, dataset, device or "cpu")
     else:
         raise TypeError(f"calibrate takes a checkpoint path, a TrainedModel or a FewShotModel; got "
                         f"{type(checkpoint_or_model).__name__}")

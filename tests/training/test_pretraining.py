@@ -27,7 +27,7 @@ from fewshot.metrics.clustering import clustering_scores, kmeans_clusters
 from fewshot.metrics.retrieval import map_at_r, r_precision
 from fewshot.model.network import FewShotModel, ModelSpec
 from fewshot.training import TrainConfig, train
-from test_train import run_main
+from tests.training.test_loop import run_main
 
 # ----------------------------------------------------------------------------------- class-balanced batches
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import write_image_folder
+from tests.support.synthetic import write_image_folder
 
 from fewshot.inference.classifier import load
 from fewshot.model.checkpoint import load_checkpoint

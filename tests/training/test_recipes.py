@@ -13,7 +13,7 @@ import pytest
 
 from fewshot.model.checkpoint import load_checkpoint
 from fewshot.training.recipes import RECIPES, Overrides, stage_configs
-from synthetic import write_miniimagenet
+from tests.support.synthetic import write_miniimagenet
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.data import DATASETS
 from fewshot.evaluation.views import COPIES, VIEWS, ViewKind, compose_views, shift_views, shifted, turn_views, turned
 from fewshot.learners.base import prototype_logits
-from test_evaluate_once import tiny_run
+from tests.evaluation.test_cache import tiny_run
 
 
 @pytest.fixture(scope="module")

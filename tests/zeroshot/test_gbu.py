@@ -16,7 +16,7 @@ from fewshot.zeroshot import (
     load_attribute_splits,
 )
 from fewshot.cli.zeroshot import main
-from zeroshot_planted import load_planted_gbu, oracle_accuracy, write_planted_res101, write_synthetic_gbu
+from tests.support.zeroshot_planted import load_planted_gbu, oracle_accuracy, write_planted_res101, write_synthetic_gbu
 
 
 def test_cli_on_real_cub_with_planted_res101(gbu_root: Path, tmp_path: Path, capsys):

@@ -24,7 +24,7 @@ from fewshot.zeroshot import (
     write_res101,
 )
 from fewshot.zeroshot.gbu import GBU_ATTRIBUTE_DIMS, write_attribute_splits
-from zeroshot_planted import planted_labels, write_synthetic_gbu
+from tests.support.zeroshot_planted import planted_labels, write_synthetic_gbu
 
 IMAGE_COUNTS = {"APY": 15339, "AWA1": 30475, "AWA2": 37322, "CUB": 11788, "SUN": 14340}
 

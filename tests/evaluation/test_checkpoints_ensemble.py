@@ -13,7 +13,7 @@ from fewshot.model.checkpoint import model_from_checkpoint
 from fewshot.data import load_splits
 from fewshot.evaluation import evaluate_checkpoint, evaluation_episodes
 from fewshot.cli.evaluate import main
-from test_evaluate_once import tiny_run
+from tests.evaluation.test_cache import tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from fewshot.training.augment import AffineRange, affine_matrices, augment_episo
 from fewshot.model.checkpoint import load_checkpoint
 from fewshot.data.datasets import load_splits
 
-from test_train import assert_identical, run_args, run_main
+from tests.training.test_loop import assert_identical, run_args, run_main
 
 IDENTITY = AffineRange(degrees=0.0, shear_degrees=0.0, scale=(1.0, 1.0), translate=0.0)
 

@@ -28,7 +28,7 @@ from fewshot.training import (
     TrainConfig,
 )
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "omniglot-protonet.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "omniglot-protonet.toml"
 # The tiny run of tests/test_train.py: one thread, so separate runs compute bit-identical numbers.
 TINY = ["--ways", "5", "--shots", "1", "--train-ways", "5", "--queries", "2", "--eval-queries", "5",
         "--val-every", "10", "--val-episodes", "5", "--test-episodes", "10", "--checkpoint-every", "5",

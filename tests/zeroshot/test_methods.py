@@ -31,7 +31,7 @@ from fewshot.zeroshot.methods import (
     structured_hinge_loss,
 )
 from fewshot.zeroshot.pipeline import affordable_queries
-from zeroshot_planted import oracle_accuracy, planted_problem
+from tests.support.zeroshot_planted import oracle_accuracy, planted_problem
 
 # Gradient methods on the small planted problem: enough Adam steps to converge in well under a second each.
 FAST = {"epochs": 30, "lr": 1e-2, "batch_size": 256}

@@ -16,7 +16,7 @@ import fewshot.data.folder as folder_module  # registers "folder"
 from fewshot.data.arrays import from_arrays
 from fewshot.data.datasets import DATASETS, load_splits, split_classes
 from fewshot.data.folder import from_folder
-from synthetic import image_folder_classes, write_image_folder
+from tests.support.synthetic import image_folder_classes, write_image_folder
 
 SIZE = 16  # stored side: small, so decoding stays fast
 NAMES = image_folder_classes(10)[""]  # the class folders of the 10-class trees

@@ -19,7 +19,7 @@ from fewshot.cli.errors import COMMAND_ERRORS, exit_code_for, report_error, repo
 from fewshot.runtime import RankFailure
 from fewshot.training import NonFiniteLoss, OutputError, RunInUse, TrainingInterrupted
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIVE = ("train", "evaluate", "search", "zeroshot", "recipe")
 SHIMS = ("fewshot.train", "fewshot.evaluate", "fewshot.recipe", "fewshot.search", "fewshot.zeroshot.__main__")
 

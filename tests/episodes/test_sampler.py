@@ -97,7 +97,7 @@ def test_seeds_give_different_streams():
 def test_determinism_across_processes():
     indices = [0, 1, 2, 999, 10**12]
     code = ("import numpy as np, sys; sys.path.insert(0, {tests!r}); "
-            "from test_episodes_sampler import imbalanced_labels, episodes_digest; "
+            "from test_sampler import imbalanced_labels, episodes_digest; "
             "from episodes import EpisodeSampler; "
             "print(episodes_digest(EpisodeSampler(imbalanced_labels(), (2, 6), (1, 3), 4, seed=2**63 + 17), {indices}))"
             ).format(tests=os.path.dirname(__file__), indices=indices)
