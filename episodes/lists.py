@@ -85,8 +85,13 @@ def save_episodes(path: str | Path, episodes: Iterable[Episode], dataset: Any = 
     # Written beside the target and renamed over it: a reader never sees half a list.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
         os.replace(temporary, path)
+    except OSError as error:  # name the list asked for, not the temporary
+        if error.filename == str(temporary):
+            error.filename = str(path)
+        raise
     finally:
         temporary.unlink(missing_ok=True)
     return path

@@ -147,8 +147,17 @@ class Episode:
 
     @property
     def shots(self) -> int:
-        """Support items per class."""
+        """Support items per class; an imbalanced episode has none (see `support_counts`) and raises."""
+        counts = self.support_counts
+        if len(counts) and np.any(counts != counts[0]):
+            raise ValueError(f"episode {self.index} is imbalanced (support items per class {counts.tolist()}): "
+                             "it has no single shots; read support_counts")
         return len(self.support) // len(self.classes)
+
+    @property
+    def support_counts(self) -> np.ndarray:
+        """Support items of each class, in episode-label order (all equal unless the episode is imbalanced)."""
+        return np.bincount(self.support_labels, minlength=len(self.classes))
 
     @property
     def queries(self) -> int:
@@ -361,23 +370,7 @@ class EpisodeSampler:
 
     def draw(self, indices: Sequence[int] | np.ndarray) -> EpisodeDraw:
         """Draw the episodes at `indices` together; return their raw arrays (see `EpisodeDraw`)."""
-        raw = indices
-        indices = np.asarray(indices)
-        if indices.ndim == 1 and indices.dtype == object and all(_is_int(i) for i in indices):
-            # Python ints beyond 64 bits: numpy keeps them as objects
-            bad = next(int(i) for i in indices if not 0 <= i <= _MAX_INDEX)
-            raise IndexError(f"episode indices must be >= 0, got {bad}" if bad < 0 else
-                             f"episode index {bad} is too large; indices are at most 2**63 - 1")
-        if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
-            raise ValueError(f"episode indices must be a 1-D sequence of ints, got {raw!r}")
-        if indices.size and np.issubdtype(indices.dtype, np.unsignedinteger) and indices.max() > _MAX_INDEX:
-            # Checked before the int64 conversion, which would wrap 2**63 to a negative number.
-            raise IndexError(f"episode index {int(indices.max())} is too large; indices are at most 2**63 - 1")
-        indices = indices.astype(np.int64)
-        if indices.size and indices.min() < 0:
-            raise IndexError(f"episode indices must be >= 0, got {indices.min()}")
-        if indices.size and self.num_episodes is not None and indices.max() >= self.num_episodes:
-            raise IndexError(f"episode index {indices.max()} out of range for num_episodes={self.num_episodes}")
+        indices = self.checked_indices(indices)
         seed, queries = self.seed, self.queries
         ways = self._draw_sizes(_STREAM_WAYS, self.ways_range, indices)
         shots = self._draw_sizes(_STREAM_SHOTS, self.shots_range, indices)
@@ -395,6 +388,27 @@ class EpisodeSampler:
             items[picks < 0] = -1  # variable sizes leave padding
             classes[positions < 0] = -1
         return EpisodeDraw(indices=indices, ways=ways, shots=shots, queries=queries, classes=classes, items=items)
+
+    def checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Episode indices as int64, refused (naming the value) unless 1-D, >= 0 and below num_episodes."""
+        raw = indices
+        indices = np.asarray(indices)
+        if indices.ndim == 1 and indices.dtype == object and all(_is_int(i) for i in indices):
+            # Python ints beyond 64 bits: numpy keeps them as objects
+            bad = next(int(i) for i in indices if not 0 <= i <= _MAX_INDEX)
+            raise IndexError(f"episode indices must be >= 0, got {bad}" if bad < 0 else
+                             f"episode index {bad} is too large; indices are at most 2**63 - 1")
+        if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
+            raise ValueError(f"episode indices must be a 1-D sequence of ints, got {raw!r}")
+        if indices.size and np.issubdtype(indices.dtype, np.unsignedinteger) and indices.max() > _MAX_INDEX:
+            # Checked before the int64 conversion, which would wrap 2**63 to a negative number.
+            raise IndexError(f"episode index {int(indices.max())} is too large; indices are at most 2**63 - 1")
+        indices = indices.astype(np.int64)
+        if indices.size and indices.min() < 0:
+            raise IndexError(f"episode indices must be >= 0, got {indices.min()}")
+        if indices.size and self.num_episodes is not None and indices.max() >= self.num_episodes:
+            raise IndexError(f"episode index {indices.max()} out of range for num_episodes={self.num_episodes}")
+        return indices
 
     def _draw_sizes(self, stream: int, size_range: tuple[int, int], indices: np.ndarray) -> np.ndarray:
         low, high = size_range

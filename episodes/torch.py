@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, Sampler, default_collate, get_worker_info
 
+from .metadataset import MetaDatasetDraw
 from .sampler import EpisodeDraw, EpisodeSampler
 
 EpisodeTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -62,10 +63,13 @@ class EpisodeCollate:
     `(support_x, support_y, query_x, query_y)` with episode labels 0..ways-1.
 
     Ways come from the distinct item labels and shots from `queries` (fixed per sampler), so
-    variable-way and variable-shot episodes collate without extra information.
+    variable-way and variable-shot episodes collate without extra information. With `queries=None`
+    (a `MetaDatasetSampler`: queries vary per episode, shots per class) the query block is found where
+    the first class comes back after the support block, and each class may have its own shots and
+    queries; such episodes need at least two classes.
     """
 
-    def __init__(self, queries: int) -> None:
+    def __init__(self, queries: int | None) -> None:
         self.queries = queries
 
     def __call__(self, batch: Sequence[tuple[Any, Any]]) -> EpisodeTensors:
@@ -75,6 +79,8 @@ class EpisodeCollate:
         rank_of_sorted = np.argsort(np.argsort(first_seen))  # sorted class -> order of first appearance
         episode_labels = torch.from_numpy(rank_of_sorted[np.searchsorted(values, labels.numpy())])
         ways = len(values)
+        if self.queries is None:
+            return self._collate_imbalanced(images, episode_labels, ways)
         per_class, remainder = divmod(len(batch), ways)
         shots = per_class - self.queries
         if remainder or shots < 1:
@@ -87,6 +93,23 @@ class EpisodeCollate:
                              "yields them: do the dataset's labels match the sampler's?")
         split = ways * shots
         return images[:split], expected[:split], images[split:], expected[split:]
+
+    @staticmethod
+    def _collate_imbalanced(images: torch.Tensor, episode_labels: torch.Tensor, ways: int) -> EpisodeTensors:
+        labels = episode_labels.numpy()
+        returns = np.flatnonzero((labels[1:] == 0) & (labels[:-1] != 0)) + 1  # where class 0 comes back
+        if ways < 2 or len(returns) == 0:
+            raise ValueError(f"an episode of {len(labels)} items over {ways} classes has no query block where "
+                             "class 0 comes back: imbalanced episodes need >= 2 classes, support then query")
+        split = int(returns[0])
+        support_counts = np.bincount(labels[:split], minlength=ways)
+        query_counts = np.bincount(labels[split:], minlength=ways)
+        expected = np.concatenate([np.repeat(np.arange(ways), support_counts), np.repeat(np.arange(ways), query_counts)])
+        if support_counts.min() < 1 or query_counts.min() < 1 or not np.array_equal(labels, expected):
+            raise ValueError("episode items are not laid out support then query, class-major, each class in both, "
+                             "as MetaDatasetSampler yields them: do the dataset's labels match the sampler's?")
+        y = torch.from_numpy(expected)
+        return images[:split], y[:split], images[split:], y[split:]
 
 
 class TensorStore:
@@ -155,7 +178,7 @@ class TensorStore:
         """Return items as a tensor [n, C, H, W]: float in [0, 1] for a float dtype, else the raw uint8."""
         return torch.from_numpy(_convert(self.gather_uint8(items), dtype))
 
-    def iter_episodes(self, draw: EpisodeDraw, dtype: torch.dtype = torch.float32,
+    def iter_episodes(self, draw: EpisodeDraw | MetaDatasetDraw, dtype: torch.dtype = torch.float32,
                       block: int = 4, with_classes: bool = False) -> Iterator[EpisodeTensors]:
         """Yield `(support_x, support_y, query_x, query_y)` for each drawn episode, and with
         `with_classes` a fifth tensor: the episode's class ids `[ways]` (episode label j is class `classes[j]`).
@@ -164,14 +187,14 @@ class TensorStore:
         in cache: 4 was fastest here). Float episodes are their own tensors; uint8 episodes are views of
         their block's buffer (so holding one keeps its block alive: ~250 KB for 5-way 16-item Omniglot).
         """
-        episodes = (self._iter_fixed_shape(draw, dtype, block) if len(draw) and draw.fixed_shape
-                    else self._iter_any_shape(draw, dtype, block))
+        fixed = isinstance(draw, EpisodeDraw) and len(draw) > 0 and draw.fixed_shape
+        episodes = self._iter_fixed_shape(draw, dtype, block) if fixed else self._iter_any_shape(draw, dtype, block)
         if not with_classes:
             return episodes
         classes = (torch.from_numpy(draw.classes[e, :int(draw.ways[e])]) for e in range(len(draw)))
         return ((*episode, episode_classes) for episode, episode_classes in zip(episodes, classes))
 
-    def _iter_any_shape(self, draw: EpisodeDraw, dtype: torch.dtype, block: int) -> Iterator[EpisodeTensors]:
+    def _iter_any_shape(self, draw: EpisodeDraw | MetaDatasetDraw, dtype: torch.dtype, block: int) -> Iterator[EpisodeTensors]:
         for start in range(0, len(draw), block):
             episodes = draw.slice(start, start + block).episodes()
             buffer = self._gather(np.concatenate([e.indices() for e in episodes]))

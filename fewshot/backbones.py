@@ -6,6 +6,8 @@ Both map images ``[batch, channels, H, W]`` to flat embeddings ``[batch, dim]``;
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,13 @@ def _conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Se
         layers.append(nn.MaxPool2d(2))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def _check_widths(backbone: str, **widths: int) -> None:
+    """Raise a ValueError naming each layer width (channel count) that is not a positive whole number."""
+    for name, value in widths.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{backbone} {name} must be a positive whole number of channels, got {value!r}")
 
 
 def _check_input_shape(input_shape: tuple[int, ...], in_channels: int) -> tuple[int, int, int]:
@@ -58,6 +67,7 @@ class Conv4(nn.Module):
         normalize: bool = False,
     ) -> None:
         super().__init__()
+        _check_widths("Conv4", in_channels=in_channels, hidden=hidden, out_channels=out_channels)
         if isinstance(pools, bool) or not isinstance(pools, int) or not 0 <= pools <= 4:
             raise ValueError(f"Conv4 pools must be an integer from 0 to 4, got {pools!r}")
         self.in_channels = in_channels
@@ -127,8 +137,10 @@ class ResNet12(nn.Module):
         normalize: bool = False,
     ) -> None:
         super().__init__()
-        if len(channels) != 4:
-            raise ValueError(f"ResNet12 needs 4 block widths, got channels={tuple(channels)}")
+        if isinstance(channels, (str, bytes)) or not hasattr(channels, "__len__") or len(channels) != 4:
+            raise ValueError(f"ResNet12 needs 4 block widths, got channels={channels!r}")
+        _check_widths("ResNet12", in_channels=in_channels,
+                      **{f"channels[{i}]": width for i, width in enumerate(channels)})
         self.in_channels = in_channels
         self.channels = tuple(channels)
         self.normalize = normalize
@@ -168,6 +180,20 @@ def embedding_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int
     finally:
         backbone.train(was_training)
     return int(output.flatten(1).shape[1])
+
+
+def check_backbone(name: str, in_channels: int, image_size: int, normalize: bool = False, **kwargs: Any) -> int:
+    """The embedding size of the backbone `name` built with `kwargs` for `image_size` square images, found by
+    building it on the meta device (no memory, no random numbers drawn): bad constructor arguments and images
+    it cannot take fail here, before a run writes anything, with the backbone's own message."""
+    try:
+        with torch.device("meta"):
+            backbone = build_backbone(name, in_channels, normalize, **kwargs)
+            return embedding_dim(backbone, (in_channels, image_size, image_size))
+    except (RuntimeError, TypeError) as error:  # raised by torch inside a backbone that checks nothing itself
+        arguments = ", ".join(f"{key}={value!r}" for key, value in kwargs.items()) or "no arguments"
+        raise ValueError(f"the {name} backbone with {arguments} cannot take {in_channels}-channel "
+                         f"{image_size}x{image_size} images: {error}") from None
 
 
 def build_backbone(name: str, in_channels: int, normalize: bool = False, **kwargs) -> nn.Module:

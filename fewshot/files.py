@@ -27,6 +27,31 @@ def absolute_path(path: str | Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
+def check_writable(path: str | Path, what: str) -> Path:
+    """Refuse, before any work, an output `path` that cannot be written; return it absolute.
+
+    `what` names the output in errors ("--output", "the report"). The path must not be a directory; its
+    folder must exist and be writable, or be creatable (its nearest existing ancestor a writable directory);
+    an existing file must be writable (a read-only file is the user's request not to change it). Raises
+    ValueError naming `what` and the user's path, never a temporary file.
+    """
+    target = absolute_path(path)
+    if target.is_dir():
+        raise ValueError(f"{what} {path} is a directory; name a file to write")
+    if target.exists() or target.is_symlink():
+        if not os.access(target, os.W_OK, follow_symlinks=True):
+            raise ValueError(f"cannot write {what} {path}: the file is read-only")
+    folder = target.parent
+    while not folder.exists():  # the folders still to make: the nearest existing one must take them
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {what} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        verb = "write into" if folder == target.parent else "create folders in"
+        raise ValueError(f"cannot write {what} {path}: no permission to {verb} the folder {folder}")
+    return target
+
+
 def _current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -42,7 +67,11 @@ def atomic_write(path: str | Path, write_fn: Callable[[BinaryIO], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # name the file the caller asked for, not the temporary that could not be made
+        error.filename = str(path)
+        raise
     try:
         with os.fdopen(handle, "wb") as file:
             write_fn(file)
@@ -50,8 +79,10 @@ def atomic_write(path: str | Path, write_fn: Callable[[BinaryIO], None]) -> Path
             os.fsync(file.fileno())
         os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename == tmp_name:  # a full disk: the caller's file, not ours
+            error.filename = str(path)
         raise
     if os.name == "posix":  # persist the rename itself
         dir_fd = os.open(path.parent, os.O_RDONLY)

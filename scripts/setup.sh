@@ -12,5 +12,8 @@ PY=.venv/bin/python
 if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
+# Editable, and path-based (pyproject.toml's package-dir): the repository root goes on sys.path through a .pth,
+# so an `episodes/` folder in the working directory cannot shadow the package. Re-running switches an older
+# finder-based install of an existing .venv over (pip reinstalls a local project every time).
 "$PY" -m pip install -q -e ".[dev,bench]"
 PYTHON="$PY" bash scripts/install_learn2learn.sh

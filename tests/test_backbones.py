@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.backbones import BACKBONES, Conv4, ResNet12, build_backbone, embedding_dim
+from fewshot.backbones import BACKBONES, Conv4, ResNet12, build_backbone, check_backbone, embedding_dim
 
 
 @pytest.mark.parametrize(
@@ -103,3 +103,41 @@ def test_conv4_pools_is_checked():
         Conv4(pools=5)
     with pytest.raises(ValueError, match="pools=2 needs images of at least 4x4, got 3x3"):
         Conv4(pools=2).out_dim((1, 3, 3))
+
+
+@pytest.mark.parametrize(("name", "arguments", "message"), [
+    ("conv4", {"hidden": 0}, "Conv4 hidden must be a positive whole number of channels, got 0"),
+    ("conv4", {"out_channels": -3}, "Conv4 out_channels must be a positive whole number of channels, got -3"),
+    ("conv4", {"hidden": 2.5}, "Conv4 hidden must be a positive whole number of channels, got 2.5"),
+    ("resnet12", {"channels": (64, 0, 320, 640)}, r"ResNet12 channels\[1\] must be a positive whole number"),
+])
+def test_backbones_refuse_widths_that_are_not_positive_whole_numbers(name, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        build_backbone(name, in_channels=1, **arguments)
+    with pytest.raises(ValueError, match=message):
+        check_backbone(name, 1, 28, **arguments)
+
+
+def test_check_backbone_builds_on_the_meta_device_without_drawing_random_numbers():
+    state = torch.get_rng_state()
+    assert check_backbone("conv4", 1, 28) == 64 and check_backbone("resnet12", 3, 84) == 640
+    assert torch.equal(state, torch.get_rng_state())
+    with pytest.raises(ValueError, match="at least 16x16"):
+        check_backbone("conv4", 1, 8)
+
+
+def test_check_backbone_names_the_arguments_a_backbone_without_checks_fails_on():
+    @BACKBONES.register("test-unchecked")
+    class Unchecked(nn.Module):
+        def __init__(self, in_channels: int = 1, width: int = 8, normalize: bool = False) -> None:
+            super().__init__()
+            self.layer = nn.Conv2d(in_channels, width, 3)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.layer(images).flatten(1)
+
+    try:
+        with pytest.raises(ValueError, match=r"the test-unchecked backbone with width=-1 cannot take 1-channel 28x28"):
+            check_backbone("test-unchecked", 1, 28, width=-1)
+    finally:
+        BACKBONES.unregister("test-unchecked")

@@ -548,3 +548,23 @@ def test_13_sampler_indices_beyond_int64_and_boolean_counts_are_refused() -> Non
         EpisodeSampler(np.repeat(np.arange(5), 4), 2, 1, 1, num_episodes=True)
     with pytest.raises(ValueError, match="chunk must be a positive int, got True"):
         next(sampler.iterate(chunk=True))
+
+
+def test_9_an_undecodable_byte_in_the_metrics_log_names_the_file_and_line(tiny_run: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    output = copy_run(tiny_run, tmp_path)
+    log = output / "metrics.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:2]) + b'{"kind": "train", "episode": 3, "note": "\xff"}\n' + b"".join(lines[2:]))
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 3: not UTF-8 text \(byte 0xff at column 42\)"):
+        read_records(log)
+    code, _, stderr = run_main(run_args(output, tiny_run["data_root"], extra=("--resume",)))
+    assert code == 2 and "metrics.jsonl, line 3: not UTF-8 text" in stderr and "fix or delete" in stderr, stderr
+    # A last line torn in the middle of a character is dropped like any torn line.
+    log.write_bytes(b"".join(lines) + '{"kind": "tr\u00e9'.encode()[:-1])
+    assert len(read_records(log)) == len(lines)
+
+
+def test_5_api_load_refuses_the_meta_device(tiny_run: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"device 'meta' \(meta\) cannot run a model here; expected 'cpu'"):
+        load(tiny_run["dir"] / "best.pt", device="meta")

@@ -17,6 +17,8 @@ COMMANDS = {
     "search": ("search", "build and query a search index; verify and calibrate"),
     "zeroshot": ("zeroshot", "zero-shot learning from class attributes (GBU protocol)"),
     "recipe": ("recipe", "run a multi-stage training recipe"),
+    "embed": ("embed", "embed a folder of images with a checkpoint (.npy and a file list)"),
+    "predict": ("predict", "classify a query folder against a support folder (a CSV)"),
 }
 
 

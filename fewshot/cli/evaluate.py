@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 from fewshot.data import DATASETS
-from fewshot.files import atomic_write
+from fewshot.files import atomic_write, check_writable
 from fewshot.runtime import resolve_device
 from fewshot.runtime import init_from_environment, leave_process_group
+from fewshot.evaluation.settings import episode_list_path
 from fewshot.evaluation import EVAL_SPLITS, EvaluationSettings, evaluate_checkpoint, format_table, plot_report, report_json
+from fewshot.cli.arguments import seed
 from fewshot.cli.errors import COMMAND_ERRORS, report_error
 
 
@@ -27,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, nargs="+", default=[1])
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="episodes are a pure function of the seed")
+    p.add_argument("--seed", type=seed, default=0, help="episodes are a pure function of the seed")
     p.add_argument("--episode-list", default=None, help="evaluate on a saved episode list (JSON, episodes.lists) instead of seeded episodes")
     p.add_argument("--save-episodes", default=None, help="write the seeded episodes as episode lists PATH_<ways>way<shots>shot.json")
     p.add_argument("--data-root", default=None)
@@ -38,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "prototype scores); the report's accuracy is the ensemble's")
     p.add_argument("--test-time-shift", type=int, default=0, metavar="K",
                    help="embed each image as the mean of itself and its copies shifted 1..K pixels left, right, up "
-                        "and down (4K+1 views; 0: off), for every model evaluated")
+                        "and down (4K+1 views; 0: off), for every model evaluated; K below half the image side, so "
+                        "that every view shows more image than background")
     p.add_argument("--test-time-rotations", action="store_true",
                    help="also score each episode in its four quarter turns and sum the scores (every "
                         "image of an episode turned alike; for models trained on rotated classes, as on Omniglot)")
@@ -70,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     elif plot_path.suffix.lower().lstrip(".") not in formats:
         problems.append(f"--plot {plot_path}: unknown image format {plot_path.suffix or '(no extension)'}; "
                         f"use one of {', '.join('.' + f for f in formats)}")
+    outputs = [("--report" if args.report else "the report (set --report)", report_path),
+               ("--plot" if args.plot else "the plot (set --plot)", plot_path)]
+    if args.save_episodes is not None and args.episode_list is None:  # a given list is used, not saved
+        outputs += [("--save-episodes", episode_list_path(args.save_episodes, ways, shots))
+                    for ways in args.ways for shots in args.shots]
+    for flag, path in outputs:
+        if not path.is_dir():  # a directory is named above, with what to write instead
+            try:
+                check_writable(path, flag)
+            except ValueError as error:
+                problems.append(str(error))
     if problems:
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 2

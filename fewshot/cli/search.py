@@ -14,8 +14,10 @@ from pathlib import Path
 from fewshot.cli.errors import COMMAND_ERRORS, report_error
 from fewshot.distances import describe_distance
 from fewshot.evaluation.calibration import describe, store_calibration
+from fewshot.files import check_writable
 from fewshot.inference.ann import ANN_BACKENDS
 from fewshot.inference.classifier import calibrate, load
+from fewshot.inference.images import UnreadableImages
 from fewshot.inference.index import Index
 from fewshot.inference.sheet import write_contact_sheet
 
@@ -70,18 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("checkpoint")
     calibration.add_argument("--far", type=float, default=0.01, help="false accept rate to choose the thresholds at")
     calibration.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
+    calibration.add_argument("--data-root", default=None,
+                             help="where the checkpoint's data is now (default: where its run read it)")
     calibration.add_argument("--device", default="cpu")
     return p
 
 
 def _build(args: argparse.Namespace) -> int:
+    check_writable(args.out, "--out")  # before embedding the gallery, not after
     model = load(args.checkpoint, args.device)
     # Every structure setting goes to the back-end chosen (each reads its own; the defaults are AnnSettings').
     settings = {} if args.ann is None else {"nlist": args.nlist, "nprobe": args.nprobe, "m": args.m,
                                             "ef_construction": args.ef_construction, "ef_search": args.ef_search}
     started = time.perf_counter()
-    index = model.index(args.folder, batch_size=args.batch_size, progress=not args.no_progress,
-                        skip_unreadable=args.skip_unreadable, ann=args.ann, **settings)
+    try:
+        index = model.index(args.folder, batch_size=args.batch_size, progress=not args.no_progress,
+                            skip_unreadable=args.skip_unreadable, ann=args.ann, **settings)
+    except UnreadableImages as error:  # the command line's option is a flag, not the API's keyword
+        raise UnreadableImages(error.failures, "--skip-unreadable") from None
     seconds = time.perf_counter() - started
     classes = "no labels" if index.labels is None else f"{len(set(index.labels))} classes"
     index.save(args.out)
@@ -98,6 +106,8 @@ def _query(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or state["meta"].get("checkpoint")
     if checkpoint is None:
         raise ValueError(f"index {args.index} does not name the checkpoint that built it; pass --checkpoint")
+    sheet = Path(args.sheet or f"{args.index}.query.png")
+    check_writable(sheet, "--sheet" if args.sheet else "the contact sheet (set --sheet)")
     model = load(checkpoint, args.device)
     index = Index.load(args.index, model, state)
     if args.nprobe is not None or args.ef_search is not None:
@@ -109,7 +119,6 @@ def _query(args: argparse.Namespace) -> int:
         for rank, (item, label, distance) in enumerate(result.neighbours(position), start=1):
             print(f"  {rank:>3}  {distance:10.4f}  {'' if label is None else str(label) + '  '}{item}")
         query_labels.append(folder_label(Path(name), index.labels))
-    sheet = Path(args.sheet or f"{args.index}.query.png")
     search_kind = "exact" if args.exact or index.ann_settings is None else f"faiss {index.ann_settings.kind}"
     write_contact_sheet(result, sheet, query_labels if any(query_labels) else None,
                         title=f"{len(index)}-image gallery, {search_kind} search, distance d: "
@@ -142,7 +151,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    calibration = calibrate(args.checkpoint, far=args.far, device=args.device, progress=True)
+    if args.write:  # the thresholds are stored into the checkpoint: checked before the work, not after it
+        check_writable(args.checkpoint, "the checkpoint (--write)")
+    calibration = calibrate(args.checkpoint, far=args.far, device=args.device, data_root=args.data_root, progress=True)
     print(describe(calibration))
     if args.write:
         store_calibration(args.checkpoint, calibration)

@@ -20,6 +20,7 @@ from fewshot.distances import DISTANCES
 from fewshot.runtime import current_world, leave_process_group
 from fewshot.learners import LEARNERS
 from fewshot.learners.miners import MINERS
+from fewshot.cli.arguments import seed
 from fewshot.cli.errors import COMMAND_ERRORS, report_error, report_interrupt
 from fewshot.training import (
     AUGMENTATIONS,
@@ -151,7 +152,7 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     opt.add_argument("--lr-step", type=int, default=keep(defaults.lr_step), help="episodes between step decays")
     opt.add_argument("--lr-gamma", type=float, default=keep(defaults.lr_gamma))
     opt.add_argument("--weight-decay", type=float, default=keep(defaults.weight_decay))
-    opt.add_argument("--seed", type=int, default=keep(defaults.seed))
+    opt.add_argument("--seed", type=seed, default=keep(defaults.seed))
     run = p.add_argument_group("run")
     run.add_argument("--val-every", type=int, default=keep(defaults.val_every))
     run.add_argument("--val-episodes", type=int, default=keep(defaults.val_episodes))

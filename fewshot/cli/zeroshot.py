@@ -18,12 +18,16 @@ from typing import Any
 
 import torch
 
+from fewshot.cli.arguments import seed
 from fewshot.cli.errors import COMMAND_ERRORS, report_error
-from fewshot.files import atomic_write
+from fewshot.files import atomic_write, check_writable
 from fewshot.zeroshot.encoders import ENCODERS
 from fewshot.zeroshot.gbu import ATTRIBUTE_KEYS, GBU_DATASETS, load_gbu
 from fewshot.zeroshot.methods import FEATURE_NORMS, METHODS, SCORES, ZeroShotConfig
 from fewshot.zeroshot.pipeline import evaluate_zero_shot, format_report
+
+#: Where reports go without --output.
+DEFAULT_REPORT_FOLDER = Path("runs/zeroshot")
 
 
 def _number_or(choices: tuple[str, ...]):
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=15)
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--validation-episodes", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0, help="training, validation splits and episodes")
+    p.add_argument("--seed", type=seed, default=0, help="training, validation splits and episodes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--output", default=None, help="JSON report (default: runs/zeroshot/<dataset>-<method>-<time>.json)")
@@ -96,6 +100,10 @@ def config_from_args(args: argparse.Namespace) -> ZeroShotConfig:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """Load, train, evaluate and write the report; returns it and its path."""
     config = config_from_args(args)
+    started = time.strftime("%Y%m%d-%H%M%S")
+    # The report is the run's only result: its path is checked before the (long) run, not after it.
+    check_writable(args.output or DEFAULT_REPORT_FOLDER / "report.json",
+                   "--output" if args.output else "the report folder (set --output)")
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     data = load_gbu(args.dataset, args.data_root, args.features, args.attributes)
     features = {"source": "res101.mat" if args.features is None else str(args.features)}
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
                                 validation_episodes=args.validation_episodes, seed=args.seed, log=log)
     report["features"] = features
     report["command"] = ["python", "-m", "fewshot.zeroshot", *sys.argv[1:]] if args.argv is None else args.argv
-    output = Path(args.output or f"runs/zeroshot/{data.name}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    output = Path(args.output or DEFAULT_REPORT_FOLDER / f"{data.name}-{config.method}-{started}.json")
     atomic_write(output, lambda file: file.write(json.dumps(report, indent=2).encode()))
     return report, output
 

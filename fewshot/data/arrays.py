@@ -56,18 +56,45 @@ def check_split_sizes(counts: dict[str, int], where: str, hint: str = "") -> Non
                              f"least 2 classes (ways) per split" + (f" ({hint})" if hint else ""))
 
 
+#: Layouts `from_arrays` takes: grayscale [N,H,W], channels-first [N,C,H,W], channels-last [N,H,W,C].
+LAYOUTS = ("NHW", "NCHW", "NHWC")
+# Unsigned types torch cannot take the min / max of: read as int64 (the values are checked against 0..255 after).
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def _ragged_message(images: Any) -> str:
+    """Why a list of images does not stack into one array: the first image whose shape differs from the first's."""
+    shapes = [np.shape(image) for image in images] if isinstance(images, Sequence) else []
+    for position, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            return (f"images must all have one shape to stack into [N,...], but image 0 has shape {shapes[0]} and "
+                    f"image {position} has shape {shape}; resize them to one size first")
+    return "images must be a numeric array or tensor of equal-size images (a list of images of different shapes?)"
+
+
 def _as_tensor(images: Any) -> torch.Tensor:
     """A CPU tensor copy of `images`: the stored images must not change when the caller's array does."""
     if isinstance(images, torch.Tensor):
-        return images.detach().cpu().clone()
-    array = np.array(images)  # a copy, writable (torch warns on read-only arrays)
-    if array.dtype == object:
-        raise ValueError("images must be a numeric array or tensor, got an object array (ragged images?)")
-    return torch.from_numpy(np.ascontiguousarray(array))
+        tensor = images.detach().cpu().clone()
+    else:
+        try:
+            array = np.array(images)  # a copy, writable (torch warns on read-only arrays)
+        except ValueError:  # numpy refuses to stack arrays of different shapes
+            raise ValueError(_ragged_message(images)) from None
+        if array.dtype == object:
+            raise ValueError(_ragged_message(images))
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"images must be uint8 (0..255), another integer type within 0..255 or float (0..1), "
+                             f"got dtype {array.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.dtype in _WIDE_UNSIGNED:
+        tensor = tensor.to(torch.int64)
+    return tensor
 
 
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels: uint8 as is, floats in [0, 1] scaled by 255 and rounded, other integers in 0..255 as is."""
+def _to_uint8(images: torch.Tensor, given: str) -> torch.Tensor:
+    """uint8 pixels: uint8 as is, floats in [0, 1] scaled by 255 and rounded, other integers in 0..255 as is
+    (`given`: the caller's dtype, for errors)."""
     if images.dtype == torch.uint8:
         return images
     if images.dtype == torch.bool or images.is_complex():
@@ -84,22 +111,36 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
         return (images.to(torch.float32) * 255).round_().to(torch.uint8)
     low, high = images.min().item(), images.max().item()
     if low < 0 or high > 255:
-        raise ValueError(f"integer images must lie in 0..255, found values in {low}..{high}")
+        hint = (" (16-bit images? scale them to 0..255 first, e.g. (images / 257).round() as uint8)"
+                if low >= 0 and high <= 65535 else "")
+        raise ValueError(f"integer images must lie in 0..255, found {given} values in {low}..{high}{hint}")
     return images.to(torch.uint8)
 
 
-def _channels_first(images: torch.Tensor) -> torch.Tensor:
-    """[N,C,H,W] with C in (1, 3), from [N,H,W], [N,1|3,H,W] or channels-last [N,H,W,1|3]."""
+def _channels_first(images: torch.Tensor, layout: str | None = None) -> torch.Tensor:
+    """[N,C,H,W] with C in (1, 3), from [N,H,W], [N,1|3,H,W] or channels-last [N,H,W,1|3]; `layout` ("NHW",
+    "NCHW", "NHWC") says which, and must be given where the shape fits both 4-D layouts."""
     shape = tuple(images.shape)
-    if images.dim() == 3:
+    expected = "[N,H,W], [N,1,H,W], [N,3,H,W] or channels-last [N,H,W,1] / [N,H,W,3]"
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} or None (from the shape), got {layout!r}")
+    if layout is None:
+        if images.dim() == 3:
+            layout = "NHW"
+        elif images.dim() == 4:
+            first, last = shape[1] in (1, 3), shape[-1] in (1, 3)
+            if first and last:
+                raise ValueError(f"images of shape {shape} could be channels-first [N,C,H,W] ({shape[1]} channels of "
+                                 f"{shape[2]}x{shape[3]} px) or channels-last [N,H,W,C] ({shape[3]} channels of "
+                                 f"{shape[1]}x{shape[2]} px); say which with layout='NCHW' or layout='NHWC'")
+            layout = "NCHW" if first else "NHWC" if last else None
+        if layout is None:
+            raise ValueError(f"images must have shape {expected}, got {shape}")
+    if images.dim() != len(layout) or (layout != "NHW" and shape[layout.index("C")] not in (1, 3)):
+        raise ValueError(f"images of shape {shape} do not fit layout {layout!r} (expected {expected})")
+    if layout == "NHW":
         return images.unsqueeze(1)
-    if images.dim() == 4:
-        if shape[1] in (1, 3):
-            return images
-        if shape[-1] in (1, 3):  # channels-last (numpy / PIL convention); unambiguous as dim 1 is no channel count
-            return images.permute(0, 3, 1, 2)
-    raise ValueError(f"images must have shape [N,H,W], [N,1,H,W], [N,3,H,W] or channels-last [N,H,W,3], "
-                     f"got {shape}")
+    return images if layout == "NCHW" else images.permute(0, 3, 1, 2)
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -168,23 +209,28 @@ def _classes(values: list, class_names: Sequence[str] | None) -> tuple[np.ndarra
 
 def from_arrays(images: Any, labels: Any, class_names: Sequence[str] | None = None, *,
                 fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), split_seed: int = 0,
-                image_size: int | None = None) -> DatasetSplits:
+                image_size: int | None = None, layout: str | None = None) -> DatasetSplits:
     """In-memory images and labels as a seeded class-level train / val / test split (dataset "arrays").
 
     Args:
         images: numpy array or torch tensor, [N,H,W] or [N,1,H,W] (grayscale), [N,3,H,W] (RGB), or
-            channels-last [N,H,W,3] / [N,H,W,1] (recognised when dim 1 is not 1 or 3). uint8 0..255, float in
-            [0, 1] (scaled by 255 and rounded), or another integer type within 0..255.
+            channels-last [N,H,W,3] / [N,H,W,1] (recognised when dim 1 is not 1 or 3; a shape that fits both,
+            such as [N,3,16,3], needs `layout`). uint8 0..255, float in [0, 1] (scaled by 255 and rounded), or
+            another integer type (uint16 included) within 0..255; 16-bit pixel values are refused, to be scaled
+            first. A list of images must hold images of one shape.
         labels: N hashable labels (ints or strings), one per image.
         class_names: for integer labels, the name of each label id 0..C-1 (ids without images are left out);
             else the names are the labels' str. Classes are ordered by sorted label.
         fractions, split_seed: the class split (see `fewshot.data.base.split_classes`).
         image_size: side of the stored square images; None keeps the arrays' side (the shorter one if not
             square). Non-square images, or another size, go through torchvision's antialiased bilinear resize.
+        layout: "NHW", "NCHW" or "NHWC"; None reads it from the shape (refused where the shape fits both 4-D
+            layouts).
 
     Item ids are the row numbers of `images`. `options` records channels, fractions and split_seed.
     """
-    tensor = _channels_first(_to_uint8(_as_tensor(images)))
+    tensor = _as_tensor(images)
+    tensor = _channels_first(_to_uint8(tensor, str(getattr(images, "dtype", tensor.dtype))), layout)
     count, channels = tensor.shape[0], tensor.shape[1]
     values = _label_values(labels)
     if len(values) != count:

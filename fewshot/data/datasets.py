@@ -29,7 +29,8 @@ class DatasetSplits:
     """The class splits of one dataset under one scheme, plus what a model needs to know.
 
     `options` are the dataset arguments the splits were made with (recorded in runs and checkpoints,
-    so evaluation and `fewshot.api` prepare images the same way).
+    so evaluation and `fewshot.api` prepare images the same way). `fingerprints` identify classes by
+    content ({class name: SHA-256}, see `fewshot.data.identity`), for datasets that hash their files.
     """
 
     dataset: str
@@ -41,6 +42,7 @@ class DatasetSplits:
     image_size: int
     trainval: ClassSplit | None = None  # train + val classes, where the scheme defines it (final models)
     options: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> ClassSplit:
         if name not in SPLIT_NAMES:

@@ -14,6 +14,12 @@ Every image is decoded once with `preprocess_generic` (grayscale or RGB, antiali
 one uint8 tensor, cached under `cache_dir()/folder/` and keyed by content (each image's relative path and
 bytes, the image size and the channels asked for), so a copied or moved folder reuses its cache and an
 edited image rebuilds it. A warm load reads and hashes every file but decodes none.
+
+The same hashes identify the classes (`fewshot.data.identity`): each class gets a content fingerprint
+(`DatasetSplits.fingerprints`), and splits that share an image (a test class copied from, or linked to, a
+training class) are refused. Class names that differ only in case in two split folders are refused too (on a
+case-insensitive file system they are one folder). `new_classes` ("refuse" or "ignore") is what a run's
+recorded split does with classes that appeared since it was recorded (see `apply_split_record`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from tqdm import tqdm
 
 from fewshot.data.arrays import check_split_sizes, random_class_ids, random_class_splits
 from fewshot.data.datasets import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
+from fewshot.data.identity import (NEW_CLASSES_OPTION, check_disjoint_images, check_new_classes_policy,
+                                   class_fingerprint)
 from fewshot.data.images import IMAGE_EXTENSIONS, is_grayscale, is_image_name, is_os_artifact
 from fewshot.data.splits import ClassSplit
 from fewshot.data.storage import cache_dir, load_cache, write_cache
@@ -41,8 +49,9 @@ from fewshot.files import check_memory
 SPLIT_FOLDERS = ("train", "val", "test")
 DEFAULT_IMAGE_SIZE = 84
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
-# Bump when the decoded pixels or the cache's contents change, so old caches are rebuilt.
-_CACHE_VERSION = 1
+# Bump when the decoded pixels or the cache's contents change, so old caches are rebuilt (2: transparency
+# composited on white).
+_CACHE_VERSION = 2
 _EXAMPLES = 3  # example files named per kind in the mixed-modes error
 
 
@@ -106,13 +115,15 @@ def _layout(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
         raise ValueError(f"{root} holds the split folders train/, val/, test/ and also {', '.join(others[:5])}; "
                          "with split folders, every class folder must be inside one of them")
     splits = {name: _class_folders(root / name, root) for name in SPLIT_FOLDERS}
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}  # case-folded name -> (split, name)
     for split, classes in splits.items():
         for name, _ in classes:
-            if name in seen:
-                raise ValueError(f"class {name!r} appears in both {root / seen[name]}/ and {root / split}/; "
-                                 "the splits' classes must be disjoint (novel classes must stay novel)")
-            seen[name] = split
+            if name.casefold() in seen:
+                other_split, other = seen[name.casefold()]
+                same = "" if other == name else " (the names differ only in case: one folder on a case-insensitive disk)"
+                raise ValueError(f"class {name!r} appears in both {root / other_split / other}/ and {root / split / name}/"
+                                 f"{same}; the splits' classes must be disjoint (novel classes must stay novel)")
+            seen[name.casefold()] = (split, name)
     return splits
 
 
@@ -207,10 +218,29 @@ def _check_options(image_size: int, channels: int | None) -> None:
         raise ValueError(f"channels must be 1 (grayscale), 3 (RGB) or None (detect), got {channels!r}")
 
 
+def _fingerprints(entries: list[list[str]], labels: list[int], class_names: list[str]) -> dict[str, str]:
+    """{class name: content fingerprint} from the per-image [relative path, sha256] entries."""
+    hashes: list[list[str]] = [[] for _ in class_names]
+    for (_, digest), label in zip(entries, labels):
+        hashes[label].append(digest)
+    return {name: class_fingerprint(digests) for name, digests in zip(class_names, hashes)}
+
+
+def _check_disjoint(split_ids: dict[str, np.ndarray], entries: list[list[str]], class_names: list[str],
+                    labels: list[int], root: Path) -> None:
+    """Refuse images shared by two splits ({split: class ids}), before any image is decoded."""
+    by_class: list[list[tuple[str, str]]] = [[] for _ in class_names]
+    for (path, digest), label in zip(entries, labels):
+        by_class[label].append((path, digest))
+    check_disjoint_images({split: {class_names[i]: by_class[i] for i in ids} for split, ids in split_ids.items()},
+                          str(root))
+
+
 def _load(root: str | Path, scheme: str, image_size: int | None, channels: int | None,
-          fractions: Sequence[float], split_seed: int, progress: bool) -> DatasetSplits:
+          fractions: Sequence[float], split_seed: int, progress: bool, new_classes: str = "refuse") -> DatasetSplits:
     image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     _check_options(image_size, channels)
+    check_new_classes_policy(new_classes)
     root = Path(root).expanduser().resolve()
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -245,8 +275,10 @@ def _load(root: str | Path, scheme: str, image_size: int | None, channels: int |
     relative = [path.relative_to(root).as_posix() for path in paths]
     if scheme == "folders":
         check_split_sizes(split_classes_count, str(root))
+        bounds = np.cumsum([0] + [split_classes_count[name] for name in SPLIT_FOLDERS])
+        split_ids = [np.arange(bounds[i], bounds[i + 1]) for i in range(3)]
     else:  # check the split before spending time on the images
-        random_class_ids(len(class_names), fractions, split_seed, str(root))
+        split_ids = list(random_class_ids(len(class_names), fractions, split_seed, str(root)))
 
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set (by other code in this process): truncated "
@@ -254,6 +286,7 @@ def _load(root: str | Path, scheme: str, image_size: int | None, channels: int |
     # The key holds the requested channels (None: detect) and the payload the resolved ones, so that a warm
     # load only hashes the files and never opens them as images.
     entries = _fingerprint(paths, relative, progress)
+    _check_disjoint(dict(zip(SPLIT_FOLDERS, split_ids)), entries, class_names, labels, root)
     key = _cache_key(entries, image_size, channels)
     channel_tag = "auto" if channels is None else f"{channels}ch"
     # Named by the content key alone: a copied or moved folder finds its cache.
@@ -278,13 +311,15 @@ def _load(root: str | Path, scheme: str, image_size: int | None, channels: int |
     else:
         train, val, test, trainval = random_class_splits(full, fractions, split_seed, str(root))
         options.update(fractions=[float(f) for f in fractions], split_seed=int(split_seed))
+    if new_classes != "refuse":  # recorded only when asked for, so the options of existing runs stay the same
+        options[NEW_CLASSES_OPTION] = new_classes
     return DatasetSplits("folder", scheme, train, val, test, in_channels=channels, image_size=image_size,
-                         trainval=trainval, options=options)
+                         trainval=trainval, options=options, fingerprints=_fingerprints(entries, labels, class_names))
 
 
 def from_folder(root: str | Path, *, image_size: int | None = None, channels: int | None = None,
                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, split_seed: int = 0,
-                progress: bool = True) -> DatasetSplits:
+                progress: bool = True, new_classes: str = "refuse") -> DatasetSplits:
     """Load an image folder as class splits (dataset "folder"; see the module docstring for the layouts).
 
     Args:
@@ -295,20 +330,24 @@ def from_folder(root: str | Path, *, image_size: int | None = None, channels: in
             refuses a mix of grayscale and colour images.
         fractions, split_seed: the random class split (see `fewshot.data.base.split_classes`); "random" only.
         progress: show progress bars while reading and decoding.
+        new_classes: what a run's recorded class split does with class folders that appeared since it was
+            recorded (on resume and evaluation): "refuse" (an error naming them) or "ignore" (left out).
 
-    Class names are the folder names; item ids the images' paths relative to `root`. `options` records
-    root (absolute), channels, and for "random" fractions and split_seed.
+    Splits that share an image (the same file content) are refused. Class names are the folder names; item
+    ids the images' paths relative to `root`. `options` records root (absolute), channels, for "random"
+    fractions and split_seed, and new_classes when not "refuse"; `fingerprints` each class's content.
     """
-    return _load(root, "auto", image_size, channels, fractions, split_seed, progress)
+    return _load(root, "auto", image_size, channels, fractions, split_seed, progress, new_classes)
 
 
 def load_splits_folder(root: str | Path | None, scheme: str, image_size: int, channels: int | None = None,
                        fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                       split_seed: int = 0) -> DatasetSplits:
-    """The registered loader: `root` is the `--data-root` folder; scheme "auto" follows the folder's layout."""
+                       split_seed: int = 0, new_classes: str = "refuse") -> DatasetSplits:
+    """The registered loader: `root` is the `--data-root` folder; scheme "auto" follows the folder's layout.
+    `new_classes=ignore` leaves out class folders that appeared since a run recorded its split."""
     if root is None:
         raise ValueError("--dataset folder needs --data-root PATH (a folder of class folders)")
-    return _load(root, scheme, image_size, channels, fractions, split_seed, progress=True)
+    return _load(root, scheme, image_size, channels, fractions, split_seed, progress=True, new_classes=new_classes)
 
 
 FOLDER = register_dataset(DatasetInfo(

@@ -341,7 +341,12 @@ def _cache_key(sources: list[_Source], image_size: int) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
-def _build(sources: list[_Source], image_size: int) -> dict:
+def _held_description(count: int, image_size: int, copies: int) -> str:
+    return (f"holding {count:,} Omniglot images at {image_size}x{image_size} px with the rotated and mirrored copies "
+            f"the splits make of them ({copies} times the decoded images)")
+
+
+def _build(sources: list[_Source], image_size: int, held_copies: int = 1) -> dict:
     characters: list[str] = []
     seen_characters: set[str] = set()
     background: list[bool] = []
@@ -365,9 +370,12 @@ def _build(sources: list[_Source], image_size: int) -> dict:
             drawer.append(int(match["drawer"]))
             image_ids.append(match["image_id"])
     # Estimated before allocating: a large --image-size would otherwise die mid-decode (or thrash) with no message.
-    check_memory(len(image_ids) * image_size * image_size,
-                 f"decoding {len(image_ids):,} Omniglot images at {image_size}x{image_size} px",
+    decoded = len(image_ids) * image_size * image_size
+    check_memory(decoded, f"decoding {len(image_ids):,} Omniglot images at {image_size}x{image_size} px",
                  "choose a smaller --image-size (Omniglot's default is 28)")
+    if held_copies > 1:  # the copies come later, when the splits are first read: refused now, not killed then
+        check_memory(held_copies * decoded, _held_description(len(image_ids), image_size, held_copies),
+                     "choose a smaller --image-size (Omniglot's default is 28)")
     images = torch.empty((len(image_ids), image_size, image_size), dtype=torch.uint8)
     with tqdm(total=len(image_ids), desc="Decoding Omniglot", unit="img", disable=None) as progress:
         start = 0
@@ -386,12 +394,17 @@ def _build(sources: list[_Source], image_size: int) -> dict:
 
 
 
-def load_omniglot(root: str | Path | None = None, image_size: int = 28, download: bool = True) -> OmniglotStore:
+def load_omniglot(root: str | Path | None = None, image_size: int = 28, download: bool = True,
+                  held_copies: int = 1) -> OmniglotStore:
     """Load all of Omniglot as uint8 [32460, image_size, image_size], from the disk cache when it is current.
 
     Looks under `<data root>/omniglot/` (see `resolve_data_root`) for the official zips or extracted folders,
     downloading the zips when absent and `download` is true. The decoded tensor is cached under `cache_dir()`,
     keyed by the sources' paths, sizes and modification times and by `image_size`.
+
+    `held_copies` is the memory the caller's use of the images will hold, in decoded images (`held_copies`:
+    `held_image_copies` for a run on the splits); what cannot fit is refused before decoding (or, from the
+    cache, before the copies are made).
     """
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
@@ -401,9 +414,14 @@ def load_omniglot(root: str | Path | None = None, image_size: int = 28, download
     payload = load_cache(cache_file, key, "Omniglot")
     from_cache = payload is not None
     if payload is None:
-        payload = _build(sources, image_size)
+        payload = _build(sources, image_size, held_copies)
         payload["key"] = key
         write_cache(cache_file, payload, "Omniglot")  # the cache only saves time: a failure warns and loading goes on
+    elif held_copies > 1:  # the decoded images are held already: the copies still to come must fit beside them
+        decoded = payload["images"].numel()
+        check_memory((held_copies - 1) * decoded,
+                     _held_description(len(payload["images"]), image_size, held_copies),
+                     "choose a smaller --image-size (Omniglot's default is 28)")
     return OmniglotStore(
         images=payload["images"],
         characters=payload["characters"].split("\n"),
@@ -424,6 +442,32 @@ LAKE_VAL_ALPHABETS = 5
 LAKE_TRAIN_ROTATIONS = (0, 90, 180, 270)
 
 
+def held_image_copies(scheme: str, rotations: tuple[int, ...] | None = None, mirrors: bool = False) -> int:
+    """The image memory a training run on Omniglot's `scheme` splits holds at once, in decoded images.
+
+    The decoded images (1); with `mirrors`, the images and their mirrors (`OmniglotStore.images_and_mirrors`,
+    2 more);
+    and for each split a run reads (train or trainval, val, test) whose classes include a quarter or three-quarter
+    turn, the copy that its `episodes.torch.TensorStore` makes of the images it reads stacked on their
+    quarter-turned copy (2 per image set: of the images, or of the images and their mirrors for a split with
+    mirrored classes). Vinyals' split files list all four turns of every character; the Lake scheme turns the
+    background alphabets (train, val) and not the evaluation ones (test).
+    """
+    def quarter_turned(degrees: Iterable[int]) -> bool:
+        return any(turns % 2 == 1 for turns in _turns(degrees))  # checked as the splits check them
+
+    mirrors = mirrors is True  # anything else is refused by name when the splits are made
+    if scheme == "vinyals":
+        turned = rotations is None or quarter_turned(rotations)
+        # (whether the split has a quarter turn, the image sets it reads) for train, val, test
+        reads = [(turned, 2 if mirrors else 1), (turned, 1), (turned, 1)]
+    else:
+        background = quarter_turned(rotations if rotations is not None else LAKE_TRAIN_ROTATIONS)
+        sets = 2 if mirrors else 1  # val is a subset of the background split, its images included
+        reads = [(background, sets), (background, sets), (quarter_turned(rotations or (0,)), 1)]
+    return 1 + 2 * int(mirrors) + sum(2 * sets for turned, sets in reads if turned)
+
+
 def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,
                          rotations: tuple[int, ...] | None = None, mirrors: bool = False,
                          download: bool = True) -> DatasetSplits:
@@ -439,7 +483,8 @@ def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,
     `mirrors=True` adds every training class (train and trainval) mirrored left to right as one more
     class, doubling the training classes; validation and test classes stay as the scheme has them.
     """
-    store = load_omniglot(root, image_size=image_size, download=download)
+    store = load_omniglot(root, image_size=image_size, download=download,
+                          held_copies=held_image_copies(scheme, rotations, mirrors))
     options = {} if rotations is None else {"rotations": tuple(rotations)}
     if mirrors:
         options["mirrors"] = True

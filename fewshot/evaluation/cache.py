@@ -29,6 +29,8 @@ class SplitEmbeddings:
                  views: ViewSet | None = None) -> None:
         if max_bytes < 1 or batch_size < 1:
             raise ValueError(f"max_bytes and batch_size must be positive, got {max_bytes} and {batch_size}")
+        if views is not None:  # a setting the images cannot take fails now, before anything is embedded
+            views.check_image_size(*split.images.shape[-2:])
         self.views = views
         self.model, self.split, self.device = model, split, torch.device(device)
         self.batch_size, self.max_bytes, self.progress = batch_size, max_bytes, progress

@@ -28,6 +28,7 @@ from fewshot.data.datasets import DatasetSplits
 from fewshot.data.splits import ClassSplit
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.checkpoints import checkpoint_splits
+from fewshot.files import check_writable
 from fewshot.learners.base import nearest_prototype, prototypes
 from fewshot.metrics.verification import balanced_pairs
 from fewshot.model.checkpoint import (
@@ -71,9 +72,11 @@ def _sorted_scores(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.sort(np.asarray(values, dtype=np.float32))[::-1].copy())
 
 
-def validation_split(state: dict[str, Any], image_size: int | None = None) -> ClassSplit:
-    """The validation classes of a checkpoint (its loaded `state`), prepared as its model was trained."""
-    return checkpoint_splits(state, image_size=image_size).val
+def validation_split(state: dict[str, Any], image_size: int | None = None, *,
+                     data_root: str | Path | None = None) -> ClassSplit:
+    """The validation classes of a checkpoint (its loaded `state`), prepared as its model was trained, read from
+    `data_root` (default: where the run read its data)."""
+    return checkpoint_splits(state, image_size=image_size, data_root=data_root).val
 
 
 @torch.no_grad()
@@ -216,6 +219,7 @@ def describe(calibration: dict[str, Any]) -> str:
 def store_calibration(checkpoint: str | Path, calibration: dict[str, Any]) -> Path:
     """Write `calibration` into `checkpoint` under `CHECKPOINT_KEY` (atomically; everything else unchanged)."""
     check_calibration(calibration, "the calibration given")
+    check_writable(checkpoint, "checkpoint")
     state = load_checkpoint(checkpoint)
     state[CHECKPOINT_KEY] = calibration
     return save_checkpoint(checkpoint, state)
@@ -228,6 +232,7 @@ def calibrate_checkpoint(checkpoint: str | Path, split: ClassSplit | DatasetSpli
     in it: the call made at the end of training, so that a loaded model's `verify` needs no calibration at first
     use. `options` go to `calibrate` (pairs, shots, seed, progress)."""
     far = check_far(DEFAULT_FAR if far is None else far)
+    check_writable(checkpoint, "checkpoint")  # the result is stored in it: refused before the work, not after
     model, state = model_from_checkpoint(checkpoint, resolve_device(device))
     dataset = "given"
     if split is None:

@@ -17,25 +17,40 @@ from episodes.sampler import Episode
 from fewshot import metrics
 from fewshot.model.checkpoint import file_sha256, model_from_checkpoint
 from fewshot.data.datasets import DATASETS, DatasetSplits, dataset_options, load_splits
+from fewshot.data.identity import apply_split_record
 from fewshot.data.splits import ClassSplit
 from fewshot.runtime import current_world
 from fewshot.evaluation.embedding_metrics import embedding_metrics
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.views import compose_views
 from fewshot.evaluation.episodes import Candidate, Ensemble, Scorer, evaluation_episodes, score_episodes
-from fewshot.evaluation.settings import EVAL_SPLITS, EvaluationSettings
+from fewshot.evaluation.settings import EVAL_SPLITS, EvaluationSettings, episode_list_path
 from fewshot.model.network import FewShotModel
 
 __all__ = ["EVAL_SPLITS", "check_novel", "checkpoint_splits", "comparison_split", "evaluate_checkpoint"]
 
 
-def check_novel(state: dict[str, Any], dataset: str, split: ClassSplit, split_name: str, allow_seen: bool) -> None:
-    """Refuse to report 'novel-class' accuracy on classes the checkpoint was trained on."""
-    if state.get("dataset") != dataset:
+def check_novel(state: dict[str, Any], dataset: str, split: ClassSplit, split_name: str, allow_seen: bool,
+                fingerprints: dict[str, str] | None = None) -> None:
+    """Refuse to report 'novel-class' accuracy on classes the checkpoint was trained on.
+
+    Classes are compared by content where both the checkpoint and `fingerprints` ({class name: content
+    fingerprint} of the evaluated data) have fingerprints, so a renamed, copied or linked training class is
+    recognised under any name and in any dataset; otherwise (checkpoints of earlier versions, datasets
+    without fingerprints) by name within the same dataset."""
+    if allow_seen:
+        return
+    recorded = state.get("class_fingerprints") or {}
+    trained = {recorded[name]: name for name in state.get("train_classes", []) if name in recorded}
+    if trained and fingerprints:
+        overlap = [f"{name} (trained on as {trained[fingerprints[name]]})" if trained[fingerprints[name]] != name
+                   else name for name in split.class_names if fingerprints.get(name) in trained]
+    elif state.get("dataset") != dataset:
         return  # another dataset's class names cannot overlap
-    seen = set(state.get("train_classes", []))
-    overlap = [name for name in split.class_names if name in seen]
-    if overlap and not allow_seen:
+    else:
+        seen = set(state.get("train_classes", []))
+        overlap = [name for name in split.class_names if name in seen]
+    if overlap:
         raise ValueError(
             f"{len(overlap)} of the {split.num_classes} classes of the {dataset} '{split_name}' split were seen in "
             f"training by this checkpoint (e.g. {', '.join(overlap[:3])}); accuracy on them is not few-shot accuracy "
@@ -62,9 +77,33 @@ def checkpoint_splits(state: dict[str, Any], *, dataset: str | None = None, spli
     accepted = dataset_options(dataset).parameters(dataset)
     options = {k: v for k, v in state.get("dataset_args", {}).items() if k in accepted}
     options.update({k: v for k, v in config.get("dataset_args", {}).items() if k in accepted})
-    if data_root is None and config.get("data_root") and Path(config["data_root"]).is_dir():
-        data_root = config["data_root"]  # where the run read its data (recorded as an absolute path)
-    return load_splits(dataset, split or state.get("split_scheme"), data_root, image_size, **options)
+    recorded = config.get("data_root")
+    moved = data_root is None and bool(recorded) and not Path(recorded).is_dir()
+    if data_root is None and recorded and not moved:
+        data_root = recorded  # where the run read its data (recorded as an absolute path)
+    try:
+        return with_recorded_split(state, split, load_splits(dataset, split or state.get("split_scheme"), data_root,
+                                                             image_size, **options))
+    except (ValueError, FileNotFoundError) as error:
+        if not moved:
+            raise
+        # The default data root was tried instead: say where the run's data was, so the user can point at it.
+        message = (f"{error}\nThe run read its data from {recorded}, which is no longer a folder; pass --data-root "
+                   "(data_root=) with where that data is now")
+        raise (FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError)(message) from None
+
+
+def with_recorded_split(state: dict[str, Any], scheme: str | None, splits: DatasetSplits) -> DatasetSplits:
+    """`splits` (the checkpoint's own dataset under `scheme`) with the class split the checkpoint recorded,
+    never one re-derived from the data as it is now, when they are the data the run read (the same root);
+    as loaded for data elsewhere (another folder: `check_novel` then compares classes by content) and for
+    checkpoints of earlier versions, which record no split."""
+    if "split_classes" not in state or (scheme is not None and scheme != state.get("split_scheme")):
+        return splits
+    if splits.options.get("root") != state.get("dataset_args", {}).get("root"):
+        return splits
+    record = {"classes": state["split_classes"], "fingerprints": state.get("class_fingerprints") or {}}
+    return apply_split_record(splits, record, "the checkpoint")
 
 
 def evaluate_checkpoint(
@@ -117,13 +156,13 @@ def evaluate_checkpoint(
                                    image_size=main_model.spec.image_size)
     dataset = splits.dataset
     target = splits.get(eval_split)
-    check_novel(state, dataset, target, eval_split, settings.allow_seen)
+    check_novel(state, dataset, target, eval_split, settings.allow_seen, splits.fingerprints)
     model = Candidate("model", main_model, target)
     members: list[Candidate] = []
     member_records: list[dict[str, Any]] = []
     for path in ensemble:
         member, member_state = model_from_checkpoint(path, device)
-        check_novel(member_state, dataset, target, eval_split, settings.allow_seen)
+        check_novel(member_state, dataset, target, eval_split, settings.allow_seen, splits.fingerprints)
         members.append(Candidate(f"member {len(members) + 1}", member,
                                  comparison_split(member, member_state, state, splits, eval_split, path, data_root)))
         member_records.append({"checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
@@ -141,7 +180,7 @@ def evaluate_checkpoint(
     other_state = None
     if compare is not None:
         other, other_state = model_from_checkpoint(compare, device)
-        check_novel(other_state, dataset, target, eval_split, settings.allow_seen)
+        check_novel(other_state, dataset, target, eval_split, settings.allow_seen, splits.fingerprints)
         compared = Candidate("compare", other,
                              comparison_split(other, other_state, state, splits, eval_split, compare, data_root))
 
@@ -190,8 +229,7 @@ def evaluate_checkpoint(
     for ways, shots in ways_shots:
         chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, settings.seed)
         if settings.save_episode_lists is not None and fixed is None and current_world().is_main:
-            base = Path(settings.save_episode_lists)
-            path = base.with_name(f"{base.stem}_{ways}way{shots}shot.json")
+            path = episode_list_path(settings.save_episode_lists, ways, shots)
             save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme,
                                                           "eval_split": eval_split, "seed": settings.seed,
                                                           "ways": ways, "shots": shots, "queries": queries})

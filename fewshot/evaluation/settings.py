@@ -14,6 +14,13 @@ from fewshot.evaluation.cache import DEFAULT_MAX_BYTES
 EVAL_SPLITS = ("test", "val", "train")
 
 
+def episode_list_path(base: str | Path, ways: int, shots: int) -> Path:
+    """Where `save_episode_lists=base` writes the (ways, shots) setting's episodes: `<stem>_<ways>way<shots>shot.json`
+    beside `base`."""
+    base = Path(base)
+    return base.with_name(f"{base.stem}_{ways}way{shots}shot.json")
+
+
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive whole number, got {value!r}")
@@ -24,7 +31,7 @@ class EvaluationSettings:
     """How to evaluate: the same settings give the same episodes and the same accuracies.
 
     Attributes:
-        ways_shots: the (ways, shots) episode settings evaluated, in order.
+        ways_shots: the (ways, shots) episode settings evaluated, in order (at least 2 ways).
         queries: query images per class.
         episodes: episodes per setting, drawn from `seed` (`episodes.EpisodeSampler`).
         seed: the episodes are a pure function of it.
@@ -69,6 +76,9 @@ class EvaluationSettings:
         for ways, shots in pairs:
             _positive_int("ways", ways)
             _positive_int("shots", shots)
+            if ways < 2:  # what episode lists refuse too
+                raise ValueError(f"--ways must be at least 2, got {ways}: a 1-way episode has one class to choose, "
+                                 "so every answer is right (100% whatever the model)")
         object.__setattr__(self, "ways_shots", pairs)
         object.__setattr__(self, "views", dict(self.views))
         for name in ("queries", "batch_size", "max_bytes"):

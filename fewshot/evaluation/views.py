@@ -43,6 +43,16 @@ def shift_views(max_shift: int) -> list[tuple[int, int]]:
     return views
 
 
+def check_shift(max_shift: int, height: int, width: int) -> None:
+    """Refuse a test-time shift that moves images of `height` x `width` by half their side or more: each shifted
+    view must keep more than half of the image (``2 * max_shift < min(height, width)``); beyond that a view
+    shows more fill than image, and a shift of the whole side shows none of it."""
+    side = min(height, width)
+    if 2 * max_shift >= side:
+        raise ValueError(f"--test-time-shift {max_shift} moves {height}x{width} images by half their side or more, so "
+                         f"the shifted views show more background than image; use at most {(side - 1) // 2} pixels")
+
+
 def shifted(images: torch.Tensor, dx: int, dy: int, fill: float) -> torch.Tensor:
     """`images` [n, C, H, W] moved dx pixels right and dy down, the uncovered border filled with `fill`
     (the dataset's background, `DatasetInfo.background`)."""
@@ -81,12 +91,15 @@ class ViewKind:
             setting that is off (0, False) gives that one view. Bad settings raise a ValueError.
         off: the setting that leaves the kind out (the default of an evaluation that does not name it).
         report_key: the evaluation report's entry for this kind's setting.
+        check_size: `check_size(setting, height, width)` raises a ValueError when the setting does not suit
+            images of that size (None: any size), so that it fails before anything is embedded.
     """
 
     combine: str
     views: Callable[[Any, DatasetInfo], list[tuple[Any, Transform]]]
     off: Any
     report_key: str
+    check_size: Callable[[Any, int, int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.combine not in (AVERAGE, COPIES):
@@ -114,7 +127,7 @@ def _rotations(on: bool, dataset: DatasetInfo) -> list[tuple[Any, Transform]]:
     return [(turns, partial(turned, quarter_turns=turns, mirror=False)) for turns in (range(4) if on else range(1))]
 
 
-VIEWS.register("shift", ViewKind(AVERAGE, _shift, off=0, report_key="max_shift"))
+VIEWS.register("shift", ViewKind(AVERAGE, _shift, off=0, report_key="max_shift", check_size=check_shift))
 VIEWS.register("mirror", ViewKind(COPIES, _mirror, off=False, report_key="mirror"))
 VIEWS.register("rotations", ViewKind(COPIES, _rotations, off=False, report_key="rotations"))
 
@@ -168,6 +181,13 @@ class ViewSet:
                 total += model.embed(transform(copy)).float()
             parts.append(total / len(self.averaged_views))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise a ValueError when a view setting does not suit images of `height` x `width` (`ViewKind.check_size`)."""
+        for name, setting in self.settings.items():
+            check_size = VIEWS[name].check_size
+            if check_size is not None and setting != VIEWS[name].off:
+                check_size(setting, height, width)
 
     def report(self) -> dict[str, Any]:
         """The report's record of the views: per kind of combining, the settings and the views made."""

@@ -56,6 +56,11 @@ from fewshot.runtime import resolve_device
 _WEIGHT_KEYS = ("model", "optimizer", "scheduler")
 
 
+def _is_folder(images: object) -> bool:
+    """Whether `images` names a folder (which the methods taking images stream), not a list, tensor or one image."""
+    return isinstance(images, (str, Path)) and Path(images).expanduser().is_dir()
+
+
 @dataclass
 class Verification:
     """Same / different decisions: `score` (-distance), `distance` and `same` (score >= threshold) are a float,
@@ -125,14 +130,40 @@ class TrainedModel:
         """Embeddings [n, d] (on the model's device) of model input [n, C, H, W], `batch_size` at a time."""
         return torch.cat([self.model.embed(x[i:i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)])
 
-    def embed(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
-        """Embeddings [n, d] of raw images (on the CPU)."""
+    def embed(self, images: str | Path | Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
+        """Embeddings [n, d] (on the CPU) of raw images, a preprocessed tensor, or a folder of images (streamed a
+        batch at a time, in `embed_items`' order: sorted by path; its file names and labels come from `embed_items`)."""
+        if _is_folder(images):
+            return self.embed_items(images)[0]
         return self.embed_input(self.images_to_tensor(images)).cpu()
 
+    def embed_items(self, images: Any, labels: Sequence[Hashable] | None = None, *, batch_size: int = 256,
+                    progress: bool = False,
+                    skip_unreadable: bool = False) -> tuple[torch.Tensor, list[str], list[Hashable] | None]:
+        """Embeddings [n, d] (CPU float32) of a folder, a list / iterable of images or a preprocessed tensor, streamed
+        `batch_size` images at a time, with each row's item (the absolute file path; `#i` for other images) and label
+        (`labels`, or a folder's class folders; None without). Unreadable files are named together at the end (an
+        error, or left out with a warning if `skip_unreadable`)."""
+        embeddings, items, labels, _ = embed_stream(self, images, labels, batch_size=batch_size, progress=progress,
+                                                    skip_unreadable=skip_unreadable)
+        return embeddings, items, labels
+
     @torch.no_grad()
-    def predict_proba(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],
-                      query: Sequence[ImageLike] | torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
-        """Class probabilities [n_query, classes] and the class order (first appearance in `support_labels`)."""
+    def predict_proba(self, support: str | Path | Sequence[ImageLike] | torch.Tensor,
+                      support_labels: Sequence[Hashable] | None,
+                      query: str | Path | Sequence[ImageLike] | torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
+        """Class probabilities [n_query, classes] and the class order (first appearance in `support_labels`).
+
+        `support` and `query` are lists of images, preprocessed tensors or folders. A support folder holds class
+        folders (its labels; pass `support_labels=None`); a query folder is taken in `embed_items`' order (sorted
+        by path). Folders are streamed a batch at a time."""
+        if _is_folder(support) or _is_folder(query):
+            support_e, _, labels = self.embed_items(support, support_labels)
+            if labels is None:
+                raise ValueError("the support needs labels: pass support_labels=, or a folder of class folders")
+            return self.proba_from_embeddings(support_e, labels, self.embed_items(query)[0])
+        if support_labels is None:
+            raise ValueError("the support needs labels: pass support_labels=, or a folder of class folders")
         support_x = self.images_to_tensor(support)  # first: a single path must not be counted as its characters
         if len(support_labels) != len(support_x):
             raise ValueError(f"got {len(support_x)} support images but {len(support_labels)} support labels")
@@ -145,9 +176,23 @@ class TrainedModel:
         logits = prototype_logits(self.distance, support_e, support_y.to(self.device), query_e, len(classes))
         return logits.softmax(dim=1).cpu(), classes
 
-    def classify(self, support: Sequence[ImageLike] | torch.Tensor, support_labels: Sequence[Hashable],
-                 query: Sequence[ImageLike] | torch.Tensor) -> list[Hashable]:
-        """The support label predicted for each query image (nearest prototype)."""
+    @torch.no_grad()
+    def proba_from_embeddings(self, support: torch.Tensor, support_labels: Sequence[Hashable],
+                              query: torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
+        """`predict_proba` on embeddings (from `embed_items`): class probabilities [n_query, classes] (CPU) and the
+        class order (first appearance in `support_labels`)."""
+        if len(support_labels) != len(support):
+            raise ValueError(f"got {len(support)} support embeddings but {len(support_labels)} support labels")
+        classes = list(dict.fromkeys(support_labels))
+        position = {label: i for i, label in enumerate(classes)}
+        support_y = torch.tensor([position[label] for label in support_labels], device=self.device)
+        logits = prototype_logits(self.distance, support.to(self.device), support_y, query.to(self.device), len(classes))
+        return logits.softmax(dim=1).cpu(), classes
+
+    def classify(self, support: str | Path | Sequence[ImageLike] | torch.Tensor,
+                 support_labels: Sequence[Hashable] | None,
+                 query: str | Path | Sequence[ImageLike] | torch.Tensor) -> list[Hashable]:
+        """The support label predicted for each query image (nearest prototype); folders as in `predict_proba`."""
         probabilities, classes = self.predict_proba(support, support_labels, query)
         return [classes[i] for i in probabilities.argmax(dim=1).tolist()]
 
@@ -184,20 +229,22 @@ class TrainedModel:
         """An index saved by `Index.save`, refused if another checkpoint built it."""
         return Index.load(path, self)
 
-    def validation_split(self) -> ClassSplit:
-        """The validation classes of the checkpoint this model was loaded from, prepared as it was trained."""
+    def validation_split(self, data_root: str | Path | None = None) -> ClassSplit:
+        """The validation classes of the checkpoint this model was loaded from, prepared as it was trained (read
+        from `data_root`, default: where the run read its data)."""
         if self.state_info is None:
             raise ValueError("this model was not loaded from a checkpoint, so its validation classes are unknown; pass "
                              "val_split= (a ClassSplit of classes it was not trained on)")
-        return validation_split(self.state_info, self.model.spec.image_size)
+        return validation_split(self.state_info, self.model.spec.image_size, data_root=data_root)
 
-    def compute_calibration(self, val_split: ClassSplit | DatasetSplits | None = None, far: float | None = None,
-                            **options: Any) -> dict[str, Any]:
+    def compute_calibration(self, val_split: ClassSplit | DatasetSplits | None = None, far: float | None = None, *,
+                            data_root: str | Path | None = None, **options: Any) -> dict[str, Any]:
         """The verification and open-set thresholds at `far` on validation classes (default: this checkpoint's
-        own, FAR 0.01), without adopting them (`fewshot.evaluation.calibration.calibrate` on the bare model)."""
+        own, read from `data_root` or where the run read them; FAR 0.01), without adopting them
+        (`fewshot.evaluation.calibration.calibrate` on the bare model)."""
         far = check_far(DEFAULT_FAR if far is None else far)
         if val_split is None:
-            split, dataset = self.validation_split(), self.dataset
+            split, dataset = self.validation_split(data_root), self.dataset
         else:
             split, dataset = val_split, "given"
         return calibrate_model(self.model, split, far, device=self.device, dataset=dataset, **options)

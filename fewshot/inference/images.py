@@ -131,6 +131,15 @@ class ImageStream:
         return f"{len(self.failures)} image(s) could not be read: {shown}{more}"
 
 
+class UnreadableImages(ValueError):
+    """Images that could not be read; `failures` names them, and the message says how to leave them out
+    (`option`: the keyword or command-line flag of the caller, None where the caller has none)."""
+
+    def __init__(self, failures: str, option: str | None = None) -> None:
+        self.failures = failures
+        super().__init__(failures + (f" (pass {option} to leave them out)" if option else ""))
+
+
 @torch.no_grad()
 def embed_stream(embedder: Embedder, images: Any, labels: Sequence[Hashable] | None = None, *,
                  batch_size: int = 256, progress: bool = True, skip_unreadable: bool | None = None,
@@ -154,8 +163,7 @@ def embed_stream(embedder: Embedder, images: Any, labels: Sequence[Hashable] | N
         bar.update(len(stream.failures) - counted_failures)
     if stream.failures:
         if not skip_unreadable:
-            hint = " (pass skip_unreadable=True to leave them out)" if skip_unreadable is False else ""
-            raise ValueError(stream.failure_message() + hint)
+            raise UnreadableImages(stream.failure_message(), "skip_unreadable=True" if skip_unreadable is False else None)
         warnings.warn(f"left out {stream.failure_message()}", stacklevel=3)
     if not chunks:
         empty = ": the gallery would be empty" if what == "indexing" else ""

@@ -162,7 +162,13 @@ class Learner(nn.Module):
     - ``needs_queries``: whether the loss needs the episode's support / query split (True, the
       default: prototypical losses score queries against support prototypes). A loss over all of
       a batch's embeddings and labels (pair and proxy losses) sets it False and then also trains on
-      class-balanced batches, which arrive as a support set with no queries.
+      class-balanced batches, which arrive as a support set with no queries;
+    - ``min_class_images`` and ``min_batch_classes``: what a training batch (episode or class-balanced
+      batch) must hold for the loss to have a gradient: images of each class and classes. A pair loss
+      learns from pairs of the same class against pairs of different classes, so it needs two images of
+      a class (a positive pair) and two classes; a proxy loss compares each image with the class
+      proxies, which stand in for the other classes, so one image of one class is enough. The trainer
+      refuses a batch shape below them (`fewshot.training.config.check_settings`).
 
     The distance arrives built (``distance``), so a learnable one trains with the loss. At test time
     every learner classifies by nearest prototype under its distance (``EpisodeEmbeddings.logits``).
@@ -172,6 +178,8 @@ class Learner(nn.Module):
     distances: ClassVar[tuple[str, ...] | None] = None
     default_distance: ClassVar[str] = "euclidean"
     needs_queries: ClassVar[bool] = True
+    min_class_images: ClassVar[int] = 1
+    min_batch_classes: ClassVar[int] = 2  # one class alone is always classified correctly: nothing to learn
 
     def __init__(self, distance: nn.Module | None = None) -> None:
         super().__init__()
@@ -256,6 +264,9 @@ class MarginLearner(Learner):
     normalize = True
     distances = SQUARED_METRICS
     needs_queries = False
+    # Without a positive pair the triplet loss has no triplet, and the contrastive loss only pushes every
+    # image away from every other (with one class, only pulls them together): neither learns a class.
+    min_class_images = 2
 
     @property
     def scoring_distance(self) -> SquareRoot:

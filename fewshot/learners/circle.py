@@ -54,6 +54,7 @@ class CircleLearner(Learner):
     distances = ("cosine",)
     default_distance = "cosine"
     needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
+    min_class_images = 2  # rows with both a positive and a negative: 0 without a positive pair
 
     def __init__(self, distance: nn.Module | None = None, m: float = 0.4, gamma: float = 80.0) -> None:
         super().__init__(distance)

@@ -39,6 +39,7 @@ class LiftedStructureLearner(Learner):
     normalize = True
     distances = SQUARED_METRICS
     needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
+    min_class_images = 2  # the loss sums over positive pairs: 0 without one
 
     def __init__(self, distance: nn.Module | None = None, margin: float = 1.0) -> None:
         super().__init__(distance)

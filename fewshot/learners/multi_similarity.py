@@ -37,6 +37,7 @@ class MultiSimilarityLearner(Learner):
     distances = ("cosine",)
     default_distance = "cosine"
     needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
+    min_class_images = 2  # the miner keeps no pair of an image without a positive: the loss would be 0
 
     def __init__(self, distance: nn.Module | None = None, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5,
                  epsilon: float = 0.1, mine: bool = True) -> None:

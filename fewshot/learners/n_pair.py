@@ -59,6 +59,7 @@ class NPairLearner(Learner):
     distances = ("cosine",)
     default_distance = "cosine"
     needs_queries = False  # all of the batch's pairs: episodes or class-balanced batches
+    min_class_images = 2  # an (anchor, positive) pair per class, and two pairs: 0 without them
 
     def __init__(self, distance: nn.Module | None = None, l2_reg: float = 0.002) -> None:
         super().__init__(distance)

@@ -102,6 +102,8 @@ class ProxyLearner(Learner):
     title: ClassVar[str] = "this proxy loss"
     # Every embedding is scored against the proxies: episodes or class-balanced batches alike.
     needs_queries = False
+    # The proxies of the other training classes are every image's negatives: one image of one class has a gradient.
+    min_batch_classes = 1
 
     def __init__(self, distance: nn.Module | None = None, num_classes: int | None = None, dim: int | None = None) -> None:
         super().__init__(distance)

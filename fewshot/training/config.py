@@ -12,8 +12,9 @@ another with `dataclasses.replace(config, episodes=100)` (flat keywords work the
 fills in itself (the loaded dataset's name, scheme and image size, absolute paths, the default output
 directory and episodes per step); the caller's object is never changed. Each setting is checked in one
 place: `check_settings` for what is wrong whatever the data, `check_data` for what the data cannot
-serve, `check_processes` for what the job's processes cannot run, and `ModelSpec` for the model's
-registered names and arguments.
+serve, `check_processes` for what the job's processes cannot run, `ModelSpec` for the model's
+registered names and arguments, and `fewshot.backbones.check_backbone` for the backbone's arguments
+(the backbone built on the meta device).
 
 On disk (config.json, the `config` of every checkpoint) a config is the flat dict of its settings, as
 it always was, so old run directories resume; `TrainConfig.from_dict` and `TrainConfig.from_file`
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fewshot.backbones import check_backbone
 from fewshot.data.datasets import DatasetSplits
 from fewshot.data.splits import ClassSplit
 from fewshot.files import absolute_path
@@ -278,7 +280,10 @@ class TrainConfig:
         if resolved.output is None:  # named after the loaded dataset
             resolved = replace(resolved, output=default_output(resolved))
         check_data(resolved, splits)
-        resolved.model_spec(splits)  # the model section's names and arguments, checked by ModelSpec
+        spec = resolved.model_spec(splits)  # the model section's names and arguments, checked by ModelSpec
+        # The backbone built on the meta device: its arguments and the image size are checked before the run
+        # directory exists (a width of 0 would otherwise fail in the first step, after it was written).
+        check_backbone(spec.backbone, spec.in_channels, spec.image_size, spec.normalize, **spec.backbone_args)
         return resolved
 
     def model_spec(self, splits: DatasetSplits) -> ModelSpec:
@@ -357,6 +362,10 @@ def _non_finite_arguments(values: Any, where: str) -> list[str]:
     return []
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -365,7 +374,8 @@ def check_settings(config: TrainConfig) -> None:
     """Fail on settings that are wrong whatever the data: non-finite hyper-parameters (one update with
     --lr inf fills the weights with NaN, and a model of NaN scores chance), counts below their least
     value, unknown names of the training's own choices, a thread count torch refuses, balanced batches
-    for a learner that needs queries."""
+    for a learner that needs queries, 1-way episodes, training batches that give the loss no gradient
+    (`check_batch_shape`), a frozen backbone that was never trained (--freeze-backbone without --init)."""
     bounds = (("lr", config.lr, 0.0, False), ("lr_gamma", config.lr_gamma, 0.0, False),
               ("weight_decay", config.weight_decay, 0.0, True))
     for name, value, low, low_allowed in bounds:
@@ -406,8 +416,14 @@ def check_settings(config: TrainConfig) -> None:
     per_step = config.episodes_per_step
     if per_step is not None and (not _is_int(per_step) or per_step < 1):
         raise ValueError(f"--episodes-per-step must be a positive int, got {per_step!r}")
+    if config.ways < 2:  # what episode lists refuse too
+        raise ValueError(f"--ways must be at least 2, got {config.ways}: a 1-way episode has one class to choose, "
+                         "so every answer is right (100% whatever the model)")
+    if config.freeze_backbone and config.init is None:
+        raise ValueError("--freeze-backbone needs --init CHECKPOINT: without it the frozen backbone keeps its random "
+                         "initialisation; pretrain a backbone first (its last.pt or best.pt) and start from it")
+    learner = LEARNERS.get_or_raise(config.learner)
     if config.sampling == "balanced":
-        learner = LEARNERS.get_or_raise(config.learner)
         if learner.needs_queries:
             usable = ", ".join(name for name, factory in LEARNERS.items() if not factory.needs_queries)
             raise ValueError(f"--sampling balanced gives batches without queries, and the {config.learner} loss needs "
@@ -416,6 +432,27 @@ def check_settings(config: TrainConfig) -> None:
         for flag, value in (("--batch-classes", config.batch_classes), ("--batch-images", config.batch_images)):
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{flag} must be a positive int, got {value!r}")
+        check_batch_shape(config.learner, config.batch_classes, config.batch_images, "--batch-classes",
+                          "--batch-images")
+    else:
+        check_batch_shape(config.learner, config.train_ways, config.shots + config.queries, "--train-ways",
+                          "--shots + --queries")
+
+
+def check_batch_shape(learner: str, classes: int, images: int, classes_flag: str, images_flag: str) -> None:
+    """Refuse training batches of `classes` classes with `images` images each that give the `learner` loss no
+    gradient: fewer than its `min_batch_classes` or `min_class_images` (`fewshot.learners.base.Learner`)."""
+    factory = LEARNERS.get_or_raise(learner)
+    if classes < factory.min_batch_classes:
+        raise ValueError(f"{classes_flag} {classes} gives training batches of {_count(classes, 'class')}, and the "
+                         f"{learner} loss needs at least {factory.min_batch_classes} classes in a batch to learn anything "
+                         f"(a class alone has nothing to be told apart from); use {classes_flag} "
+                         f"{factory.min_batch_classes} or more")
+    if images < factory.min_class_images:
+        raise ValueError(f"{images_flag} {images} gives training batches with {_count(images, 'image')} of each class, "
+                         f"and the {learner} loss needs at least {factory.min_class_images} images of a class in a batch (a "
+                         f"positive pair): without one it has nothing to pull together and learns no class; use {images_flag} "
+                         f"{factory.min_class_images} or more, or a proxy loss (e.g. --learner proxy-anchor)")
 
 
 def check_data(config: TrainConfig, splits: DatasetSplits) -> None:

@@ -42,6 +42,7 @@ from fewshot.model.checkpoint import (
     save_checkpoint,
 )
 from fewshot.data.datasets import DatasetSplits, load_splits
+from fewshot.data.identity import apply_split_record, split_record
 from fewshot.data.splits import ClassSplit
 from fewshot.files import absolute_path, atomic_write
 from fewshot.runtime import resolve_device
@@ -65,7 +66,7 @@ from fewshot.training.config import (
     check_processes,
     check_settings,
 )
-from fewshot.training.resume import checkpoint_state, restarted, resume_state
+from fewshot.training.resume import checkpoint_state, recorded_split, restarted, resume_state
 from fewshot.training.rundir import RunLock, check_run_dir, describe_write_error, writing
 from fewshot.training.runlog import MetricsLog, plot_curve
 from fewshot.training.rngs import augment_generator, episode_generator
@@ -185,6 +186,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     # Rank 0 alone looks at the directory: the others must not see it half way through an --overwrite.
     resume, overwrite = broadcast_from_main(restarted(run_dir, run, resume, overwrite)
                                             if world.is_main else None, world, "checking the run directory")
+    if resume:  # the run's recorded class split, never one re-derived from the data as it is now
+        recorded = recorded_split(run_dir)
+        if recorded is not None:
+            kept = apply_split_record(splits, *recorded)
+            if kept is not splits:
+                splits, run = kept, replace(config.resolve(kept, world.size), output=run.output)
     spec = run.model_spec(splits)
     # Read before --overwrite may delete files: --init may name a checkpoint in the run directory itself.
     init_state = None
@@ -268,6 +275,8 @@ class _RunFiles:
             atomic_write(self.run_dir / "config.json",
                          lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
             record = {"dataset": splits.dataset, "scheme": splits.scheme, "options": splits.options, **splits.class_lists()}
+            if splits.fingerprints:  # what identifies each class: its content (fewshot.data.identity)
+                record["fingerprints"] = split_record(splits)["fingerprints"]
             atomic_write(self.run_dir / "splits.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
 
     def write_log(self, record: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 `checkpoint_state` is the dict that `last.pt` and `best.pt` hold. `resume_state` reads `last.pt` back
 and refuses settings that would change the run's numbers (the saved config is compared flat, with
-every default filled in, so runs saved by earlier versions resume). `restarted` decides how a job that
-torchrun restarted goes on.
+every default filled in, so runs saved by earlier versions resume). `recorded_split` reads back the
+class split the run recorded (splits.json, else last.pt), which a resume uses instead of the split the data
+would give now. `restarted` decides how a job that torchrun restarted goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from fewshot.data.datasets import DatasetSplits
+from fewshot.data.identity import NEW_CLASSES_OPTION, RECORDED_SPLITS, split_record
 from fewshot.model.checkpoint import load_checkpoint
 from fewshot.model.network import ModelSpec
 from fewshot.training.config import TrainConfig, resolved_settings
@@ -31,6 +33,7 @@ def checkpoint_state(config: TrainConfig, spec: ModelSpec, model: torch.nn.Modul
                      splits: DatasetSplits, train_seconds: float) -> dict[str, Any]:
     """What a checkpoint holds: the architecture, the (flat) config, every piece of training state,
     and the data the model was trained on."""
+    record = split_record(splits)
     return {
         "train_seconds": train_seconds,
         "spec": spec.to_dict(),
@@ -44,7 +47,42 @@ def checkpoint_state(config: TrainConfig, spec: ModelSpec, model: torch.nn.Modul
         "split_scheme": splits.scheme,
         "dataset_args": dict(splits.options),
         "train_classes": list(splits.get(config.train_split).class_names),
+        # The run's class split and each class's content fingerprint: evaluation reads the split back and
+        # recognises a training class by its content under any name.
+        "split_classes": record["classes"],
+        "class_fingerprints": record["fingerprints"],
     }
+
+
+def recorded_split(run_dir: Path) -> tuple[dict[str, Any], str] | None:
+    """(record, where it was read) of the class split the run in `run_dir` recorded, in `split_record`'s
+    form: splits.json, else last.pt; None for a run that recorded none (a name-only record for runs of
+    earlier versions, whose files hold no fingerprints)."""
+    path = run_dir / "splits.json"
+    try:
+        saved = json.loads(path.read_text())
+        if all(isinstance(saved.get(name), list) for name in RECORDED_SPLITS):
+            return ({"classes": {name: saved[name] for name in RECORDED_SPLITS},
+                     "fingerprints": saved.get("fingerprints") or {}}, str(path))
+    except (OSError, ValueError):
+        pass  # missing or damaged: last.pt records the split too
+    try:
+        state = load_checkpoint(run_dir / "last.pt")
+    except (FileNotFoundError, ValueError):
+        return None  # resume_state reports the damaged checkpoint
+    if "split_classes" not in state:
+        return None
+    return {"classes": state["split_classes"], "fingerprints": state.get("class_fingerprints") or {}}, \
+        str(run_dir / "last.pt")
+
+
+def _without_split_policy(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` without the new-classes policy among its dataset arguments: the policy changes no numbers
+    (new classes are refused or left out, never trained on), so a resume may add it."""
+    arguments = settings.get("dataset_args")
+    if isinstance(arguments, dict) and NEW_CLASSES_OPTION in arguments:
+        settings = {**settings, "dataset_args": {k: v for k, v in arguments.items() if k != NEW_CLASSES_OPTION}}
+    return settings
 
 
 def intact_checkpoint_hint(run_dir: Path) -> str:
@@ -79,7 +117,8 @@ def resume_state(run_dir: Path, config: TrainConfig) -> tuple[dict[str, Any], Tr
         # The digest is the one recorded when the run started: resuming never reads the --init file again.
         config = replace(config, init_sha256=state["config"].get("init_sha256"))
     resumable = resumable_changes(config)
-    saved, now = resolved_settings(state["config"]), resolved_settings(config.to_dict())
+    saved = _without_split_policy(resolved_settings(state["config"]))
+    now = _without_split_policy(resolved_settings(config.to_dict()))
     changed = {k: (saved.get(k), v) for k, v in now.items() if k not in resumable and saved.get(k) != v}
     if changed:
         described = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in changed.items())

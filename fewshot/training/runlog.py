@@ -20,16 +20,25 @@ def read_records(path: Path, up_to: int | None = None) -> list[dict[str, Any]]:
     not a JSON record with a string "kind" and an integer "episode" is an error naming the line, so that
     a resume never silently drops the records after it.
     """
-    text = path.read_text()
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline ending the last record
+    data = path.read_bytes()
+    raw_lines = data.split(b"\n")
+    if raw_lines[-1] == b"":
+        raw_lines.pop()  # the newline ending the last record
+    torn = not data.endswith(b"\n")  # the last line was being written when the run stopped
     records = []
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:  # decoded line by line, so the error can name the line
+            if number == len(raw_lines) and torn:
+                break  # torn mid-character
+            raise ValueError(f"{path}, line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                             f"{error.start + 1}): {raw[:80]!r}. Only a torn last line can be dropped; fix or delete "
+                             "this line (records after it are kept)") from None
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            if number == len(lines) and not text.endswith("\n"):
+            if number == len(raw_lines) and torn:
                 break  # torn while being written: the checkpoint never covers it
             raise ValueError(f"{path}, line {number}: not a JSON record ({error.msg}): {line[:80]!r}. Only a torn "
                              "last line can be dropped; fix or delete this line (records after it are kept)") from None

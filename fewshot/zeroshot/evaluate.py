@@ -180,6 +180,8 @@ def episode_accuracies(model: AttributeModel, features: np.ndarray, labels: np.n
     weights = [float(fusion_weight)] if np.isscalar(fusion_weight) else [float(w) for w in fusion_weight]
     if shots < 0:
         raise ValueError(f"shots must be >= 0, got {shots}")
+    if ways < 2:
+        raise ValueError(f"ways must be at least 2, got {ways}: a 1-way episode is always 100% accurate")
     sampler = episode_sampler(labels, classes, ways, shots, queries, episodes, seed)
     prepared = model.prepare(features)
     prototypes = model.prototypes(attributes)  # [C, D], indexed by class id

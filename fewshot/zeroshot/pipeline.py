@@ -105,7 +105,11 @@ def tune_eszsl(data: ZeroShotData, folds: list[ValidationFold], config: ZeroShot
 
 
 def _episode_ways(ways: int, classes: np.ndarray) -> int:
-    return min(ways, len(classes))
+    episode_ways = min(ways, len(classes))
+    if episode_ways < 2:
+        raise ValueError(f"{ways}-way episodes over {len(classes)} class(es) have {episode_ways} way: an episode "
+                         "needs at least 2 classes (one class alone is always 100% accurate)")
+    return episode_ways
 
 
 def affordable_queries(labels: np.ndarray, classes: np.ndarray, shots: int, queries: int) -> int:
@@ -167,9 +171,20 @@ def evaluate_zero_shot(
     shots = [int(k) for k in shots]
     if any(k < 0 for k in shots):
         raise ValueError(f"shots must be >= 0, got {shots}")
+    if isinstance(ways, bool) or not isinstance(ways, (int, np.integer)) or ways < 2:
+        raise ValueError(f"ways (--ways) must be at least 2, got {ways!r}: a 1-way episode has one class to choose, "
+                         "so every answer is right (100% whatever the model)")
+    _episode_ways(ways, data.unseen_classes)  # refused now, not after the training, when unseen classes are too few
     few_shot = [k for k in shots if k > 0]
     needs_validation = tune or calibration == "validation" or (fusion_weight == "validation" and few_shot)
-    fold_count = len(data.folds) if folds is None else min(int(folds), len(data.folds))
+    if folds is not None:
+        if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
+            raise ValueError(f"folds (--folds) must be a whole number >= 1 (how many validation folds to use), "
+                             f"got {folds!r}")
+        if folds > len(data.folds):
+            raise ValueError(f"folds (--folds) is {folds}, but {data.name} has {len(data.folds)} validation fold(s); "
+                             f"use at most {len(data.folds)}, or leave it out to use all")
+    fold_count = len(data.folds) if folds is None else int(folds)
     if needs_validation and fold_count == 0:
         raise ValueError(f"{data.name} has no validation folds, which calibration='validation', "
                          "fusion_weight='validation' and tune need; give numbers instead or build the data with folds")

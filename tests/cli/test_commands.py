@@ -20,7 +20,7 @@ from fewshot.runtime import RankFailure
 from fewshot.training import NonFiniteLoss, OutputError, RunInUse, TrainingInterrupted
 
 ROOT = Path(__file__).resolve().parents[2]
-FIVE = ("train", "evaluate", "search", "zeroshot", "recipe")
+COMMAND_NAMES = ("train", "evaluate", "search", "zeroshot", "recipe", "embed", "predict")  # every command, in the listed order
 SHIMS = ("fewshot.train", "fewshot.evaluate", "fewshot.recipe", "fewshot.search", "fewshot.zeroshot.__main__")
 
 
@@ -29,11 +29,11 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_python_m_fewshot_lists_the_five_commands():
+def test_python_m_fewshot_lists_every_command():
     result = run_python("-m", "fewshot", "--help")
     assert result.returncode == 0, result.stderr
     listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
-    assert tuple(listed[:5]) == FIVE and set(COMMANDS) == set(FIVE)
+    assert tuple(listed[:len(COMMAND_NAMES)]) == COMMAND_NAMES and set(COMMANDS) == set(COMMAND_NAMES)
 
 
 @pytest.mark.parametrize("argv", [("-m", "fewshot", "train", "--help"), ("-m", "fewshot.train", "--help")])
@@ -43,7 +43,7 @@ def test_train_help_through_the_dispatcher_and_the_shim(argv):
     assert "usage: python -m fewshot.train" in result.stdout and "--ways" in result.stdout
 
 
-@pytest.mark.parametrize("command", FIVE)
+@pytest.mark.parametrize("command", COMMAND_NAMES)
 def test_every_command_answers_help_through_the_dispatcher(command: str, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fewshot_main([command, "--help"])
@@ -64,7 +64,7 @@ def test_shims_define_no_importable_names(name: str):
 
 def test_console_scripts_point_at_each_commands_main():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    expected = {"fewshot": "fewshot.cli:main", **{f"fewshot-{name}": f"fewshot.cli.{name}:main" for name in FIVE}}
+    expected = {"fewshot": "fewshot.cli:main", **{f"fewshot-{name}": f"fewshot.cli.{name}:main" for name in COMMAND_NAMES}}
     assert scripts == expected
     for target in scripts.values():
         module, _, function = target.partition(":")

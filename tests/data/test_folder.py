@@ -362,3 +362,37 @@ def test_from_arrays_errors():
     with pytest.raises(ValueError, match="arrays data lives in memory"):
         load_splits("arrays", image_size=12)
 
+
+
+def test_from_arrays_refuses_an_ambiguous_layout_unless_it_is_given():
+    images = np.random.default_rng(0).integers(0, 256, (30, 3, 16, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 3)
+    with pytest.raises(ValueError, match=r"images of shape \(30, 3, 16, 3\) could be channels-first \[N,C,H,W\] "
+                                         r"\(3 channels of 16x3 px\) or channels-last .*layout='NCHW' or layout='NHWC'"):
+        from_arrays(images, labels)
+    channels_last = from_arrays(images, labels, layout="NHWC")
+    assert channels_last.in_channels == 3 and channels_last.image_size == 3  # 3x16 px, resized to the shorter side
+    channels_first = from_arrays(images, labels, layout="NCHW")
+    assert channels_first.in_channels == 3 and channels_first.image_size == 3  # 16x3 px
+    with pytest.raises(ValueError, match=r"images of shape \(30, 3, 16, 3\) do not fit layout 'NHW'"):
+        from_arrays(images, labels, layout="NHW")
+    with pytest.raises(ValueError, match="layout must be one of NHW, NCHW, NHWC"):
+        from_arrays(images, labels, layout="CHW")
+    unambiguous, _ = _arrays()  # [N,3,12,12] is read as before, without a layout
+    assert from_arrays(unambiguous, _arrays()[1]).train.images.shape[1:] == (3, 12, 12)
+
+
+def test_from_arrays_uint16_and_ragged_lists_are_clear():
+    images, labels = _arrays()
+    as_uint16 = images.astype(np.uint16)  # 16-bit storage of 0..255 values: read as other integer types are
+    assert torch.equal(from_arrays(as_uint16, labels).train.images, from_arrays(images, labels).train.images)
+    assert torch.equal(from_arrays(torch.from_numpy(as_uint16), labels).train.images,
+                       from_arrays(images, labels).train.images)
+    with pytest.raises(ValueError, match=r"integer images must lie in 0..255, found uint16 values in 0..65535 "
+                                         r"\(16-bit images\? scale them to 0..255 first"):
+        from_arrays(as_uint16 * 257, labels)
+    ragged = [np.zeros((12, 12), np.uint8)] * 3 + [np.zeros((14, 12), np.uint8)]
+    with pytest.raises(ValueError, match=r"image 0 has shape \(12, 12\) and image 3 has shape \(14, 12\); resize"):
+        from_arrays(ragged, [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="got dtype <U1"):
+        from_arrays(np.full((4, 2, 2), "a"), [0, 0, 1, 1])

@@ -18,8 +18,11 @@ from fewshot.model.checkpoint import file_sha256, load_checkpoint, model_from_ch
 from fewshot.data.datasets import DatasetSplits, load_splits
 from fewshot.evaluation import EvaluationSettings, evaluate_checkpoint, evaluate_model, evaluation_episodes
 from fewshot.cli.evaluate import main
+from fewshot.cli.train import main as train_main
+from fewshot.data import from_folder
 from fewshot.model.network import FewShotModel, ModelSpec
 from fewshot.training import TrainConfig, train
+from tests.support.synthetic import write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +266,74 @@ def test_a_checkpoint_that_records_no_dataset_needs_one_named(best_checkpoint: P
         evaluate(anonymous)
     named = evaluate(anonymous, dataset="omniglot", data_root=data_root)
     assert named["results"][0]["per_episode"] == evaluate(best_checkpoint)["results"][0]["per_episode"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A user's folder changed after the run (issue 25, items 1 and 2): classes are identified by content, and the
+# checkpoint's recorded class split is the split.
+
+FOLDER_RUN = ["--dataset", "folder", "--ways", "2", "--shots", "1", "--train-ways", "3", "--queries", "2",
+              "--eval-queries", "2", "--val-every", "5", "--val-episodes", "2", "--test-episodes", "4",
+              "--episodes", "5", "--threads", "1", "--no-progress", "--image-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data folder of 12 classes, best.pt of a 5-episode run on its seeded random split)."""
+    base = tmp_path_factory.mktemp("folder-evaluate")
+    data = write_image_folder(base / "data", classes=12, per_class=7, size=16)
+    assert train_main([*FOLDER_RUN, "--data-root", str(data), "--output", str(base / "run")]) == 0
+    return data, base / "run" / "best.pt"
+
+
+def evaluate_folder(checkpoint: Path, tmp_path: Path, *extra: str) -> int:
+    return main([str(checkpoint), "--ways", "2", "--shots", "1", "--queries", "2", "--episodes", "4",
+                 "--report", str(tmp_path / "report.json"), "--no-progress", *extra])
+
+
+def test_a_training_class_renamed_into_the_test_split_is_recognised_by_its_content(
+        folder_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, checkpoint = folder_run
+    copy = Path(shutil.copytree(data, tmp_path / "copy"))
+    trained = load_checkpoint(checkpoint)["train_classes"]
+    # A training class renamed so that the seeded split of the copied folder puts it among the test classes.
+    for renamed in (f"{prefix}_renamed" for prefix in ("zz", "aa", "mm", "05", "08", "10", "11")):
+        (copy / trained[0]).rename(copy / renamed)
+        if renamed in from_folder(copy, image_size=16, progress=False).test.class_names:
+            break
+        (copy / renamed).rename(copy / trained[0])
+    else:
+        pytest.fail("no rename puts the training class among the test classes")
+    capsys.readouterr()
+    assert evaluate_folder(checkpoint, tmp_path, "--data-root", str(copy)) == 2
+    err = capsys.readouterr().err
+    assert f"{renamed} (trained on as {trained[0]})" in err and "--allow-seen-classes" in err
+    assert evaluate_folder(checkpoint, tmp_path, "--data-root", str(copy), "--allow-seen-classes") == 0
+
+
+def test_a_class_folder_renamed_at_the_runs_data_is_named_and_refused(
+        folder_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, checkpoint = folder_run
+    trained = load_checkpoint(checkpoint)["train_classes"]
+    (data / trained[0]).rename(data / "zz_renamed")
+    try:
+        capsys.readouterr()
+        assert evaluate_folder(checkpoint, tmp_path) == 2
+        err = capsys.readouterr().err
+        assert f"no longer in the data: {trained[0]!r}" in err and "now named 'zz_renamed'" in err
+    finally:
+        (data / "zz_renamed").rename(data / trained[0])
+    assert evaluate_folder(checkpoint, tmp_path) == 0  # restored: evaluated on the recorded split
+
+
+def test_a_class_folder_added_at_the_runs_data_is_named_and_refused(
+        folder_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, checkpoint = folder_run
+    extra = write_image_folder(tmp_path / "extra", classes=1, per_class=7, size=16, seed=7)
+    (extra / next(iter(extra.iterdir())).name).rename(data / "00_new_class")
+    try:
+        capsys.readouterr()
+        assert evaluate_folder(checkpoint, tmp_path) == 2
+        assert "appeared in the data: '00_new_class'" in capsys.readouterr().err
+    finally:
+        shutil.rmtree(data / "00_new_class")

@@ -88,7 +88,7 @@ def test_resolve_returns_a_new_checked_config_and_leaves_the_callers_alone(data_
     assert (run.split, run.image_size, run.episodes_per_step) == ("vinyals", 28, 2)
     assert run.data_root == str(tmp_path / "data") and run.init == str(tmp_path / "runs" / "a" / "last.pt")
     assert run.output.startswith("runs/omniglot-protonet-5w1s-")
-    arrays = from_arrays(torch.rand(40, 1, 8, 8), np.repeat(np.arange(10), 4))
+    arrays = from_arrays(torch.rand(40, 1, 16, 16), np.repeat(np.arange(10), 4))
     assert TrainConfig(ways=2, train_ways=2, queries=1, eval_queries=1).resolve(arrays).output.startswith(
         f"runs/{arrays.dataset}-protonet-2w1s-")  # named after the data it trains on
     with pytest.raises(ValueError, match="--train-ways 5000 exceeds"):

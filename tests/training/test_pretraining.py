@@ -297,12 +297,17 @@ def test_a_frozen_backbone_keeps_its_weights_and_batch_norm_statistics(
      r"--batch-images 21 exceeds the images of some classes .* as few as 20"),
     (["--learner", "cosface", "--sampling", "balanced", "--batch-classes", "100000"],
      r"--batch-classes 100000 exceeds the \d+ classes"),
-    (["--learner", "protonet", "--freeze-backbone"],
+    (["--learner", "protonet", "--freeze-backbone", "--init", "{pretrained}/last.pt"],
      r"--freeze-backbone leaves nothing to train: the protonet learner with the euclidean distance"),
+    (["--learner", "cosface", "--freeze-backbone", *BALANCED],
+     r"--freeze-backbone needs --init CHECKPOINT: without it the frozen backbone keeps its random initialisation"),
     (["--init", "no-such.pt"], r"--init: checkpoint .*no-such.pt does not exist"),
 ])
-def test_bad_pretraining_settings_are_refused_before_anything_is_written(extra: list[str], message: str,
-                                                                          data_root: Path, tmp_path: Path) -> None:
+def test_bad_pretraining_settings_are_refused_before_anything_is_written(
+        extra: list[str], message: str, data_root: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if any("{pretrained}" in arg for arg in extra):
+        pretrained = request.getfixturevalue("pretrained")
+        extra = [arg.format(pretrained=pretrained) for arg in extra]
     code, _, stderr = run_main(command(data_root, tmp_path / "run", *extra))
     assert code == 2 and re.search(message, stderr), stderr
     assert not (tmp_path / "run").exists()

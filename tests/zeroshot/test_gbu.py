@@ -86,3 +86,16 @@ def test_cli_errors(tmp_path: Path, capsys):
     assert "res101.mat does not exist" in capsys.readouterr().err
     assert main(["--dataset", "TOY", "--data-root", str(tmp_path), "--encoder", "mlp", "--encoder-arg", "width=3"]) == 2
     assert "unknown --encoder-arg 'width'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("folds", "message"), [
+    ("0", "folds (--folds) must be a whole number >= 1 (how many validation folds to use), got 0"),
+    ("-2", "folds (--folds) must be a whole number >= 1 (how many validation folds to use), got -2"),
+    ("3", "folds (--folds) is 3, but TOY has 2 validation fold(s); use at most 2, or leave it out to use all"),
+])
+def test_cli_folds_outside_the_folds_the_data_has_are_refused(folds: str, message: str, tmp_path: Path, capsys):
+    write_synthetic_gbu(tmp_path / "TOY", folds=2)
+    assert main(["--dataset", "TOY", "--data-root", str(tmp_path), "--folds", folds, "--epochs", "1", "--episodes", "2",
+                 "--output", str(tmp_path / "report.json"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
