@@ -5,12 +5,16 @@
     tensor gather of 5-way, 1-shot + 15-query episodes.
 (b) Real Omniglot, Vinyals train split: episodes as float tensors ready for a model, against
     learn2learn's standard `get_tasksets('omniglot', ...)` pipeline.
+(c) Variable and imbalanced episodes (Meta-Dataset's procedure, `MetaDatasetSampler`) on the layout of
+    (a), against the fixed-shape path at the same mean episode size and against learn2learn, which has
+    no such procedure: its fixed-shape Taskset at that mean size. Episodes differ in size, so images/s
+    is the rate compared.
 
 Each contender runs in interleaved rounds; the table shows the best round. The machine may be
 shared, so both wall-clock episodes/s and episodes per CPU-second of this process are printed;
 ratios compare contenders measured in the same run.
 
-Usage: python -m benchmarks.episodes_speed [--part a|b|all] [--seconds 2] [--rounds 3]
+Usage: python -m benchmarks.episodes_speed [--part a|b|c|all] [--seconds 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from episodes import EpisodeSampler
+from episodes import EpisodeSampler, MetaDatasetSampler
 from episodes.torch import EpisodeBatchSampler, EpisodeDataset, TensorStore
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
@@ -174,6 +178,75 @@ def part_a(seconds: float, rounds: int) -> None:
                 "index sampling + tensor gather", results, reference, notes)
 
 
+# --- (c) variable, imbalanced episodes ------------------------------------------------------------
+
+def mean_items(sampler: EpisodeSampler, count: int = 2000) -> float:
+    """Mean dataset items (support + query) per episode of a sampler."""
+    return float(np.mean([len(e.indices()) for e in sampler.episodes(range(count))]))
+
+
+def indices_only(sampler: EpisodeSampler, start: int) -> Iterator:
+    """Episodes as index arrays, drawn 256 at a time (no images)."""
+    return sampler.iterate(start, chunk=256)
+
+
+def part_c(seconds: float, rounds: int) -> None:
+    import learn2learn as l2l
+
+    images, image_index, rotation, labels = synthetic_layout()
+    store = TensorStore(images, image_index, rotation)
+    meta_dataset = MetaDatasetSampler(labels, seed=0)  # the paper's defaults
+    draw = meta_dataset.draw(np.arange(2000))
+    mean_ways = int(round(float(draw.ways.mean())))
+    mean_shots = int(round(float(draw.support_counts.mean())))
+    queries = int(round(float(draw.queries.mean())))
+    fixed_small = EpisodeSampler(labels, WAYS, SHOTS, QUERIES, seed=0)
+    fixed_same_size = EpisodeSampler(labels, mean_ways, mean_shots, queries, seed=0)
+    variable_balanced = EpisodeSampler(labels, (5, 50), (1, 10), queries, seed=0)
+
+    dataset = LazyRotations(images, image_index, rotation, labels)
+    labels_to_indices = {int(c): np.flatnonzero(labels == c).tolist() for c in range(labels.max() + 1)}
+    meta = l2l.data.MetaDataset(dataset, labels_to_indices=labels_to_indices)
+    taskset = l2l.data.Taskset(meta, task_transforms=[
+        l2l.data.transforms.FusedNWaysKShots(meta, n=mean_ways, k=mean_shots + queries),
+        l2l.data.transforms.LoadData(meta),
+        l2l.data.transforms.RemapLabels(meta),
+    ], num_tasks=-1)
+
+    starts = itertools.count(0, 10**7)
+    reference = f"learn2learn Taskset, fixed {mean_ways}-way {mean_shots}+{queries} (Meta-Dataset's mean size)"
+    contenders = {
+        f"episodes EpisodeDataset, fixed {WAYS}-way {SHOTS}+{QUERIES} (part a)": (fixed_small, lambda: iter(
+            EpisodeDataset(fixed_small, store, dtype=torch.uint8, start=next(starts)))),
+        f"episodes EpisodeDataset, fixed {mean_ways}-way {mean_shots}+{queries}": (fixed_same_size, lambda: iter(
+            EpisodeDataset(fixed_same_size, store, dtype=torch.uint8, start=next(starts)))),
+        f"episodes EpisodeDataset, EpisodeSampler ways 5-50, shots 1-10, +{queries}": (variable_balanced, lambda: iter(
+            EpisodeDataset(variable_balanced, store, dtype=torch.uint8, start=next(starts)))),
+        "episodes EpisodeDataset, MetaDatasetSampler (paper's defaults)": (meta_dataset, lambda: iter(
+            EpisodeDataset(meta_dataset, store, dtype=torch.uint8, start=next(starts)))),
+        f"episodes indices only, fixed {mean_ways}-way {mean_shots}+{queries}": (
+            fixed_same_size, lambda: indices_only(fixed_same_size, next(starts))),
+        "episodes indices only, MetaDatasetSampler": (meta_dataset, lambda: indices_only(meta_dataset, next(starts))),
+        reference: (None, lambda: forever(taskset.sample)),
+    }
+    sizes = {name: mean_items(sampler) if sampler is not None else mean_ways * (mean_shots + queries)
+             for name, (sampler, _) in contenders.items()}
+    results = run_rounds({name: make for name, (_, make) in contenders.items()}, seconds, rounds)
+    print("\n(c) variable and imbalanced episodes on the synthetic Omniglot layout of (a), uint8, rotated on the fly")
+    print(f"{'contender':<70} {'items/ep':>8} {'episodes/s':>11} {'images/s':>10} {'x ref':>7} {'x ref CPU':>9}")
+    ref_wall, ref_cpu = (rate * sizes[reference] for rate in results[reference])
+    for name, (wall, cpu) in results.items():
+        print(f"{name:<70} {sizes[name]:>8.0f} {wall:>11,.0f} {wall * sizes[name]:>10,.0f} "
+              f"{wall * sizes[name] / ref_wall:>7.1f} {cpu * sizes[name] / ref_cpu:>9.1f}")
+    ours = "episodes EpisodeDataset, MetaDatasetSampler (paper's defaults)"
+    same_size = f"episodes EpisodeDataset, fixed {mean_ways}-way {mean_shots}+{queries}"
+    print(f"  Meta-Dataset episodes here: mean {draw.ways.mean():.1f} ways, {draw.support_counts.mean():.1f} shots per "
+          f"class, {draw.queries.mean():.0f} queries per class, {sizes[ours]:.0f} items.")
+    print(f"  images/s, MetaDatasetSampler vs fixed shape at the same mean size: "
+          f"{results[ours][0] * sizes[ours] / (results[same_size][0] * sizes[same_size]):.2f}x; "
+          f"vs learn2learn at that size: {results[ours][0] * sizes[ours] / ref_wall:.1f}x")
+
+
 # --- (b) real Omniglot ---------------------------------------------------------------------------
 
 def part_b(seconds: float, rounds: int, l2l_root: Path) -> None:
@@ -219,7 +292,7 @@ def part_b(seconds: float, rounds: int, l2l_root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("a", "b", "all"), default="all")
+    parser.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per contender per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--l2l-root", type=Path, default=Path(tempfile.gettempdir()) / "episodes-bench-l2l",
@@ -233,6 +306,8 @@ def main() -> None:
         part_a(args.seconds, args.rounds)
     if args.part in ("b", "all"):
         part_b(args.seconds, args.rounds, args.l2l_root)
+    if args.part in ("c", "all"):
+        part_c(args.seconds, args.rounds)
 
 
 if __name__ == "__main__":

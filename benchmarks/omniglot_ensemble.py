@@ -70,6 +70,7 @@ def main() -> None:
                         help="passed to every member's fewshot.train (e.g. mirrors=true)")
     parser.add_argument("--baseline", type=Path, default=Path("runs/pretraining-protonet/last.pt"))
     parser.add_argument("--test-episodes", type=int, default=1000)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or phase lines on stderr")
     parser.add_argument("--test-time-shift", type=int, default=2,
                         help="also score the ensemble with test-time shift averaging over 4K+1 views (0: skip)")
     parser.add_argument("--test-time-rotations", action=argparse.BooleanOptionalAction, default=True,
@@ -98,7 +99,10 @@ def main() -> None:
     names = list(dirs)
     lasts = [dirs[name] / "last.pt" for name in names]
     baseline = args.baseline if args.baseline.exists() else None
-    options = dict(ways_shots=SETTINGS, queries=15, episodes=args.test_episodes, seed=0, progress=False)
+    # Progress on stderr, so the tables on stdout stay clean; the evaluations with test-time views are long.
+    options = dict(ways_shots=SETTINGS, queries=15, episodes=args.test_episodes, seed=0, progress=not args.no_progress)
+    if not args.no_progress:
+        print(f"evaluating {len(names)} members alone and as an ensemble", file=sys.stderr)
     report = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], compare=baseline, **options)
     alone = [evaluate_checkpoint(last, **options) for last in lasts]
 
@@ -125,6 +129,8 @@ def main() -> None:
     if any(view_settings.values()):
         # The same ensemble with its test-time views (each turned copy shift-averaged, the copies'
         # scores summed), paired against the single protonet as it is evaluated by default.
+        if not args.no_progress:
+            print(f"evaluating the ensemble with test-time views {view_settings}", file=sys.stderr)
         shifted = evaluate_checkpoint(lasts[0], ensemble=lasts[1:], views=view_settings, **options)
         plain_baseline = evaluate_checkpoint(baseline, **options) if baseline else None
         views = f"{len(shifted['test_time_shift']['views'])} shifted views" if args.test_time_shift else "no shifts"

@@ -69,6 +69,10 @@ def save_episodes(path: str | Path, episodes: Iterable[Episode], dataset: Any = 
     records = []
     for episode in episodes:
         ways = episode.ways
+        if len(episode.support) != ways * episode.support_counts.min() or len(episode.query) % ways:
+            # The format (version 1) holds equal-size groups; imbalanced episodes (MetaDatasetSampler) do not fit.
+            raise ValueError(f"episode {episode.index} is imbalanced (support items per class "
+                             f"{episode.support_counts.tolist()}): episode lists hold only balanced episodes")
         for part, indices in (("support", episode.support), ("query", episode.query)):
             grouped = indices.reshape(ways, -1)
             mismatched = labels[grouped] != np.asarray(episode.classes)[:, None]

@@ -104,7 +104,8 @@ class EpisodeCollate:
         split = int(returns[0])
         support_counts = np.bincount(labels[:split], minlength=ways)
         query_counts = np.bincount(labels[split:], minlength=ways)
-        expected = np.concatenate([np.repeat(np.arange(ways), support_counts), np.repeat(np.arange(ways), query_counts)])
+        classes = np.arange(ways)
+        expected = np.concatenate([np.repeat(classes, support_counts), np.repeat(classes, query_counts)])
         if support_counts.min() < 1 or query_counts.min() < 1 or not np.array_equal(labels, expected):
             raise ValueError("episode items are not laid out support then query, class-major, each class in both, "
                              "as MetaDatasetSampler yields them: do the dataset's labels match the sampler's?")
@@ -194,7 +195,8 @@ class TensorStore:
         classes = (torch.from_numpy(draw.classes[e, :int(draw.ways[e])]) for e in range(len(draw)))
         return ((*episode, episode_classes) for episode, episode_classes in zip(episodes, classes))
 
-    def _iter_any_shape(self, draw: EpisodeDraw | MetaDatasetDraw, dtype: torch.dtype, block: int) -> Iterator[EpisodeTensors]:
+    def _iter_any_shape(self, draw: EpisodeDraw | MetaDatasetDraw, dtype: torch.dtype,
+                        block: int) -> Iterator[EpisodeTensors]:
         for start in range(0, len(draw), block):
             episodes = draw.slice(start, start + block).episodes()
             buffer = self._gather(np.concatenate([e.indices() for e in episodes]))

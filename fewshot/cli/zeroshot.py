@@ -10,24 +10,11 @@ Features come from `res101.mat` beside `att_splits.mat` (or `--features`).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
-from pathlib import Path
-from typing import Any
-
-import torch
 
 from fewshot.cli.arguments import seed
-from fewshot.cli.errors import COMMAND_ERRORS, report_error
-from fewshot.files import atomic_write, check_writable
-from fewshot.zeroshot.encoders import ENCODERS
-from fewshot.zeroshot.gbu import ATTRIBUTE_KEYS, GBU_DATASETS, load_gbu
-from fewshot.zeroshot.methods import FEATURE_NORMS, METHODS, SCORES, ZeroShotConfig
-from fewshot.zeroshot.pipeline import evaluate_zero_shot, format_report
-
-#: Where reports go without --output.
-DEFAULT_REPORT_FOLDER = Path("runs/zeroshot")
+from fewshot.cli.catalogue import (ATTRIBUTE_KEYS, FEATURE_NORMS, GBU_DATASETS, SCORES, ZEROSHOT_DEFAULTS,
+                                   RegisteredName)
+from fewshot.cli.plugins import add_import_flag, parse_with_plugins
 
 
 def _number_or(choices: tuple[str, ...]):
@@ -51,15 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "default $FEWSHOT_DATA")
     p.add_argument("--features", default=None, help="res101.mat to use (default: beside att_splits.mat)")
     p.add_argument("--attributes", choices=ATTRIBUTE_KEYS, default="att")
-    p.add_argument("--method", choices=list(METHODS), default="ale")
-    p.add_argument("--encoder", choices=list(ENCODERS), default="linear")
+    p.add_argument("--method", choices=RegisteredName("zero-shot method", sort=False), default="ale")
+    p.add_argument("--encoder", choices=RegisteredName("zero-shot encoder", sort=False), default="linear")
     p.add_argument("--encoder-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="encoder argument, e.g. hidden=512 for mlp (repeatable)")
     p.add_argument("--score", choices=SCORES, default=None, help="default: the method's")
     p.add_argument("--scale", type=float, default=None,
                    help="logit scale (default: 16 for cosine, 1 for dot, the Gaussian temperature for sqeuclidean)")
     p.add_argument("--margin", type=float, default=None, help="hinge margin (default: the method's)")
-    defaults = ZeroShotConfig()
+    defaults = ZEROSHOT_DEFAULTS
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
@@ -84,52 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--output", default=None, help="JSON report (default: runs/zeroshot/<dataset>-<method>-<time>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_import_flag(p)
     return p
-
-
-def config_from_args(args: argparse.Namespace) -> ZeroShotConfig:
-    """The ZeroShotConfig that the flags describe (checked)."""
-    encoder_args = ENCODERS.parse_arguments(args.encoder, args.encoder_arg, "--encoder-arg")
-    return ZeroShotConfig(method=args.method, encoder=args.encoder, encoder_args=encoder_args, score=args.score,
-                          scale=args.scale, margin=args.margin, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, weight_decay=args.weight_decay, eszsl_gamma=args.eszsl_gamma,
-                          eszsl_lambda=args.eszsl_lambda, feature_norm=args.feature_norm, seed=args.seed,
-                          device=args.device).resolved()
-
-
-def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
-    """Load, train, evaluate and write the report; returns it and its path."""
-    config = config_from_args(args)
-    started = time.strftime("%Y%m%d-%H%M%S")
-    # The report is the run's only result: its path is checked before the (long) run, not after it.
-    check_writable(args.output or DEFAULT_REPORT_FOLDER / "report.json",
-                   "--output" if args.output else "the report folder (set --output)")
-    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    data = load_gbu(args.dataset, args.data_root, args.features, args.attributes)
-    features = {"source": "res101.mat" if args.features is None else str(args.features)}
-    log(f"{data.name}: {len(data.features)} images x {data.feature_dim} features, {data.attribute_dim} attributes, "
-        f"{len(data.seen_classes)} seen / {len(data.unseen_classes)} unseen classes")
-    report = evaluate_zero_shot(data, config, calibration=args.calibration, fusion_weight=args.fusion_weight,
-                                tune=args.tune, folds=args.folds, shots=args.shots, ways=args.ways,
-                                queries=args.queries, episodes=args.episodes,
-                                validation_episodes=args.validation_episodes, seed=args.seed, log=log)
-    report["features"] = features
-    report["command"] = ["python", "-m", "fewshot.zeroshot", *sys.argv[1:]] if args.argv is None else args.argv
-    output = Path(args.output or DEFAULT_REPORT_FOLDER / f"{data.name}-{config.method}-{started}.json")
-    atomic_write(output, lambda file: file.write(json.dumps(report, indent=2).encode()))
-    return report, output
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m fewshot.zeroshot`."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_plugins(build_parser(), argv)
     args.argv = None if argv is None else ["python", "-m", "fewshot.zeroshot", *argv]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        report, output = run(args)
-    except COMMAND_ERRORS as error:
-        return report_error(error)
-    print(format_report(report))
-    print(f"report: {output}")
-    return 0
+    from fewshot.cli.runners.zeroshot import run  # torch and the library, once the flags are parsed
+
+    return run(args)

@@ -7,7 +7,7 @@ Adding a dataset is one new module that calls `register_dataset` (see docs/exten
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -80,6 +80,9 @@ class DatasetInfo:
         schemes: the split schemes, the first being the default.
         background: the float value (0..1) of an empty pixel, what test-time shifts fill the uncovered
             border with; 0 (black, the value of zero padding) unless the dataset declares otherwise.
+        training_defaults: episode sizes a training run takes when it is not given them, over the
+            generic ones (`fewshot.training.config.DATA_DEFAULTS`: `train_ways`, `queries`,
+            `eval_queries`); the run still lowers each to what the loaded split holds.
     """
 
     name: str
@@ -89,6 +92,7 @@ class DatasetInfo:
     default_image_size: int
     schemes: tuple[str, ...]
     background: float = 0.0
+    training_defaults: Mapping[str, int] = field(default_factory=dict)
 
 
 #: Datasets by name; built-in ones register when `fewshot.data` is imported.

@@ -28,6 +28,7 @@ from fewshot.data.datasets import DatasetSplits
 from fewshot.data.splits import ClassSplit
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.checkpoints import checkpoint_splits
+from fewshot.evaluation.episodes import announce, terminal_progress
 from fewshot.files import check_writable
 from fewshot.learners.base import nearest_prototype, prototypes
 from fewshot.metrics.verification import balanced_pairs
@@ -82,7 +83,7 @@ def validation_split(state: dict[str, Any], image_size: int | None = None, *,
 @torch.no_grad()
 def calibrate(model: FewShotModel, split: ClassSplit | DatasetSplits, far: float = DEFAULT_FAR, *,
               device: str | torch.device = "cpu", pairs: int = DEFAULT_PAIRS, shots: int = DEFAULT_SHOTS,
-              seed: int = 0, progress: bool = False, dataset: str = "given") -> dict[str, Any]:
+              seed: int = 0, progress: bool | None = None, dataset: str = "given") -> dict[str, Any]:
     """Choose the verification and open-set thresholds of `model` on the validation classes `split` at false
     accept rate `far` (`dataset` names where the split came from, in the record).
 
@@ -93,9 +94,11 @@ def calibrate(model: FewShotModel, split: ClassSplit | DatasetSplits, far: float
       nearest prototype, and the threshold accepts at most `far` of the unknown queries.
 
     Returns plain values and sorted float32 score tensors (see `operating_point`), safe to store in a checkpoint,
-    with the fingerprint of the weights they hold for (`weights_fingerprint`).
+    with the fingerprint of the weights they hold for (`weights_fingerprint`). `progress` (default: when stderr
+    is a terminal) shows the embedding bar and a line per phase after it.
     """
     far = check_far(far)
+    progress = terminal_progress() if progress is None else progress
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise ValueError(f"shots must be a positive int, got {shots!r}")
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 2:
@@ -117,6 +120,7 @@ def calibrate(model: FewShotModel, split: ClassSplit | DatasetSplits, far: float
     rng = np.random.default_rng(seed)
 
     chosen = torch.from_numpy(balanced_pairs(labels, pairs, rng))
+    announce(f"calibrating: scoring {len(chosen)} validation pairs for the verification threshold", progress)
     pair_scores, same = metrics.pair_scores(embeddings, torch.from_numpy(labels), distance=distance, pairs=chosen)
     pair_point = _threshold_at(pair_scores[same], pair_scores[~same], far)
 
@@ -144,6 +148,8 @@ def calibrate(model: FewShotModel, split: ClassSplit | DatasetSplits, far: float
         best, which = nearest_prototype(distance, embeddings[torch.from_numpy(rows)], centres)
         return -best.double().numpy(), which.numpy()
 
+    announce(f"calibrating: the open-set threshold ({len(known)} known classes of {shots} shots, "
+             f"{len(known_rows) + len(unknown_rows)} queries)", progress)
     known_scores, known_pred = nearest(known_rows)
     unknown_scores, _ = nearest(unknown_rows)
     correct = known_pred == relabel[labels[known_rows]]

@@ -254,7 +254,7 @@ def evaluate_checkpoint(
             })
     if settings.embedding_metrics:
         report["embedding_metrics"] = embedding_metrics(main_model, splits.val, target, device, seed=settings.seed,
-                                                        test_embeddings=model.embeddings)
+                                                        test_embeddings=model.embeddings, progress=settings.progress)
     report["embedding"] = {
         "path": "per-episode" if settings.per_episode else "embed-once",
         "images_embedded": [c.embeddings.embedded for c in candidates],

@@ -6,6 +6,7 @@ an ensemble member) and `Ensemble`s of candidates; `score_episodes` returns each
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -22,6 +23,18 @@ from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.settings import EvaluationSettings
 from fewshot.learners.base import prototype_logits
 from fewshot.model.network import FewShotModel
+
+
+def terminal_progress() -> bool:
+    """Whether progress is shown when the caller does not say: only to a person watching (stderr is a terminal),
+    so that logs, pipes and tests stay quiet."""
+    return sys.stderr.isatty()
+
+
+def announce(message: str, progress: bool) -> None:
+    """Say on stderr which phase starts (one without a progress bar of its own), when progress is shown."""
+    if progress:
+        tqdm.write(message, file=sys.stderr)
 
 
 def evaluation_episodes(split: ClassSplit, ways: int, shots: int, queries: int, episodes: int, seed: int) -> list[Episode]:
@@ -150,7 +163,8 @@ def score_episodes(scorers: Sequence[Scorer], episodes: list[Episode],
                     score(c, e, c.model.logits(support_x, support_y, query_x), query_y)
         else:
             for c in candidates:
-                _score_embedded(c, c.cache(settings), episodes, mine, device, score)
+                _score_embedded(c, c.cache(settings), episodes, mine, device, score,
+                                f"{label} {c.name}" if len(candidates) > 1 else label, settings.progress)
     finally:
         for c, mode in zip(candidates, modes):
             c.model.train(mode)
@@ -168,14 +182,16 @@ def score_episodes(scorers: Sequence[Scorer], episodes: list[Episode],
 
 
 def _score_embedded(candidate: Candidate, cache: SplitEmbeddings, episodes: list[Episode], mine: list[int],
-                    device: torch.device, score: Any) -> None:
+                    device: torch.device, score: Any, label: str = "episodes", progress: bool = False) -> None:
     """Score a candidate on this rank's episodes from its embed-once cache, a memory-sized chunk at a time."""
     if cache.dim is None and mine:  # the embedding size (hence the capacity) from the first episode
         cache.ensure(episodes[mine[0]].indices())
     distance = candidate.model.learner.scoring_distance
+    bar = tqdm(total=len(mine), desc=f"scoring {label}", unit="episode", disable=not progress, leave=False)
     for group in _episode_chunks([episodes[e] for e in mine], cache.capacity):
         cache.ensure(np.concatenate([episodes[mine[g]].indices() for g in group]))
         for g in group:
+            bar.update()
             e = mine[g]
             episode = episodes[e]
             support_y = torch.from_numpy(episode.support_labels).to(device)
@@ -185,6 +201,7 @@ def _score_embedded(candidate: Candidate, cache: SplitEmbeddings, episodes: list
             logits = sum(prototype_logits(distance, s, support_y, q, episode.ways)
                          for s, q in zip(support.chunk(cache.copies, dim=1), query.chunk(cache.copies, dim=1)))
             score(candidate, e, logits, torch.from_numpy(episode.query_labels).to(device))
+    bar.close()
 
 
 def evaluate_model(model: FewShotModel, split: ClassSplit, ways: int, shots: int, queries: int,
@@ -196,9 +213,10 @@ def evaluate_model(model: FewShotModel, split: ClassSplit, ways: int, shots: int
     The episodes are `episode_list`, else `settings.episodes` drawn from `settings.seed`. `overrides` are
     `EvaluationSettings` fields (e.g. `episodes=200, seed=1, device="cuda"`); `embeddings` shares an
     embed-once cache across calls. Test-time views need the dataset's declaration: give them through
-    `embeddings` (a `SplitEmbeddings` made with `views`) or use `evaluate_checkpoint`.
+    `embeddings` (a `SplitEmbeddings` made with `views`) or use `evaluate_checkpoint`. Without `settings`,
+    progress bars show when stderr is a terminal (`progress=False` silences them).
     """
-    settings = EvaluationSettings.of(settings, overrides)
+    settings = EvaluationSettings.of(settings, overrides, progress=terminal_progress())
     if settings.views:
         raise ValueError("evaluate_model applies no test-time views; pass embeddings=SplitEmbeddings(..., views=...)")
     chosen = episode_list if episode_list is not None else evaluation_episodes(

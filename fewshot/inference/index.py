@@ -15,6 +15,7 @@ with any `fewshot.inference.inputs.Embedder` (a loaded `TrainedModel`); faiss st
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -333,6 +334,8 @@ def build_index(embedder: Embedder, images: Any, labels: Sequence[Hashable] | No
                                                      what="indexing")
     index = Index(embedder, embeddings, items, labels, source)
     if ann is not None:
+        if progress:  # faiss trains and fills its structure without a progress bar of its own
+            print(f"building the faiss {ann} structure over {len(items)} images", file=sys.stderr)
         index.build_ann(ann, **ann_settings)
     elif ann_settings:
         raise ValueError(f"{', '.join(sorted(ann_settings))} apply to an approximate index; pass ann='ivf' or 'hnsw'")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fewshot.backbones import BACKBONES
+from fewshot.backbones import BACKBONES, initialisation_arguments
 from fewshot.files import atomic_write, load_error_reason
 from fewshot.model.network import FewShotModel, ModelSpec
 
@@ -132,11 +132,14 @@ def _backbone_architecture(spec: dict[str, Any]) -> dict[str, Any]:
     """What fixes a backbone's weights: its registered name, its arguments (defaults filled in, so an
     argument given at its default value compares equal to one left out) and its input channels.
     Image size and normalisation are left out: they change no weight, so a backbone may be fine-tuned
-    at another size or under a loss that does not normalise its embeddings."""
+    at another size or under a loss that does not normalise its embeddings; so are a pretrained backbone's
+    starting weights (``weights``): --init replaces them."""
     defaults = ModelSpec()
     name = spec.get("backbone", defaults.backbone)
     arguments = dict(spec.get("backbone_args") or {})
     if name in BACKBONES:
+        for key in initialisation_arguments(name):
+            arguments.pop(key, None)
         for key, parameter in BACKBONES.parameters(name).items():
             if parameter.default is not parameter.empty:
                 arguments.setdefault(key, parameter.default)
@@ -178,6 +181,6 @@ def load_backbone_state(model: FewShotModel, state: dict[str, Any], source: str 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotModel, dict[str, Any]]:
     """Rebuild the model a checkpoint was saved from and load its weights (in eval mode)."""
     state = load_checkpoint(path)
-    model = FewShotModel(spec_from_state(state, path))
+    model = FewShotModel(spec_from_state(state, path), load_weights=False)  # the checkpoint holds every weight
     load_model_state(model, state, path)
     return model.to(device).eval(), state

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fewshot.backbones import BACKBONES, build_backbone, embedding_dim
+from fewshot.backbones import BACKBONES, build_backbone, embedding_dim, recorded_arguments
 from fewshot.distances import DISTANCES, build_distance
 from fewshot.learners import LEARNERS, LearnerOutput
 from fewshot.learners.base import episode_ways, prototype_logits
@@ -25,6 +25,8 @@ class ModelSpec:
     ``metric`` and ``normalize`` default to the learner's own choice (filled in on construction).
     (Specs of checkpoints written before learner arguments existed name ``margin`` and ``miner`` as
     fields: `fewshot.model.checkpoint.spec_from_state` turns them into ``learner_args``.)
+    A pretrained backbone's ``backbone_args`` are completed with its weights and input preprocessing
+    (`fewshot.backbones.recorded_arguments`); other backbones' stay as given.
     """
 
     backbone: str = "conv4"
@@ -42,7 +44,7 @@ class ModelSpec:
         learner = LEARNERS.get_or_raise(self.learner)
         BACKBONES.get_or_raise(self.backbone)
         object.__setattr__(self, "learner_args", dict(self.learner_args))
-        object.__setattr__(self, "backbone_args", dict(self.backbone_args))
+        object.__setattr__(self, "backbone_args", recorded_arguments(self.backbone, self.backbone_args))
         object.__setattr__(self, "metric_args", dict(self.metric_args))
         if self.metric is None:
             object.__setattr__(self, "metric", learner.default_distance)
@@ -64,10 +66,13 @@ class ModelSpec:
 class FewShotModel(nn.Module):
     """Backbone embeddings -> learner loss; at test time, nearest prototype under the learner's distance."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, load_weights: bool = True) -> None:
+        """The model `spec` describes; a pretrained backbone loads its weights unless `load_weights` is False
+        (a model about to receive a checkpoint's weights, which must not need the original weights file)."""
         super().__init__()
         self.spec = spec
-        self.backbone = build_backbone(spec.backbone, spec.in_channels, normalize=spec.normalize, **spec.backbone_args)
+        self.backbone = build_backbone(spec.backbone, spec.in_channels, normalize=spec.normalize,
+                                       load_weights=load_weights, **spec.backbone_args)
         # oneDNN (CPU) and cuDNN convolutions run faster in NHWC: 1.6x per Conv-4 training step here.
         self.backbone.to(memory_format=torch.channels_last)
         dim = embedding_dim(self.backbone, (spec.in_channels, spec.image_size, spec.image_size))

@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fewshot.backbones import check_backbone
-from fewshot.data.datasets import DatasetSplits
+from fewshot.backbones import check_backbone, starts_pretrained
+from fewshot.data.datasets import DATASETS, DatasetSplits
 from fewshot.data.splits import ClassSplit
 from fewshot.files import absolute_path
 from fewshot.learners import LEARNERS
@@ -47,6 +47,10 @@ from fewshot.training.schedules import SCHEDULES
 SAMPLINGS = ("episodes", "balanced")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 TRAIN_SPLITS = ("train", "trainval")
+#: The episode sizes left to the data when not given (None in a config): a dataset's declaration may
+#: replace these (`DatasetInfo.training_defaults`), and a run lowers each to what its split holds (a
+#: folder of 26 classes trains 16-way, not 60-way). Omniglot's and miniImageNet's runs take them as they are.
+DATA_DEFAULTS: dict[str, int] = {"train_ways": 60, "queries": 5, "eval_queries": 15}
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,16 @@ class EpisodeSettings:
 
     `sampling="balanced"` trains on class-balanced batches of `batch_classes` x `batch_images` images
     (each a pure function of (seed, step), like the episodes) instead of `train_ways`-way episodes with
-    `queries`; validation and test always use `ways`-way episodes with `eval_queries`.
+    `queries`; validation and test always use `ways`-way episodes with `eval_queries`. `train_ways`,
+    `queries` and `eval_queries` left as None take the dataset's defaults (`DATA_DEFAULTS`), lowered to
+    what the split holds, when the config is resolved (`data_defaults`); given values are never changed.
     """
 
     ways: int = 5
     shots: int = 1
-    queries: int = 5
-    train_ways: int = 60
-    eval_queries: int = 15
+    queries: int | None = None  # None: 5, or fewer when the train split's classes hold fewer images
+    train_ways: int | None = None  # None: 60, or the train split's class count when it has fewer
+    eval_queries: int | None = None  # None: 15, or fewer when the val / test classes hold fewer images
     sampling: str = "episodes"  # "balanced": class-balanced batches, for the proxy and pair losses
     batch_classes: int = 64  # P, classes per balanced batch
     batch_images: int = 4  # M, images per class in a balanced batch
@@ -138,6 +144,7 @@ class RunSettings:
     device: str = "auto"
     precision: str = "fp32"  # "bf16": backbone under bfloat16 autocast (2x faster on CPUs with AVX512-BF16 or AMX)
     threads: int | None = None
+    tensorboard: bool = False  # a TensorBoard log in RUN/tensorboard beside metrics.jsonl (needs the tensorboard package)
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,7 @@ FLAT_ORDER = ("ways", "shots", "queries", "train_ways", "eval_queries", "learner
               "image_size", "augment", "episodes", "lr", "schedule", "lr_step", "lr_gamma", "weight_decay", "val_every",
               "val_episodes", "test_episodes", "checkpoint_every", "seed", "data_root", "output", "device", "threads",
               "precision", "sampling", "batch_classes", "batch_images", "init", "init_sha256", "freeze_backbone",
-              "episodes_per_step", "sync_batchnorm", "dist_timeout")
+              "episodes_per_step", "sync_batchnorm", "dist_timeout", "tensorboard")
 #: Settings that saved configs once held and that now live elsewhere: `margin` and `miner` were
 #: shorthands for the learner arguments of the same names (the command line still takes them).
 LEGACY_LEARNER_SETTINGS = ("margin", "miner")
@@ -183,7 +190,7 @@ class TrainConfig:
 
     # Settings that may change between a run and its resumption without changing its numbers.
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("episodes", "output", "device", "data_root", "test_episodes",
-                                                    "threads", "dist_timeout")
+                                                    "threads", "dist_timeout", "tensorboard")
 
     def __init__(self, episode: EpisodeSettings | None = None, model: ModelSettings | None = None,
                  data: DataSettings | None = None, optimisation: OptimisationSettings | None = None,
@@ -268,10 +275,14 @@ class TrainConfig:
     def resolve(self, splits: DatasetSplits, world_size: int = 1) -> TrainConfig:
         """A new, checked config of the run on `splits` by `world_size` processes: the dataset's name,
         scheme and image size as loaded, absolute paths, the default output directory and one episode
-        per process and step filled in. Raises ValueError on any setting the run cannot use."""
+        per process and step filled in, and the episode sizes left to the data (`data_defaults`). Raises
+        ValueError on any setting the run cannot use."""
         check_settings(self)
+        filled = {name: value for name, (value, _) in data_defaults(self, splits).items()}
+        if filled:
+            check_settings(replace(self, **filled))
         resolved = replace(
-            self,
+            self, **filled,
             dataset=splits.dataset, split=splits.scheme, image_size=splits.image_size,
             data_root=None if self.data_root is None else str(absolute_path(self.data_root)),
             init=None if self.init is None else str(absolute_path(self.init)),
@@ -339,6 +350,47 @@ def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def data_defaults(config: TrainConfig, splits: DatasetSplits) -> dict[str, tuple[int, str]]:
+    """{setting: (value, why the data lowered it, or "")} for each episode size `config` leaves to the data (None): the dataset's
+    default (its declaration's `training_defaults` over `DATA_DEFAULTS`), lowered to the classes of the
+    training split (`train_ways`) or to the images its smallest class holds beyond the shots (`queries`
+    for the training split, `eval_queries` for validation and test). A split too small even for the
+    least value keeps the default, so that `check_data` names what is missing."""
+    info = DATASETS.get(splits.dataset)
+    declared = {**DATA_DEFAULTS, **(dict(info.training_defaults) if info is not None else {})}
+    where = f"the {splits.dataset} {splits.scheme}"
+    chosen: dict[str, tuple[int, str]] = {}
+    episodes = config.sampling != "balanced"  # balanced batches use neither train_ways nor queries
+
+    def limited(name: str, available: int, least: int, why: str) -> None:
+        default = declared[name]
+        if episodes or name == "eval_queries":
+            if least <= available < default:
+                chosen[name] = (available, f"{why}; default {default}")
+                return
+        chosen[name] = (default, "")
+
+    if config.train_ways is None:
+        train = splits.get(config.train_split)
+        limited("train_ways", train.num_classes, 2, f"{where} {config.train_split} split has {train.num_classes} classes")
+    if config.queries is None:
+        smallest = int(splits.get(config.train_split).class_counts().min())
+        limited("queries", smallest - config.shots, 1, f"{where} {config.train_split} split has classes of "
+                f"{smallest} images, {config.shots} of them support")
+    if config.eval_queries is None:
+        smallest = min(int(splits.get(name).class_counts().min()) for name in ("val", "test"))
+        limited("eval_queries", smallest - config.shots, 1, f"{where} val / test splits have classes of "
+                f"{smallest} images, {config.shots} of them support")
+    return chosen
+
+
+def describe_data_defaults(config: TrainConfig, splits: DatasetSplits) -> list[str]:
+    """One line per episode size left to the data that the data lowered, e.g. "train ways: 16 (the folder
+    random train split has 16 classes; default 60)": what a run's header prints."""
+    return [f"{name.replace('_', ' ')}: {value} ({why})" for name, (value, why) in data_defaults(config, splits).items()
+            if why]
+
+
 def model_spec(config: TrainConfig, splits: DatasetSplits) -> ModelSpec:
     """The architecture a config trains on `splits` (`config.model_spec(splits)`)."""
     return config.model_spec(splits)
@@ -396,6 +448,8 @@ def check_settings(config: TrainConfig) -> None:
                         ("train_ways", config.train_ways), ("eval_queries", config.eval_queries), ("episodes", config.episodes),
                         ("val_every", config.val_every), ("checkpoint_every", config.checkpoint_every),
                         ("lr_step", config.lr_step)):
+        if value is None and name in DATA_DEFAULTS:  # left to the data: filled in and checked by `resolve`
+            continue
         if not _is_int(value):
             raise ValueError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
         if value < 1:
@@ -419,9 +473,10 @@ def check_settings(config: TrainConfig) -> None:
     if config.ways < 2:  # what episode lists refuse too
         raise ValueError(f"--ways must be at least 2, got {config.ways}: a 1-way episode has one class to choose, "
                          "so every answer is right (100% whatever the model)")
-    if config.freeze_backbone and config.init is None:
+    if config.freeze_backbone and config.init is None and not starts_pretrained(config.backbone, config.backbone_args):
         raise ValueError("--freeze-backbone needs --init CHECKPOINT: without it the frozen backbone keeps its random "
-                         "initialisation; pretrain a backbone first (its last.pt or best.pt) and start from it")
+                         "initialisation; pretrain a backbone first (its last.pt or best.pt) and start from it, or "
+                         "use a pretrained backbone (e.g. --backbone tv-resnet18)")
     learner = LEARNERS.get_or_raise(config.learner)
     if config.sampling == "balanced":
         if learner.needs_queries:
@@ -434,7 +489,7 @@ def check_settings(config: TrainConfig) -> None:
                 raise ValueError(f"{flag} must be a positive int, got {value!r}")
         check_batch_shape(config.learner, config.batch_classes, config.batch_images, "--batch-classes",
                           "--batch-images")
-    else:
+    elif config.train_ways is not None and config.queries is not None:  # else checked once resolved
         check_batch_shape(config.learner, config.train_ways, config.shots + config.queries, "--train-ways",
                           "--shots + --queries")
 

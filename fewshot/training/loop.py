@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -65,10 +65,11 @@ from fewshot.training.config import (
     TrainConfig,
     check_processes,
     check_settings,
+    describe_data_defaults,
 )
 from fewshot.training.resume import checkpoint_state, recorded_split, restarted, resume_state
-from fewshot.training.rundir import RunLock, check_run_dir, describe_write_error, writing
-from fewshot.training.runlog import MetricsLog, plot_curve
+from fewshot.training.rundir import TENSORBOARD_DIR, RunLock, check_run_dir, describe_write_error, writing
+from fewshot.training.runlog import MetricsLog, TensorBoardLog, plot_curve, require_tensorboard
 from fewshot.training.rngs import augment_generator, episode_generator
 from fewshot.training.schedules import make_scheduler
 from fewshot.training.steps import StepBatchNorm
@@ -105,10 +106,11 @@ def _checked_output_dir(output: str, resume: bool) -> Path:
     return run_dir
 
 
-def validation_interval(model: FewShotModel, split: ClassSplit, config: TrainConfig, device: torch.device) -> Interval:
+def validation_interval(model: FewShotModel, split: ClassSplit, config: TrainConfig, device: torch.device,
+                        progress: bool = False) -> Interval:
     """Validation accuracy of the model being trained (fixed validation episodes, seed-derived)."""
     accuracies = evaluate_model(model, split, config.ways, config.shots, config.eval_queries,
-                                episodes=config.val_episodes, seed=config.seed + 1, device=device)
+                                episodes=config.val_episodes, seed=config.seed + 1, device=device, progress=progress)
     return confidence_interval(accuracies, "normal")
 
 
@@ -204,6 +206,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     refusal: BaseException | None = None
     if world.is_main:  # one process checks and creates the run directory; the others wait for its word
         try:
+            if run.tensorboard:  # rank 0 alone writes the TensorBoard log
+                require_tensorboard()
             if not overwrite:  # refused before anything is created (deleting for --overwrite waits for the lock)
                 check_run_dir(run_dir, resume, overwrite=False)
             with writing(run_dir, "choose an --output where you can write"):
@@ -221,7 +225,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if word is not None:
         raise RankFailure(f"rank 0 refused the run: {word}")
     try:
-        return _train_locked(run, resume, progress and world.is_main, splits, spec, model, device, run_dir, world)
+        return _train_locked(run, resume, progress and world.is_main, splits, spec, model, device, run_dir, world,
+                             notes=describe_data_defaults(config, splits))
     finally:
         if lock is not None:
             lock.release()
@@ -256,6 +261,7 @@ class _RunFiles:
         self.seconds_before = seconds_before  # wall time of training and validation of earlier sessions
         self.started = started  # time.perf_counter() when this session's training began
         self.log: MetricsLog | _NoLog = _NoLog()
+        self.board: TensorBoardLog | None = None  # the TensorBoard mirror of the log, when the run asks for one
 
     def intact(self) -> str:
         """Which checkpoints a failure leaves, and how to go on from them."""
@@ -271,6 +277,13 @@ class _RunFiles:
             return
         with writing(self.run_dir / "metrics.jsonl", self.intact()):
             self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_episode)
+        if config.tensorboard:
+            board_dir = self.run_dir / TENSORBOARD_DIR
+            with writing(board_dir, self.intact()):
+                earlier = [] if resume_episode is None or board_dir.exists() else self.log.records()
+                self.board = TensorBoardLog(board_dir, resume_episode)
+                for record in earlier:  # a resumed run that turns the log on: its curves from the first episode
+                    self.board.write(record)
         with writing(self.run_dir, self.intact()):
             atomic_write(self.run_dir / "config.json",
                          lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
@@ -282,6 +295,9 @@ class _RunFiles:
     def write_log(self, record: dict[str, Any]) -> None:
         with writing(self.log.path, self.intact()):
             self.log.write(record)
+        if self.board is not None:
+            with writing(self.run_dir / TENSORBOARD_DIR, self.intact()):
+                self.board.write(record)
 
     def seconds(self) -> float:
         """Wall time of training and validation, summed over resumes."""
@@ -300,6 +316,8 @@ class _RunFiles:
         if self.main:
             with writing(path, previous + self.intact()):
                 self.log.sync()
+                if self.board is not None:
+                    self.board.sync()
                 save_checkpoint(path, state(self.seconds()))
         self.saved[name] = episode
 
@@ -314,13 +332,19 @@ class _RunFiles:
                           stacklevel=2)
 
     def close(self, failing: bool) -> None:
-        """Close the log; while an error is under way a failed flush must not mask it."""
+        """Close the logs; while an error is under way a failed flush must not mask it."""
         if failing:
             with contextlib.suppress(OSError):
                 self.log.close()
+            if self.board is not None:
+                with contextlib.suppress(OSError):
+                    self.board.close()
         else:
             with writing(self.log.path, self.intact()):
                 self.log.close()
+            if self.board is not None:
+                with writing(self.run_dir / TENSORBOARD_DIR, self.intact()):
+                    self.board.close()
 
 
 def _training_sampler(config: TrainConfig, train_split: ClassSplit) -> tuple[EpisodeSampler | ClassBalancedSampler, str]:
@@ -384,7 +408,7 @@ def _train_step(first: int, config: TrainConfig, trainer: nn.Module, episode_str
     return totals, bad_loss, output
 
 
-def _calibrate(run_dir: Path, splits: DatasetSplits, seed: int) -> None:
+def _calibrate(run_dir: Path, splits: DatasetSplits, seed: int, progress: bool) -> None:
     """The verification threshold, chosen on validation classes and stored in best.pt (before the test
     report, which records best.pt's sha256), so `fewshot.api.load(...).verify` needs no calibration later.
     At most CALIBRATION_CLASSES validation classes (seeded), so that the end of a run stays short."""
@@ -393,7 +417,7 @@ def _calibrate(run_dir: Path, splits: DatasetSplits, seed: int) -> None:
         chosen = np.random.default_rng(seed).permutation(calibration_split.num_classes)[:CALIBRATION_CLASSES]
         calibration_split = calibration_split.subset(np.sort(chosen))
     try:
-        calibrate_checkpoint(run_dir / "best.pt", calibration_split, far=DEFAULT_FAR)
+        calibrate_checkpoint(run_dir / "best.pt", calibration_split, far=DEFAULT_FAR, progress=progress)
     except ValueError as error:  # the model and its checkpoints are fine; only verify() will calibrate later
         warnings.warn(f"could not calibrate the verification threshold of {run_dir / 'best.pt'}: {error}", stacklevel=2)
 
@@ -401,15 +425,18 @@ def _calibrate(run_dir: Path, splits: DatasetSplits, seed: int) -> None:
 def _validation_step(done: int, best: dict[str, Any], model: FewShotModel, splits: DatasetSplits, config: TrainConfig,
                      device: torch.device, files: _RunFiles, save: Callable[[str, int, dict[str, Any]], None],
                      say: Callable[[str], None] | None) -> dict[str, Any]:
-    """Validate after episode `done`, log it, save best.pt when the model is the best so far (always, when
-    training on the validation classes too: then the final model is kept), redraw the curve. Returns
-    the best {"episode", "accuracy"} after this validation."""
-    result = validation_interval(model, splits.val, config, device)
+    """Validate after episode `done`, log it, save best.pt when the model is the best so far, redraw the
+    curve. Returns the best {"episode", "accuracy"} after this validation. Trained on the validation
+    classes too (`--train-split trainval`), nothing is validated (an accuracy on training classes says
+    nothing of novel ones) and best.pt is the model as it is now: the final model is kept."""
+    if config.train_split != "train":
+        # The protocol of Snell et al.'s final models: train + val for the schedule found on train.
+        best = {"episode": done, "accuracy": best["accuracy"]}
+        save("best.pt", done, best)
+        return best
+    result = validation_interval(model, splits.val, config, device, progress=say is not None)
     files.write_log({"kind": "val", "episode": done, "accuracy": result.mean, "ci95": result.half_width})
-    # Trained on val classes too, validation accuracy is no longer a fair guide: keep the final model
-    # (the protocol of Snell et al.'s final models: train + val for the schedule found on train).
-    select_on_val = config.train_split == "train"
-    if result.mean > best["accuracy"] or not select_on_val:
+    if result.mean > best["accuracy"]:
         best = {"episode": done, "accuracy": result.mean}
         save("best.pt", done, best)
     if say is not None:
@@ -420,7 +447,8 @@ def _validation_step(done: int, best: dict[str, Any], model: FewShotModel, split
 
 
 def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: DatasetSplits, spec: ModelSpec,
-                  model: FewShotModel, device: torch.device, run_dir: Path, world: World) -> dict[str, Any]:
+                  model: FewShotModel, device: torch.device, run_dir: Path, world: World,
+                  notes: Sequence[str] = ()) -> dict[str, Any]:
     """`train` once the run directory is locked and checked (by rank 0)."""
     main = world.is_main
     # A frozen backbone's parameters are left out (the optimizer state of a full run is unchanged).
@@ -464,6 +492,17 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
 
     if progress:
         print(f"run directory: {run_dir}\n{splits.describe()}", file=sys.stderr)
+        if config.train_split != "train":
+            trained = splits.get(config.train_split)
+            print(f"  training on {config.train_split}: {trained.num_classes} classes (train + val), {len(trained)} "
+                  "images; no validation (its classes are training classes): best.pt is the final model",
+                  file=sys.stderr)
+        for line in notes:
+            print(line, file=sys.stderr)
+        if config.init is not None:
+            print(f"backbone initialised from {config.init} (sha256 {config.init_sha256})", file=sys.stderr)
+        if resume:
+            print(f"resuming from episode {start} of {config.episodes} ({run_dir / 'last.pt'})", file=sys.stderr)
         if world.distributed:
             print(f"{world.size} processes, {per_step} episodes per step ({local} per process)", file=sys.stderr)
     bar = tqdm(range(start, config.episodes, per_step), initial=start // per_step, total=config.episodes // per_step,
@@ -539,7 +578,7 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
                                   config.output)
     files.plot(config)
     if main:
-        _calibrate(run_dir, splits, config.seed)
+        _calibrate(run_dir, splits, config.seed, progress)
     barrier(world, "waiting for rank 0 to calibrate best.pt")  # the others read best.pt next
     report = evaluate_checkpoint(run_dir / "best.pt", eval_split="test", ways_shots=((config.ways, config.shots),),
                                  queries=config.eval_queries, episodes=config.test_episodes, seed=config.seed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -24,6 +25,8 @@ LOCK_NAME = ".lock"
 # checkpoint, which describe the checkpoints being replaced.
 RUN_FILES = ("config.json", "splits.json", "metrics.jsonl", "curve.png", "last.pt", "best.pt", "test_report.json")
 RUN_FILE_PATTERNS = ("eval_*.json", "eval_*.png")
+#: The folder of a run's TensorBoard event files (`--tensorboard`), also deleted by --overwrite.
+TENSORBOARD_DIR = "tensorboard"
 
 
 class RunInUse(RuntimeError):
@@ -136,6 +139,9 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             if _is_run_file(name):
                 with writing(run_dir / name, "--overwrite could not delete the previous run's files"):
                     (run_dir / name).unlink()
+            elif name == TENSORBOARD_DIR and (run_dir / name).is_dir():
+                with writing(run_dir / name, "--overwrite could not delete the previous run's files"):
+                    shutil.rmtree(run_dir / name)
         return
     listed = ", ".join(present[:6]) + (", ..." if len(present) > 6 else "")
     if "last.pt" in present:

@@ -1,4 +1,5 @@
-"""A run's metrics log (append-only JSONL, trimmed exactly on resume) and its learning-curve plot."""
+"""A run's metrics log (append-only JSONL, trimmed exactly on resume), its learning-curve plot, and the
+optional TensorBoard mirror of the log (`tensorboard` installed, asked for with `TrainConfig(tensorboard=True)`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import importlib.util
+
 import numpy as np
 
 from fewshot.files import atomic_write
+
+#: The scalars a TensorBoard log shows for each metrics record: (record kind, record key) -> tag.
+TENSORBOARD_TAGS: dict[tuple[str, str], str] = {
+    ("train", "loss"): "train/loss",
+    ("train", "accuracy"): "train/accuracy",
+    ("train", "lr"): "train/learning_rate",
+    ("val", "accuracy"): "val/accuracy",
+    ("val", "ci95"): "val/ci95",
+}
 
 
 def read_records(path: Path, up_to: int | None = None) -> list[dict[str, Any]]:
@@ -78,6 +90,41 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def require_tensorboard() -> None:
+    """Refuse a TensorBoard log (before a run touches its directory) when the `tensorboard` package is missing."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard (or "
+                          "pip install 'fewshot[tensorboard]'), or train without --tensorboard (metrics.jsonl "
+                          "and curve.png hold the same curves)")
+
+
+class TensorBoardLog:
+    """The metrics records as TensorBoard scalars (step: the record's episode) in `log_dir`.
+
+    On resume (`resume_episode`), TensorBoard hides the events after that episode (`purge_step`), as
+    MetricsLog drops those records, so the curves read as if the run had never stopped.
+    """
+
+    def __init__(self, log_dir: Path, resume_episode: int | None) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (optional dependency)
+
+        purge_step = None if resume_episode is None else resume_episode + 1
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        for (kind, key), tag in TENSORBOARD_TAGS.items():
+            if record["kind"] == kind and record.get(key) is not None:  # balanced batches log no training accuracy
+                self.writer.add_scalar(tag, record[key], global_step=record["episode"])
+
+    def sync(self) -> None:
+        """Write the queued events, so the log covers at least what the next checkpoint covers."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def plot_curve(records: list[dict[str, Any]], path: Path, config: Any) -> None:

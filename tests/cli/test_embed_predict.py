@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fewshot.cli import main as fewshot_main
-from fewshot.cli.embed import files_path
+from fewshot.cli.runners.embed import files_path
 from fewshot.inference.classifier import TrainedModel, load
 from fewshot.training import TrainConfig, train
 

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 import fewshot.cli.evaluate
-import fewshot.cli.search
-import fewshot.cli.zeroshot
+import fewshot.cli.runners.evaluate
+import fewshot.cli.runners.search
+import fewshot.cli.runners.zeroshot
 from fewshot.cli.evaluate import main as evaluate_main
 from fewshot.cli.search import main as search_main
 from fewshot.cli.train import main as train_main
@@ -109,7 +110,7 @@ def test_evaluate_save_episodes_into_a_read_only_folder_is_refused_before_evalua
     locked = tmp_path / "locked"
     locked.mkdir()
     read_only(monkeypatch, locked)
-    must_not_run(monkeypatch, fewshot.cli.evaluate, "evaluate_checkpoint")
+    must_not_run(monkeypatch, fewshot.cli.runners.evaluate, "evaluate_checkpoint")
     code = evaluate_main([str(best), "--ways", "3", "--queries", "2", "--episodes", "2", "--no-progress", "--report",
                           str(tmp_path / "report.json"), "--save-episodes", str(locked / "episodes.json")])
     err = capsys.readouterr().err
@@ -123,14 +124,14 @@ def test_search_calibrate_write_on_a_read_only_checkpoint_is_refused_before_cali
     checkpoint = tmp_path / "best.pt"
     shutil.copy(best, checkpoint)
     read_only(monkeypatch, checkpoint)
-    must_not_run(monkeypatch, fewshot.cli.search, "calibrate")
+    must_not_run(monkeypatch, fewshot.cli.runners.search, "calibrate")
     assert search_main(["calibrate", str(checkpoint), "--write"]) == 2
     err = capsys.readouterr().err
     assert f"cannot write the checkpoint (--write) {checkpoint}: the file is read-only" in err and ".tmp" not in err
     # in a read-only folder alike
     monkeypatch.undo()
     read_only(monkeypatch, tmp_path)
-    must_not_run(monkeypatch, fewshot.cli.search, "calibrate")
+    must_not_run(monkeypatch, fewshot.cli.runners.search, "calibrate")
     assert search_main(["calibrate", str(checkpoint), "--write"]) == 2
     assert f"no permission to write into the folder {tmp_path}" in capsys.readouterr().err
 
@@ -138,7 +139,7 @@ def test_search_calibrate_write_on_a_read_only_checkpoint_is_refused_before_cali
 def test_zeroshot_output_that_is_a_directory_or_read_only_is_refused_before_the_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     write_synthetic_gbu(tmp_path / "TOY")
-    must_not_run(monkeypatch, fewshot.cli.zeroshot, "load_gbu")
+    must_not_run(monkeypatch, fewshot.cli.runners.zeroshot, "load_gbu")
     common = ["--dataset", "TOY", "--data-root", str(tmp_path), "--quiet"]
     assert zeroshot_main([*common, "--output", str(tmp_path)]) == 2
     assert f"--output {tmp_path} is a directory; name a file" in capsys.readouterr().err

@@ -15,7 +15,13 @@ with warnings.catch_warnings():
     l2l = pytest.importorskip("learn2learn")
 from learn2learn.data.utils import partition_task  # noqa: E402
 
-from episodes.learn2learn import EpisodeTaskset, labels_from_metadataset, sampler_from_metadataset  # noqa: E402
+from episodes.learn2learn import (  # noqa: E402
+    EpisodeTaskset,
+    labels_from_metadataset,
+    meta_dataset_sampler_from_metadataset,
+    partition_episode_task,
+    sampler_from_metadataset,
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +120,67 @@ def test_taskset_interface_random_access_iteration_and_resume(train_split):
     endless = EpisodeTaskset(train_split, sampler_from_metadataset(
         l2l.data.MetaDataset(train_split, indices_to_labels=dict(enumerate(train_split.labels.tolist()))), 3, 1, 1))
     assert endless.num_tasks == -1
+
+
+# --- variable, imbalanced episodes (MetaDatasetSampler), on a synthetic l2l MetaDataset -----------
+
+@pytest.fixture(scope="module")
+def meta_synthetic():
+    """An l2l MetaDataset over 30 classes of 4..40 random 28x28 images."""
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(30), rng.integers(4, 41, 30))
+    images = torch.from_numpy(rng.random((len(labels), 1, 28, 28), dtype=np.float32))
+    dataset = torch.utils.data.TensorDataset(images, torch.from_numpy(labels))
+    return l2l.data.MetaDataset(dataset), labels
+
+
+def test_imbalanced_tasks_keep_l2l_layout_and_partition(meta_synthetic):
+    meta, labels = meta_synthetic
+    sampler = meta_dataset_sampler_from_metadataset(meta, min_ways=3, max_ways=10, seed=2, num_episodes=20)
+    assert np.array_equal(sampler.labels, labels)
+    tasks = EpisodeTaskset(meta, sampler)
+    imbalanced = 0
+    for index in range(20):
+        task = tasks.sample()
+        X, y = task  # still learn2learn's [X, y]
+        episode = sampler.episode(index)
+        imbalanced += len(set(episode.support_counts.tolist())) > 1
+        per_class = torch.from_numpy(episode.support_counts + episode.queries)
+        assert torch.equal(y, torch.arange(episode.ways).repeat_interleave(per_class))  # classes kept together
+        (support_x, support_y), (query_x, query_y) = partition_episode_task(task)
+        assert torch.equal(support_y, torch.from_numpy(episode.support_labels))
+        assert torch.equal(query_y, torch.from_numpy(episode.query_labels))
+        assert torch.equal(support_x, torch.stack([meta[int(i)][0] for i in episode.support]))
+        assert torch.equal(query_x, torch.stack([meta[int(i)][0] for i in episode.query]))
+    assert imbalanced > 10
+
+
+def test_balanced_tasks_partition_as_l2l_does(meta_synthetic):
+    meta, _ = meta_synthetic
+    tasks = EpisodeTaskset(meta, sampler_from_metadataset(meta, ways=4, shots=2, queries=2, seed=1))
+    for index in range(5):
+        task = tasks[index]
+        ours, theirs = partition_episode_task(task), partition_task(*task, shots=2)
+        assert all(torch.equal(a, b) for pair in zip(ours, theirs) for a, b in zip(*pair))
+    with pytest.raises(ValueError, match="needs an EpisodeTask from EpisodeTaskset, got list"):
+        partition_episode_task(list(tasks[0]))
+
+
+def test_an_l2l_maml_loop_runs_on_imbalanced_tasks(meta_synthetic):
+    meta, _ = meta_synthetic
+    sampler = meta_dataset_sampler_from_metadataset(meta, min_ways=5, max_ways=5, seed=0)
+    tasks = EpisodeTaskset(meta, sampler)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 5))
+    maml = l2l.algorithms.MAML(model, lr=0.5, first_order=True)
+    optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(4):
+        (support_x, support_y), (query_x, query_y) = partition_episode_task(tasks.sample())
+        learner = maml.clone()
+        learner.adapt(loss_fn(learner(support_x), support_y))
+        query_loss = loss_fn(learner(query_x), query_y)
+        optimizer.zero_grad()
+        query_loss.backward()
+        optimizer.step()
+        assert np.isfinite(query_loss.item())

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from episodes import Episode, MetaDatasetSampler
+from episodes import Episode, MetaDatasetSampler, save_episodes
 
 ALPHA = 1e-3  # seeds are fixed, so each statistical test is deterministic; this only sets its strictness
 LOG_HALF, LOG_TWO = math.log(0.5), math.log(2)
@@ -329,3 +329,13 @@ def test_bad_episode_indices(labels):
     with pytest.raises(IndexError, match="episode indices must be >= 0, got -1"):
         sampler.episodes([-1])
     assert len(sampler.draw([])) == 0 and sampler.episodes([]) == []
+
+
+def test_episode_lists_refuse_imbalanced_episodes(tmp_path):
+    labels = imbalanced_labels()
+    episode = next(e for e in MetaDatasetSampler(labels, seed=1).episodes(range(20))
+                   if len(set(e.support_counts.tolist())) > 1)
+    with pytest.raises(ValueError, match=rf"episode {episode.index} is imbalanced .*hold only balanced episodes"):
+        save_episodes(tmp_path / "list.json", [episode], labels=labels,
+                      class_names={int(c): str(c) for c in set(labels)}, item_ids=[str(i) for i in range(len(labels))])
+    assert not (tmp_path / "list.json").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from episodes import EpisodeSampler
+from episodes import EpisodeSampler, MetaDatasetSampler
 from episodes.torch import EpisodeBatchSampler, EpisodeCollate, EpisodeDataset, TensorStore
 
 
@@ -197,3 +197,82 @@ def test_iterable_dataset_over_a_plain_map_dataset(train_split):
     fast = list(EpisodeDataset(sampler, train_split))
     slow = list(EpisodeDataset(sampler, plain))
     assert_same_episodes(fast, slow)
+
+
+# --- variable, imbalanced episodes (MetaDatasetSampler) on synthetic images ---------------------
+
+class LabelledImages(torch.utils.data.Dataset):
+    """A plain map-style dataset of (uint8 image [1, H, W] rotated, label): no fast-path arrays."""
+
+    def __init__(self, store: TensorStore, labels: np.ndarray) -> None:
+        self.store, self.labels = store, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.store.gather([index], torch.uint8)[0], int(self.labels[index])
+
+
+@pytest.fixture(scope="module")
+def imbalanced_source():
+    """Items of 24 classes of 2..60 items, images shared between items and turned by quarter turns."""
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(2, 61, 24)
+    labels = np.repeat(np.arange(24) * 5 + 1, sizes)
+    images = torch.from_numpy(rng.integers(0, 256, (300, 6, 6), dtype=np.uint8))
+    image_index = rng.integers(0, 300, len(labels))
+    rotation = rng.integers(0, 4, len(labels)).astype(np.int8)
+    store = TensorStore(images, image_index, rotation)
+    return store, labels, LabelledImages(store, labels)
+
+
+def test_imbalanced_episodes_through_the_store(imbalanced_source):
+    store, labels, _ = imbalanced_source
+    sampler = MetaDatasetSampler(labels, min_ways=3, max_ways=12, seed=4, num_episodes=30)
+    produced = list(EpisodeDataset(sampler, store, chunk=8, with_classes=True))
+    episodes = list(sampler)
+    assert len(produced) == 30 and any(len(set(e.support_counts.tolist())) > 1 for e in episodes)
+    for (support_x, support_y, query_x, query_y, classes), episode in zip(produced, episodes):
+        assert torch.equal(support_x, store.gather(episode.support))
+        assert torch.equal(query_x, store.gather(episode.query))
+        assert torch.equal(support_y, torch.from_numpy(episode.support_labels))
+        assert torch.equal(query_y, torch.from_numpy(episode.query_labels))
+        assert torch.equal(classes, torch.from_numpy(episode.classes))
+        assert torch.equal(torch.bincount(support_y, minlength=episode.ways), torch.from_numpy(episode.support_counts))
+
+
+def test_imbalanced_episodes_through_a_dataloader_with_0_and_2_workers(imbalanced_source):
+    store, labels, plain = imbalanced_source
+    sampler = MetaDatasetSampler(labels, min_ways=2, max_ways=10, seed=6, num_episodes=12)
+    assert EpisodeBatchSampler(sampler).collate.queries is None
+    in_process = episodes_via_dataloader(plain, sampler, num_workers=0)
+    assert_same_episodes(in_process, episodes_via_dataloader(plain, sampler, num_workers=2))
+    assert_same_episodes(in_process, [e[:4] for e in EpisodeDataset(sampler, store, dtype=torch.uint8)])
+    assert_same_episodes(in_process, list(EpisodeDataset(sampler, plain)))  # fetched item by item, collated
+
+
+def test_imbalanced_episodes_shard_over_ranks_and_workers(imbalanced_source):
+    store, labels, _ = imbalanced_source
+    sampler = MetaDatasetSampler(labels, min_ways=3, max_ways=8, seed=1, num_episodes=11)
+    full = list(EpisodeDataset(sampler, store))
+    for r in range(3):
+        assert_same_episodes(list(EpisodeDataset(sampler, store, rank=r, world_size=3)), full[r::3])
+    dataset = EpisodeDataset(sampler, store, chunk=2)
+    assert_same_episodes(list(DataLoader(dataset, batch_size=None, num_workers=2)), full)
+    batches = [list(EpisodeBatchSampler(sampler, rank=r, world_size=2)) for r in range(2)]
+    everything = [e.indices().tolist() for e in sampler]
+    assert batches[0] == everything[0::2] and batches[1] == everything[1::2]
+
+
+def test_imbalanced_collate_rejects_items_not_laid_out_as_episodes():
+    collate = EpisodeCollate(queries=None)
+    x = torch.zeros(1)
+    support_x, support_y, query_x, query_y = collate([(x, y) for y in (7, 7, 7, 3, 7, 3, 3)])
+    assert support_y.tolist() == [0, 0, 0, 1] and query_y.tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match="imbalanced episodes need >= 2 classes"):
+        collate([(x, y) for y in (7, 7, 7)])
+    with pytest.raises(ValueError, match="each class in both"):
+        collate([(x, y) for y in (7, 3, 7, 3, 3, 7)])
+    with pytest.raises(ValueError, match="each class in both"):
+        collate([(x, y) for y in (7, 3, 9, 7, 3)])  # class 9 has no query item
