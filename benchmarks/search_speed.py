@@ -90,7 +90,8 @@ def main() -> None:
 
     index = Index(model, vectors, [f"#{i}" for i in range(len(vectors))], source="benchmark")
     rows = []
-    (exact_d, exact_i), seconds = timed(index.search_embeddings, queries, args.k, exact=True)
+    exact, seconds = timed(index.search_embeddings, queries, args.k, exact=True)
+    exact_i = exact.indices
     rows.append({"method": "exact (torch, chunked)", "setting": "", "build_s": 0.0, "qps": len(queries) / seconds,
                  "recall": recall_against_exact(exact_i, exact_i)})
 
@@ -108,7 +109,8 @@ def main() -> None:
         for value in sweep:
             index.set_search_params(**{name: value})
             index.search_embeddings(queries[:50], args.k)  # warm-up
-            (_, found), seconds = timed(index.search_embeddings, queries, args.k)
+            result, seconds = timed(index.search_embeddings, queries, args.k)
+            found = result.indices
             label = f"nlist {index._faiss.nlist}, {name} {value}" if kind == "ivf" else \
                 f"M {args.hnsw_m}, efConstruction {args.ef_construction}, {name} {value}"
             rows.append({"method": f"faiss {kind.upper()}-Flat", "setting": label, "build_s": build,

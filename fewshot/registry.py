@@ -18,6 +18,16 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownName(ValueError):
+    """A name no component of a registry's kind is registered under: a typo, or a plug-in whose module was not
+    imported (the command lines' `--import MODULE`)."""
+
+    def __init__(self, kind: str, name: Any, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+
+
 class Registry(Mapping[str, T], Generic[T]):
     """A name -> factory mapping with clear errors; `register` is a decorator.
 
@@ -58,7 +68,7 @@ class Registry(Mapping[str, T], Generic[T]):
     def get_or_raise(self, name: str) -> T:
         """The factory registered as `name`, or a ValueError that lists the valid names."""
         if name not in self._entries:
-            raise ValueError(self.unknown(name))
+            raise UnknownName(self.kind, name, self.unknown(name))
         return self._entries[name]
 
     def unknown(self, name: Any) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: a virtual environment in .venv with torch, torchvision,
-# this project (with its dev and bench extras) and learn2learn. Safe to re-run; it skips what is there.
+# this project (with its dev, bench and search extras) and learn2learn. Safe to re-run; it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -15,5 +15,5 @@ fi
 # Editable, and path-based (pyproject.toml's package-dir): the repository root goes on sys.path through a .pth,
 # so an `episodes/` folder in the working directory cannot shadow the package. Re-running switches an older
 # finder-based install of an existing .venv over (pip reinstalls a local project every time).
-"$PY" -m pip install -q -e ".[dev,bench]"
+"$PY" -m pip install -q -e ".[dev,bench,search]"  # search: faiss-cpu, so the faiss tests run
 PYTHON="$PY" bash scripts/install_learn2learn.sh

@@ -8,6 +8,8 @@ import csv
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,11 @@ def test_every_command_of_the_page_runs_as_written(workspace: Path, capsys: pyte
     assert [Path(row["file"]).name for row in rows] == ["IMG_0001.jpg", "IMG_0002.jpg", "IMG_0003.jpg"]
     assert (workspace / "photos.index").is_file()
     assert (workspace / "photos.index.query.png").is_file()
+
+
+def test_the_benchmarks_run_from_any_directory(tmp_path: Path) -> None:
+    """`python -m benchmarks.NAME` from a directory other than the repository's (found, not run: they are long)."""
+    found = subprocess.run([sys.executable, "-c", "import importlib.util; "
+                            "print(importlib.util.find_spec('benchmarks.omniglot_load').origin)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(found) == PAGE.parents[1] / "benchmarks" / "omniglot_load.py"

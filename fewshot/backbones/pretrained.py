@@ -106,8 +106,10 @@ class PretrainedBackbone(nn.Module):
         self.weights = arguments["weights"]
         self.preprocess = InputPreprocessing(arguments["mean"], arguments["std"], arguments["input_size"])
         self.network, self.embedding_dim = self.build_network(arguments["input_size"])
-        source = type(self).weights_source({**self.identity(), **arguments})
+        arguments = {**self.identity(), **arguments}
+        source = type(self).weights_source(arguments)
         if load_weights and source is not None:
+            type(self).check_weights(arguments)
             self.load_weights_file(source)
 
     # -- what subclasses provide ------------------------------------------------------------------------------
@@ -150,7 +152,11 @@ class PretrainedBackbone(nn.Module):
             weights = None
         else:
             weights = str(weights)
-            weights = cls.canonical_weights(weights) or str(Path(weights).expanduser().absolute())
+            canonical = cls.canonical_weights(weights)
+            if canonical is None and weights == "DEFAULT":
+                raise ValueError(f"the {cls.describe()} backbone has no named weights (weights=DEFAULT): pass "
+                                 "weights=PATH of a saved state dict, or weights=none")
+            weights = canonical or str(Path(weights).expanduser().absolute())
         recorded["weights"] = weights
         defaults = cls.default_preprocessing(weights)
         for key in ("mean", "std"):
@@ -186,7 +192,6 @@ class PretrainedBackbone(nn.Module):
 
     def load_weights_file(self, path: Path) -> None:
         """Load the network's weights from the state-dict file `path`, its classification head dropped."""
-        type(self).check_weights({"weights": str(path)})
         state = {key: value for key, value in load_state_dict_file(path).items()
                  if not key.startswith(self.head_prefixes)}
         try:

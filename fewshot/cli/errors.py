@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import sys
 
+from fewshot.cli.plugins import FLAG as PLUGIN_FLAG
+from fewshot.registry import UnknownName
 from fewshot.runtime import RankFailure
 from fewshot.training import NonFiniteLoss, OutputError, RunInUse, TrainingInterrupted
 
@@ -50,8 +52,24 @@ def exit_code_for(error: BaseException) -> int:
                      f"{', '.join(kind.__name__ for kind in COMMAND_ERRORS)}")
 
 
+def unknown_name(error: BaseException) -> UnknownName | None:
+    """The UnknownName behind `error` (itself, or the error it was raised from), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UnknownName):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def error_message(error: BaseException) -> str:
-    """The one line a command prints for `error`."""
+    """The one line a command prints for `error`; an unknown registered name says how to bring in a plug-in."""
+    unknown = unknown_name(error)
+    if unknown is not None:
+        return (f"error: {str(error).rstrip('.')}. If {unknown.name!r} is a plug-in {unknown.kind}, pass {PLUGIN_FLAG} "
+                "MODULE: the module (or .py file) that registers it (docs/extending.md)")
     if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, FileExistsError)) and error.strerror:
         # The operating system's own error: its wording and the path, not "[Errno 13] ...".
         where = getattr(error, "filename", None)

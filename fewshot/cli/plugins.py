@@ -32,8 +32,10 @@ class PluginImportError(ValueError):
 
 
 def add_import_flag(parser: argparse.ArgumentParser) -> None:
-    """Give `parser` the `--import MODULE` flag (repeatable)."""
-    parser.add_argument(FLAG, dest=DEST, action="append", default=[], metavar="MODULE", help=HELP)
+    """Give `parser` the `--import MODULE` flag (repeatable; left out of the namespace when not given if the parser
+    suppresses its defaults)."""
+    default = argparse.SUPPRESS if parser.argument_default == argparse.SUPPRESS else []
+    parser.add_argument(FLAG, dest=DEST, action="append", default=default, metavar="MODULE", help=HELP)
 
 
 def import_plugin(spec: str) -> object:

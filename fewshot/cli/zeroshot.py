@@ -10,6 +10,7 @@ Features come from `res101.mat` beside `att_splits.mat` (or `--features`).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fewshot.cli.arguments import seed
 from fewshot.cli.catalogue import (ATTRIBUTE_KEYS, FEATURE_NORMS, GBU_DATASETS, SCORES, ZEROSHOT_DEFAULTS,
@@ -82,3 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from fewshot.cli.runners.zeroshot import run  # torch and the library, once the flags are parsed
 
     return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

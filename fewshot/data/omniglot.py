@@ -313,8 +313,8 @@ def _locate_sources(root: str | Path | None, download: bool) -> list[_Source]:
         raise FileNotFoundError(
             f"Omniglot images not found. Looked for:\n{looked}\nin the data root {describe_data_root(root)}.\n{failure}"
             f"To provide them, put the official images_background.zip and images_evaluation.zip "
-            f"({OMNIGLOT_URL}/), zipped or extracted, in {folder}/; or point $FEWSHOT_DATA or root= at a folder "
-            f"holding omniglot/; or load with download=True when online."
+            f"({OMNIGLOT_URL}/), zipped or extracted, in {folder}/; or pass --data-root (root= in Python, or set "
+            f"$FEWSHOT_DATA) naming a folder that holds omniglot/; or load with download=True when online."
         )
     return [found[part] for part in PARTS]
 

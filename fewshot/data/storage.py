@@ -46,7 +46,7 @@ def describe_data_root(root: str | Path | None = None) -> str:
     elif os.environ.get(DATA_ENV):
         origin = f"${DATA_ENV}"
     else:
-        origin = f"the default; set ${DATA_ENV} or pass root= to use another folder"
+        origin = f"the default; pass --data-root (root= in Python) or set ${DATA_ENV} to use another folder"
     return f"{resolve_data_root(root)} (from {origin})"
 
 
@@ -62,11 +62,21 @@ def cache_dir() -> Path:
 
 
 def download_file(url: str, folder: Path, filename: str, md5: str | None) -> None:
-    """Download into a temporary folder beside the target, then rename: no partial file is ever left in place."""
+    """Download into a temporary folder beside the target, then rename: no partial file is ever left in place,
+    and a failed download removes the folders it created (an empty data root would look like a broken one)."""
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
-        download_url(url, tmp, filename=filename, md5=md5)
-        os.replace(Path(tmp, filename), folder / filename)
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+            download_url(url, tmp, filename=filename, md5=md5)
+            os.replace(Path(tmp, filename), folder / filename)
+    except BaseException:
+        for parent in created:  # deepest first; a folder something else wrote into meanwhile stays
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def fetch_split_list(path: Path, url: str, download: bool, what: str) -> None:
@@ -83,7 +93,8 @@ def fetch_split_list(path: Path, url: str, download: bool, what: str) -> None:
             failure = f"Downloading {url} failed: {error}.\n"
     raise FileNotFoundError(
         f"{what} not found: looked for {path}.\n{failure}"
-        f"Put the file (from {url.rsplit('/', 1)[0]}) in {path.parent}, or load with download=True when online."
+        f"Put the file (from {url.rsplit('/', 1)[0]}) in {path.parent}; or pass --data-root (root= in Python) "
+        f"naming a data root that holds it; or load with download=True when online."
     )
 
 

@@ -5,7 +5,7 @@ The CLI is `fewshot.cli.evaluate`."""
 from fewshot.evaluation.embedding_metrics import embed_split, embedding_metrics
 from fewshot.evaluation.episodes import Candidate, Ensemble, evaluate_model, evaluation_episodes, score_episodes
 from fewshot.evaluation.checkpoints import check_novel, checkpoint_splits, evaluate_checkpoint
-from fewshot.evaluation.report import format_table, plot_report, report_json
+from fewshot.evaluation.report import default_report_path, format_table, plot_report, report_json
 from fewshot.evaluation.settings import EVAL_SPLITS, EvaluationSettings
 from fewshot.evaluation.views import VIEWS, ViewKind, ViewSet, compose_views
 
@@ -20,6 +20,7 @@ __all__ = [
     "check_novel",
     "checkpoint_splits",
     "compose_views",
+    "default_report_path",
     "embed_split",
     "embedding_metrics",
     "evaluate_checkpoint",

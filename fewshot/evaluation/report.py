@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def default_report_path(checkpoint: str | Path, eval_split: str = "test", compare: str | Path | None = None,
+                        ensemble: Sequence[str | Path] = (), shift: int = 0, rotations: bool = False,
+                        mirror: bool = False) -> Path:
+    """The report written beside `checkpoint` when none is named: `eval_<stem>_<split>.json`, with the mode in
+    the name (`_vs-<other stem>`, `_ensemble<n>`, `_shift<k>`, `_rotations`, `_mirror`), so that a comparison,
+    an ensemble or test-time views never overwrite the plain evaluation's report (or each other's)."""
+    checkpoint = Path(checkpoint)
+    parts = [f"eval_{checkpoint.stem}_{eval_split}"]
+    if compare is not None:
+        parts.append(f"vs-{Path(compare).parent.name or 'run'}-{Path(compare).stem}")
+    if ensemble:
+        parts.append(f"ensemble{len(ensemble) + 1}")
+    if shift:
+        parts.append(f"shift{shift}")
+    parts += [name for name, on in (("rotations", rotations), ("mirror", mirror)) if on]
+    return checkpoint.with_name("_".join(parts) + ".json")
 
 
 def report_json(report: dict[str, Any]) -> bytes:
@@ -66,19 +85,33 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> None:
-    """Accuracy against shots, one line per ways, with 95% CI bars."""
+    """Accuracy against shots, one line per ways, with 95% CI bars; when every setting has one shot count
+    (a single setting, or several ways at one shot), one bar per setting instead of lone points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = report["results"]
     fig, ax = plt.subplots(figsize=(5, 4))
-    for ways in sorted({r["ways"] for r in report["results"]}):
-        rows = sorted((r for r in report["results"] if r["ways"] == ways), key=lambda r: r["shots"])
-        ax.errorbar([r["shots"] for r in rows], [100 * r["accuracy"] for r in rows],
-                    yerr=[100 * r["ci95"] for r in rows], fmt="o-", capsize=3, label=f"{ways}-way")
-    ax.set(xlabel="shots", ylabel="accuracy (%)", title=f"{report['dataset']} {report['eval_split']} classes (95% CI)")
-    ax.legend()
+    if len({r["shots"] for r in results}) == 1:  # a line needs two shot counts: bars, labelled by setting
+        rows = sorted(results, key=lambda r: r["ways"])
+        labels = [f"{r['ways']}-way {r['shots']}-shot" for r in rows]
+        heights = [100 * r["accuracy"] for r in rows]
+        ax.bar(labels, heights, yerr=[100 * r["ci95"] for r in rows], capsize=4, color="tab:blue")
+        for position, (height, row) in enumerate(zip(heights, rows)):
+            ax.annotate(f"{height:.2f}% ± {100 * row['ci95']:.2f}", (position, height), ha="center",
+                        va="bottom", xytext=(0, 8), textcoords="offset points")
+        ax.set(ylabel="accuracy (%)", ylim=(0, 105))
+    else:
+        for ways in sorted({r["ways"] for r in results}):
+            rows = sorted((r for r in results if r["ways"] == ways), key=lambda r: r["shots"])
+            ax.errorbar([r["shots"] for r in rows], [100 * r["accuracy"] for r in rows],
+                        yerr=[100 * r["ci95"] for r in rows], fmt="o-", capsize=3, label=f"{ways}-way")
+        ax.set(xlabel="shots", ylabel="accuracy (%)")
+        ax.set_xticks(sorted({r["shots"] for r in results}))  # whole shot counts, never a fractional axis
+        ax.legend()
+    ax.set_title(f"{report['dataset']} {report['eval_split']} classes (95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

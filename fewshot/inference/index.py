@@ -161,18 +161,21 @@ class Index:
         return self.ann_recall
 
     def measure_recall(self, sample: int = RECALL_SAMPLE, k: int = RECALL_K, seed: int = 0,
-                       queries: Tensor | None = None) -> dict[str, Any]:
-        """Recall@k of the approximate structure against exact search: on `queries` (embeddings) if given,
+                       queries: Any = None, *, batch_size: int = 256) -> dict[str, Any]:
+        """Recall@k of the approximate structure against exact search: on `queries` if given (query embeddings
+        [q, d], or query images as `search` takes them: paths, PIL images, a folder or a preprocessed tensor),
         else on `sample` seeded gallery items, each left out of its own results."""
         if self._faiss is None:
             raise ValueError("this index has no approximate structure; exact search has recall 1 by definition")
+        if queries is not None and not self.is_embeddings(queries):
+            queries = embed_stream(self.embedder, queries, batch_size=batch_size, progress=False, what="queries")[0]
         if queries is None:
             count = min(sample, len(self))
             rows = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False)))
             k = min(k, len(self) - 1)
             queries, exclude = self.embeddings[rows], rows
         else:
-            exclude = None
+            queries, exclude = torch.as_tensor(queries).float(), None
             k = min(k, len(self))
         if k < 1:
             raise ValueError("measuring recall needs a gallery of at least 2 items")
@@ -225,18 +228,33 @@ class Index:
 
     # ---- searching ---------------------------------------------------------------------------
 
-    def search_embeddings(self, embeddings: Tensor, k: int = 5, *, exact: bool = False) -> tuple[Tensor, Tensor]:
-        """(distances, indices) [q, k] of the nearest gallery items to query embeddings [q, d]; approximate when
-        the index has a faiss structure, unless `exact`."""
+    def is_embeddings(self, queries: Any) -> bool:
+        """Whether `queries` are query embeddings of this index ([q, d] floats) rather than images."""
+        return (isinstance(queries, (Tensor, np.ndarray)) and queries.ndim == 2 and queries.shape[1] == self.dim
+                and (queries.dtype.is_floating_point if isinstance(queries, Tensor)
+                     else np.issubdtype(queries.dtype, np.floating)))
+
+    def search_embeddings(self, embeddings: Tensor, k: int = 5, *, exact: bool = False,
+                          names: Sequence[str] | None = None) -> SearchResult:
+        """The k nearest gallery items of query embeddings [q, d], as `search` gives them (`indices`,
+        `distances`, `items`, `labels`; the queries named `names`, default `#row`); approximate when the
+        index has a faiss structure, unless `exact`."""
         k = self._check_k(k)
         embeddings = torch.as_tensor(embeddings).float()
         if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"query embeddings must be [q, {self.dim}], got {tuple(embeddings.shape)}")
         if len(embeddings) == 0:
             raise ValueError("no queries given")
+        if names is not None and len(names) != len(embeddings):
+            raise ValueError(f"{len(names)} query names for {len(embeddings)} query embeddings")
         if self._faiss is not None and not exact:
-            return self._ann_search(embeddings, k)
-        return exact_search(self.distance, embeddings, self._gallery(), k)
+            distances, indices = self._ann_search(embeddings, k)
+        else:
+            distances, indices = exact_search(self.distance, embeddings, self._gallery(), k)
+        items = [[self.items[i] for i in row] for row in indices.tolist()]
+        labels = None if self.labels is None else [[self.labels[i] for i in row] for row in indices.tolist()]
+        names = [f"#{row}" for row in range(len(embeddings))] if names is None else list(names)
+        return SearchResult(indices, distances, items, labels, names)
 
     def search(self, queries: Any, k: int = 5, *, exact: bool = False, batch_size: int = 256,
                progress: bool = False) -> SearchResult:
@@ -245,16 +263,13 @@ class Index:
         k = self._check_k(k)
         embeddings, names, _, _ = embed_stream(self.embedder, queries, batch_size=batch_size, progress=progress,
                                                what="queries")
-        distances, indices = self.search_embeddings(embeddings, k, exact=exact)
-        items = [[self.items[i] for i in row] for row in indices.tolist()]
-        labels = None if self.labels is None else [[self.labels[i] for i in row] for row in indices.tolist()]
-        return SearchResult(indices, distances, items, labels, names)
+        return self.search_embeddings(embeddings, k, exact=exact, names=names)
 
     def anomaly_scores(self, queries: Any, *, exact: bool = True, batch_size: int = 256) -> Tensor:
         """Distance of each query to its nearest gallery item (larger: more unlike anything in the gallery)."""
         embeddings, _, _, _ = embed_stream(self.embedder, queries, batch_size=batch_size, progress=False,
                                            what="queries")
-        return self.search_embeddings(embeddings, 1, exact=exact)[0][:, 0]
+        return self.search_embeddings(embeddings, 1, exact=exact).distances[:, 0]
 
     # ---- saving ------------------------------------------------------------------------------
 
@@ -328,7 +343,15 @@ class Index:
 def build_index(embedder: Embedder, images: Any, labels: Sequence[Hashable] | None = None, *,
                 batch_size: int = 256, progress: bool = True, skip_unreadable: bool = False, ann: str | None = None,
                 **ann_settings: Any) -> Index:
-    """Embed a gallery (streamed) and index it; `ann` "ivf" / "hnsw" adds a faiss structure (see `Index.build_ann`)."""
+    """Embed a gallery (streamed) and index it; `ann` "ivf" / "hnsw" adds a faiss structure (see `Index.build_ann`).
+    What would refuse the structure (faiss missing, bad settings, a distance faiss cannot index) is checked
+    before the gallery is embedded, so it costs nothing."""
+    if ann is not None:
+        import_faiss()
+        AnnSettings(ann, **ann_settings)
+        if metric_space(embedder.distance) is None:
+            raise ValueError(f"faiss cannot index this model's distance ({embedder.distance!r}: not a Euclidean, "
+                             "Mahalanobis or cosine form); use exact search (ann=None)")
     embeddings, items, labels, source = embed_stream(embedder, images, labels, batch_size=batch_size,
                                                      progress=progress, skip_unreadable=skip_unreadable,
                                                      what="indexing")

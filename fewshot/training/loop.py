@@ -497,14 +497,15 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
             print(f"  training on {config.train_split}: {trained.num_classes} classes (train + val), {len(trained)} "
                   "images; no validation (its classes are training classes): best.pt is the final model",
                   file=sys.stderr)
+        if world.distributed:
+            print(f"{world.size} processes, {per_step} episodes per step ({local} per process)", file=sys.stderr)
+    if main:  # printed with or without progress: what the run chose or continues from, that no flag said
         for line in notes:
             print(line, file=sys.stderr)
         if config.init is not None:
             print(f"backbone initialised from {config.init} (sha256 {config.init_sha256})", file=sys.stderr)
         if resume:
             print(f"resuming from episode {start} of {config.episodes} ({run_dir / 'last.pt'})", file=sys.stderr)
-        if world.distributed:
-            print(f"{world.size} processes, {per_step} episodes per step ({local} per process)", file=sys.stderr)
     bar = tqdm(range(start, config.episodes, per_step), initial=start // per_step, total=config.episodes // per_step,
                disable=not progress, desc=description, dynamic_ncols=True)
     # The episodes library's fast path: episodes drawn in chunks, images gathered a few episodes at a time.

@@ -106,6 +106,9 @@ def run_recipe(recipe: Recipe, output: str | Path, overrides: Overrides | None =
             continue
         train(config, resume=(Path(config.output) / "last.pt").is_file(), progress=progress)
     final = configs[-1][1]
-    return evaluate_checkpoint(Path(final.output) / "best.pt", ways_shots=tuple(recipe.settings), queries=final.eval_queries,
+    best = Path(final.output) / "best.pt"
+    # Queries left to the data were fixed when the stage ran: its checkpoint's config records them.
+    queries = final.eval_queries if final.eval_queries is not None else load_checkpoint(best)["config"]["eval_queries"]
+    return evaluate_checkpoint(best, ways_shots=tuple(recipe.settings), queries=queries,
                                episodes=test_episodes or final.test_episodes, seed=final.seed,
                                device=str(resolve_device(final.device)), data_root=final.data_root, progress=progress)

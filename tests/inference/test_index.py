@@ -413,3 +413,42 @@ def test_an_approximate_index_loads_without_faiss_and_searches_exactly(model, ga
     exact = model.index(gallery, progress=False)
     query = [Path(exact.items[9])]
     assert torch.equal(loaded.search(query, 5).indices, exact.search(query, 5).indices)
+
+
+def test_search_embeddings_answers_as_search_does(model, gallery: Path) -> None:
+    index = model.index(gallery, progress=False)
+    query = [Path(index.items[5]), Path(index.items[150])]
+    by_image = index.search(query, 4)
+    by_embedding = index.search_embeddings(model.embed(query), 4)
+    assert torch.equal(by_embedding.indices, by_image.indices)
+    torch.testing.assert_close(by_embedding.distances, by_image.distances)
+    assert by_embedding.items == by_image.items and by_embedding.labels == by_image.labels
+    assert by_embedding.queries == ["#0", "#1"]
+    assert index.search_embeddings(model.embed(query), 4, names=["a", "b"]).queries == ["a", "b"]
+
+
+@needs_faiss
+def test_measure_recall_takes_images_or_embeddings(model, gallery: Path) -> None:
+    index = model.index(gallery, progress=False, ann="ivf", nlist=4, nprobe=4)  # every cell visited: exact
+    query = [Path(index.items[5]), Path(index.items[150])]
+    by_image = index.measure_recall(queries=query, k=5)
+    assert by_image == index.measure_recall(queries=model.embed(query), k=5)
+    assert by_image["recall"] == pytest.approx(1.0) and by_image["queries"] == 2
+
+
+def test_an_approximate_index_without_faiss_fails_before_embedding(model, checkpoint: Path, gallery: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def missing() -> None:
+        raise ImportError("approximate search needs faiss: pip install 'fewshot[search]'")
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("the gallery was embedded before the faiss check")
+
+    monkeypatch.setattr(fewshot.inference.index, "import_faiss", missing)
+    monkeypatch.setattr(fewshot.inference.index, "embed_stream", embedded)
+    with pytest.raises(ImportError, match="needs faiss"):
+        model.index(gallery, progress=False, ann="hnsw")
+    code = search_main(["build", str(checkpoint), str(gallery), "--out", str(tmp_path / "x.index"), "--ann", "ivf"])
+    assert code != 0 and "needs faiss" in capsys.readouterr().err
+    assert not (tmp_path / "x.index").exists()

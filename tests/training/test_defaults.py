@@ -5,6 +5,7 @@ lines run as written on a 26-class folder of 5 to 6 images per class."""
 from __future__ import annotations
 
 import shlex
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from fewshot.cli.train import build_parser
 from fewshot.cli.train import main as train_main
 from fewshot.data import from_arrays, from_folder
 from fewshot.training import TrainConfig
-from fewshot.training.config import DATA_DEFAULTS, data_defaults, describe_data_defaults
+from fewshot.training.config import DATA_DEFAULTS, SECTIONS, data_defaults, describe_data_defaults
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 #: Small counts appended the way a user shortens a run (the lines' own values are checked as written).
@@ -101,3 +102,11 @@ def test_the_data_page_resnet12_line_runs_as_written(folder: Path, tmp_path: Pat
     config = config_from_args(build_parser().parse_args(argv))
     assert config.resolve(from_folder(folder, image_size=84, progress=False)).train_ways == 16
     assert train_main([*argv, *SHORT]) == 0
+
+
+def test_the_api_page_lists_every_setting_with_its_default() -> None:
+    page = (REPOSITORY / "docs" / "api.md").read_text()
+    for name, kind in SECTIONS.items():
+        listed = ", ".join(f"`{f.name}` ({f.default if f.default is not MISSING else f.default_factory()!r})"
+                           for f in fields(kind))
+        assert f"| `{name}` (`{kind.__name__}`) | {listed} |" in page

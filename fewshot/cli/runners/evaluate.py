@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from fewshot.cli.errors import COMMAND_ERRORS, report_error
-from fewshot.evaluation import EvaluationSettings, evaluate_checkpoint, format_table, plot_report, report_json
+from fewshot.evaluation import (EvaluationSettings, default_report_path, evaluate_checkpoint, format_table, plot_report,
+                                report_json)
 from fewshot.evaluation.settings import episode_list_path
 from fewshot.files import atomic_write, check_writable
 from fewshot.runtime import init_from_environment, leave_process_group, resolve_device
@@ -16,7 +17,9 @@ from fewshot.runtime import init_from_environment, leave_process_group, resolve_
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate as the parsed flags say; returns the exit code."""
-    report_path = Path(args.report or Path(args.checkpoint).with_name(f"eval_{Path(args.checkpoint).stem}_{args.eval_split}.json"))
+    report_path = Path(args.report or default_report_path(args.checkpoint, args.eval_split, args.compare, args.ensemble,
+                                                          args.test_time_shift, args.test_time_rotations,
+                                                          args.test_time_mirror))
     plot_path = Path(args.plot or report_path.with_suffix(".png"))
     # The output paths are checked before the (long) evaluation, so a typo costs nothing.
     from matplotlib.backend_bases import FigureCanvasBase

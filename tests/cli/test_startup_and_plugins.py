@@ -1,0 +1,138 @@
+"""Issue 28, items 4 and 7: every command's `--help` answers without importing torch, the catalogue the parsers
+show equals the registries it mirrors, and `--import MODULE` brings a user's plug-in to train, evaluate and
+search."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fewshot.cli import COMMANDS
+from fewshot.cli import catalogue
+from fewshot.cli.evaluate import main as evaluate_main
+from fewshot.cli.registries import REGISTRIES
+from fewshot.cli.search import main as search_main
+from fewshot.cli.train import main as train_main
+from fewshot.evaluation import EVAL_SPLITS
+from fewshot.training import PRECISIONS, SAMPLINGS, TrainConfig
+from fewshot.training.config import TRAIN_SPLITS
+from fewshot.zeroshot.gbu import ATTRIBUTE_KEYS, GBU_DATASETS
+from fewshot.zeroshot.methods import FEATURE_NORMS, SCORES, ZeroShotConfig
+from tests.cli.test_folder import TINY
+from tests.support.synthetic import write_image_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Each command's --help, through the dispatcher and through its own module.
+HELP_COMMANDS = [("-m", "fewshot", name, "--help") for name in COMMANDS] + [
+    ("-m", f"fewshot.cli.{name}", "--help") for name in COMMANDS] + [
+    ("-m", f"fewshot.{name}", "--help") for name in ("train", "evaluate", "search", "recipe")]
+
+
+@pytest.mark.parametrize("argv", HELP_COMMANDS, ids=" ".join)
+def test_help_does_not_import_torch_and_answers_within_a_second(argv: tuple[str, ...]) -> None:
+    probe = ("import runpy, sys\n"
+             f"sys.argv = {[argv[1], *argv[2:]]!r}\n"
+             "try:\n"
+             f"    runpy.run_module({argv[1]!r}, run_name='__main__', alter_sys=True)\n"
+             "except SystemExit as stop:\n"
+             "    assert stop.code in (0, None), stop.code\n"
+             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and result.stdout.rstrip().endswith("NO TORCH"), result.stdout[-300:]
+    started = time.perf_counter()
+    timed = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    assert timed.returncode == 0, timed.stderr
+    assert seconds < 1.0, f"{' '.join(argv)} took {seconds:.2f} s"
+
+
+def test_the_catalogue_equals_the_registries_and_configs() -> None:
+    assert set(catalogue.BUILT_IN) == set(REGISTRIES)
+    for kind, registry in REGISTRIES.items():
+        built_in = [name for name in registry if name in catalogue.BUILT_IN[kind]]
+        assert tuple(built_in) == catalogue.BUILT_IN[kind], kind
+        assert set(catalogue.BUILT_IN[kind]) <= set(registry), kind
+    assert catalogue.DATASET_SCHEMES == {name: tuple(info.schemes) for name, info in REGISTRIES["dataset"].items()
+                                         if name in catalogue.BUILT_IN["dataset"]}
+    assert catalogue.RECIPE_DESCRIPTIONS == {name: recipe.description for name, recipe in REGISTRIES["recipe"].items()
+                                             if name in catalogue.BUILT_IN["recipe"]}
+    assert catalogue.PRECISIONS == tuple(PRECISIONS) and catalogue.SAMPLINGS == tuple(SAMPLINGS)
+    assert catalogue.TRAIN_SPLITS == tuple(TRAIN_SPLITS) and catalogue.EVAL_SPLITS == tuple(EVAL_SPLITS)
+    assert catalogue.ATTRIBUTE_KEYS == tuple(ATTRIBUTE_KEYS) and catalogue.GBU_DATASETS == tuple(GBU_DATASETS)
+    assert catalogue.FEATURE_NORMS == tuple(FEATURE_NORMS) and catalogue.SCORES == tuple(SCORES)
+    train_defaults = TrainConfig().to_dict()
+    assert {key: train_defaults[key] for key in vars(catalogue.TRAIN_DEFAULTS)} == vars(catalogue.TRAIN_DEFAULTS)
+    zeroshot_defaults = vars(ZeroShotConfig())
+    assert {key: zeroshot_defaults[key] for key in vars(catalogue.ZEROSHOT_DEFAULTS)} == \
+        vars(catalogue.ZEROSHOT_DEFAULTS)
+
+
+PLUGIN = '''
+import torch
+
+from fewshot.distances import DISTANCES, SquaredEuclidean
+
+
+@DISTANCES.register("plugin-halved-euclidean")
+class HalvedEuclidean(SquaredEuclidean):
+    """Half the squared Euclidean distance: a test plug-in."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 0.5 * super().forward(a, b)
+'''
+
+
+@pytest.fixture()
+def plugin(tmp_path: Path):
+    path = tmp_path / "my_plugin.py"
+    path.write_text(PLUGIN)
+    yield path
+    from fewshot.distances import DISTANCES
+
+    if "plugin-halved-euclidean" in DISTANCES:
+        DISTANCES.unregister("plugin-halved-euclidean")
+    sys.modules.pop("my_plugin", None)
+
+
+def test_a_plugin_distance_trains_evaluates_and_searches_through_import(plugin: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    folder = write_image_folder(tmp_path / "shapes", classes=15, per_class=8, size=32)
+    output = tmp_path / "run"
+    assert train_main(["--import", str(plugin), "--metric", "plugin-halved-euclidean", "--dataset", "folder",
+                       "--data-root", str(folder), "--output", str(output), "--episodes", "10", *TINY]) == 0, \
+        capsys.readouterr().err
+    best = output / "best.pt"
+    evaluate = [str(best), "--ways", "3", "--queries", "2", "--episodes", "2", "--no-progress",
+                "--report", str(tmp_path / "report.json")]
+    assert evaluate_main([*evaluate, "--import", str(plugin)]) == 0, capsys.readouterr().err
+    assert search_main(["build", str(best), str(folder), "--out", str(tmp_path / "index.pt"), "--no-progress",
+                        "--import", str(plugin)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    # A fresh process without --import does not know the plug-in: the error names it and the flag.
+    result = subprocess.run([sys.executable, "-m", "fewshot", "evaluate", *evaluate], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "plugin-halved-euclidean" in result.stderr and "--import" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_plugin_name_is_refused_before_parsing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        train_main(["--import", "no_such_plugin_module_xyz", "--ways", "3"])
+    assert stopped.value.code == 2
+    assert "--import no_such_plugin_module_xyz: no module named 'no_such_plugin_module_xyz'" in capsys.readouterr().err
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(SystemExit) as stopped:
+        evaluate_main(["best.pt", "--import", str(broken)])
+    assert stopped.value.code == 2
+    assert f"--import {broken}: importing it failed: RuntimeError: boom" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_main(["best.pt", "--import", str(tmp_path / "missing.py")])
+    assert "missing.py: no such file" in capsys.readouterr().err
