@@ -136,3 +136,39 @@ def test_an_unknown_plugin_name_is_refused_before_parsing(tmp_path: Path, capsys
     with pytest.raises(SystemExit):
         evaluate_main(["best.pt", "--import", str(tmp_path / "missing.py")])
     assert "missing.py: no such file" in capsys.readouterr().err
+
+
+LEARNER_PLUGIN = '''
+import torch.nn.functional as F
+
+from fewshot.learners import Learner, register_learner
+
+
+@register_learner("plugin-centre")
+class PluginCentre(Learner):
+    """Prototypical loss under another name: a test plug-in imported by module name."""
+
+    def loss(self, batch, generator):
+        return F.cross_entropy(batch.logits, batch.query_labels)
+'''
+
+
+def test_a_plugin_module_name_is_imported_from_the_working_directory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewshot.cli.plugins import parse_with_plugins
+    from fewshot.cli.train import build_parser
+    from fewshot.learners import LEARNERS
+
+    (tmp_path / "my_centre_plugin.py").write_text(LEARNER_PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", str(tmp_path))])
+    try:
+        args = parse_with_plugins(build_parser(), ["--learner", "plugin-centre", "--import", "my_centre_plugin"])
+        assert args.learner == "plugin-centre" and args.plugins == ["my_centre_plugin"]
+    finally:
+        if "plugin-centre" in LEARNERS:
+            LEARNERS.unregister("plugin-centre")
+        sys.modules.pop("my_centre_plugin", None)
+    with pytest.raises(SystemExit) as stopped:  # unregistered again: argparse refuses it with the valid names
+        build_parser().parse_args(["--learner", "plugin-centre"])
+    assert stopped.value.code == 2
