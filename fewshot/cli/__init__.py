@@ -1,8 +1,10 @@
 """Command lines: thin argparse layers over the library, one module per command, and `main`, the
 dispatcher behind `python -m fewshot COMMAND` and the `fewshot` console script.
 
-Each command's module is imported only when that command runs, so `python -m fewshot --help` does not
-import torch.
+Each command's module is imported only when that command runs, and imports nothing heavy itself: its parser is
+built from `fewshot.cli.catalogue` (the registries' built-in names and the configs' defaults), so `--help` never
+imports torch. Once the flags parse, `main` imports the command's runner (`fewshot.cli.runners.<command>.run`), which
+does the work. `--import MODULE` (`fewshot.cli.plugins`) brings a user's plug-in components to every command.
 """
 
 from __future__ import annotations

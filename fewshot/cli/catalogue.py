@@ -15,7 +15,9 @@ from types import SimpleNamespace
 
 #: Registry kind -> its built-in names, in registration order.
 BUILT_IN: dict[str, tuple[str, ...]] = {
-    "backbone": ("conv4", "resnet12"),
+    "backbone": ("conv4", "resnet12", "tv-resnet18", "tv-resnet34", "tv-resnet50", "tv-resnet101", "tv-resnet152",
+                 "tv-vit_b_16", "tv-vit_b_32", "tv-vit_l_16", "tv-convnext_tiny", "tv-convnext_small",
+                 "tv-convnext_base", "timm"),
     "dataset": ("miniimagenet", "arrays", "folder", "omniglot"),
     "distance": ("euclidean", "cosine", "mahalanobis", "mahalanobis-diag", "mahalanobis-lowrank"),
     "learner": ("protonet", "siamese", "triplet", "normface", "cosface", "arcface", "sphereface", "proxy-nca",

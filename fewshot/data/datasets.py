@@ -22,6 +22,8 @@ from fewshot.registry import Registry
 
 ImageLike = Union[str, Path, Image.Image]
 SPLIT_NAMES = ("train", "val", "test", "trainval")
+#: The training settings a dataset's declaration may give defaults for (`DatasetInfo.training_defaults`).
+TRAINING_DEFAULT_NAMES = ("train_ways", "queries", "eval_queries")
 
 
 @dataclass
@@ -93,6 +95,16 @@ class DatasetInfo:
     schemes: tuple[str, ...]
     background: float = 0.0
     training_defaults: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.training_defaults) - set(TRAINING_DEFAULT_NAMES))
+        if unknown:
+            raise ValueError(f"dataset {self.name!r} declares training defaults {', '.join(unknown)}; a dataset "
+                             f"may declare {', '.join(TRAINING_DEFAULT_NAMES)}")
+        bad = {k: v for k, v in self.training_defaults.items()
+               if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"dataset {self.name!r} training defaults must be positive ints, got {bad}")
 
 
 #: Datasets by name; built-in ones register when `fewshot.data` is imported.

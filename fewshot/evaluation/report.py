@@ -98,7 +98,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
         rows = sorted(results, key=lambda r: r["ways"])
         labels = [f"{r['ways']}-way {r['shots']}-shot" for r in rows]
         heights = [100 * r["accuracy"] for r in rows]
-        ax.bar(labels, heights, yerr=[100 * r["ci95"] for r in rows], capsize=4, color="tab:blue")
+        ax.bar(labels, heights, width=0.5, yerr=[100 * r["ci95"] for r in rows], capsize=4, color="tab:blue")
         for position, (height, row) in enumerate(zip(heights, rows)):
             ax.annotate(f"{height:.2f}% ± {100 * row['ci95']:.2f}", (position, height), ha="center",
                         va="bottom", xytext=(0, 8), textcoords="offset points")

@@ -351,11 +351,11 @@ def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def data_defaults(config: TrainConfig, splits: DatasetSplits) -> dict[str, tuple[int, str]]:
-    """{setting: (value, why the data lowered it, or "")} for each episode size `config` leaves to the data (None): the dataset's
-    default (its declaration's `training_defaults` over `DATA_DEFAULTS`), lowered to the classes of the
-    training split (`train_ways`) or to the images its smallest class holds beyond the shots (`queries`
-    for the training split, `eval_queries` for validation and test). A split too small even for the
-    least value keeps the default, so that `check_data` names what is missing."""
+    """{setting: (value, why the data lowered it, or "")} for each episode size `config` leaves to the data
+    (None): the dataset's default (its declaration's `training_defaults` over `DATA_DEFAULTS`), lowered to
+    the classes of the training split (`train_ways`) or to the images its smallest class holds beyond the
+    shots (`queries` for the training split, `eval_queries` for validation and test). A split too small
+    even for the least value keeps the default, so that `check_data` names what is missing."""
     info = DATASETS.get(splits.dataset)
     declared = {**DATA_DEFAULTS, **(dict(info.training_defaults) if info is not None else {})}
     where = f"the {splits.dataset} {splits.scheme}"

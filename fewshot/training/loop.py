@@ -433,6 +433,7 @@ def _validation_step(done: int, best: dict[str, Any], model: FewShotModel, split
         # The protocol of Snell et al.'s final models: train + val for the schedule found on train.
         best = {"episode": done, "accuracy": best["accuracy"]}
         save("best.pt", done, best)
+        files.plot(config)
         return best
     result = validation_interval(model, splits.val, config, device, progress=say is not None)
     files.write_log({"kind": "val", "episode": done, "accuracy": result.mean, "ci95": result.half_width})

@@ -4,8 +4,10 @@ lines run as written on a 26-class folder of 5 to 6 images per class."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,10 @@ from tests.support.synthetic import write_image_folder
 from fewshot.cli.runners.train import config_from_args
 from fewshot.cli.train import build_parser
 from fewshot.cli.train import main as train_main
-from fewshot.data import from_arrays, from_folder
-from fewshot.training import TrainConfig
+from fewshot.data import DATASETS, from_arrays, from_folder, load_splits
+from fewshot.data.datasets import register_dataset
+from fewshot.model.checkpoint import load_checkpoint
+from fewshot.training import TrainConfig, train
 from fewshot.training.config import DATA_DEFAULTS, SECTIONS, data_defaults, describe_data_defaults
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -110,3 +114,37 @@ def test_the_api_page_lists_every_setting_with_its_default() -> None:
         listed = ", ".join(f"`{f.name}` ({f.default if f.default is not MISSING else f.default_factory()!r})"
                            for f in fields(kind))
         assert f"| `{name}` (`{kind.__name__}`) | {listed} |" in page
+
+
+def test_the_header_says_what_the_run_trains_on_continues_from_and_starts_from(
+        data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = TrainConfig(ways=5, shots=1, train_ways=5, queries=2, eval_queries=5, episodes=4, val_every=2,
+                       val_episodes=2, test_episodes=2, checkpoint_every=2, threads=1, data_root=str(data_root),
+                       train_split="trainval", output=str(tmp_path / "final"))
+    train(base, progress=True)
+    err = capsys.readouterr().err
+    trainval = load_splits("omniglot", None, data_root).trainval
+    assert f"training on trainval: {trainval.num_classes} classes (train + val), {len(trainval)} images" in err
+    records = [json.loads(line) for line in (tmp_path / "final" / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "val"]  # no accuracy on classes it trained on
+    assert "val " not in err.replace("val)", "")  # nor a validation line
+    assert load_checkpoint(tmp_path / "final" / "best.pt")["episode"] == 4  # the final model is kept
+    train(replace(base, episodes=6), resume=True, progress=False)
+    assert f"resuming from episode 4 of 6 ({tmp_path / 'final' / 'last.pt'})" in capsys.readouterr().err
+    train(replace(base, train_split="train", init=str(tmp_path / "final" / "last.pt"), output=str(tmp_path / "fine")),
+          progress=False)
+    assert f"backbone initialised from {tmp_path / 'final' / 'last.pt'} (sha256 " in capsys.readouterr().err
+
+
+def test_a_dataset_declares_its_own_defaults(folder: Path) -> None:
+    splits = dataclasses.replace(from_folder(folder, progress=False), dataset="small-folder")
+    register_dataset(dataclasses.replace(DATASETS.get_or_raise("folder"), name="small-folder",
+                                         training_defaults={"train_ways": 10, "eval_queries": 3}))
+    try:
+        run = TrainConfig().resolve(splits)
+        assert (run.train_ways, run.queries, run.eval_queries) == (10, 4, 3)  # declared, lowered, declared
+        assert TrainConfig(train_ways=12).resolve(splits).train_ways == 12  # given: never changed
+    finally:
+        DATASETS.unregister("small-folder")
+    with pytest.raises(ValueError, match="declares training defaults episodes; a dataset may declare train_ways"):
+        dataclasses.replace(DATASETS.get_or_raise("folder"), training_defaults={"episodes": 100})
