@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fewshot.cli.arguments import HelpFormatter
 from fewshot.cli.plugins import add_import_flag, parse_with_plugins
 
 
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Embed every image under a folder with a trained checkpoint: a .npy of "
                                             "embeddings [n, d] and, beside it, NAME.files.csv naming each row's file "
                                             "and label (docs/api.md).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
     p.add_argument("folder", help="the images, searched recursively; in class folders (<folder>/<class>/<image>) "
                                   "for labels")

@@ -7,27 +7,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fewshot.cli.arguments import seed
+from fewshot.cli.arguments import HelpFormatter, seed
 from fewshot.cli.catalogue import EVAL_SPLITS, RegisteredName
 from fewshot.cli.plugins import add_import_flag, parse_with_plugins
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fewshot.evaluate", description=__doc__.split("\n")[0].strip("`"),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
     p.add_argument("--dataset", choices=RegisteredName("dataset"), default=None, help="default: the checkpoint's")
     p.add_argument("--split", default=None, help="split scheme (default: the checkpoint's)")
     p.add_argument("--eval-split", choices=EVAL_SPLITS, default="test", help="which classes to evaluate on")
-    p.add_argument("--ways", type=int, nargs="+", default=[5])
-    p.add_argument("--shots", type=int, nargs="+", default=[1])
-    p.add_argument("--queries", type=int, default=15)
-    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--ways", type=int, nargs="+", default=[5], help="classes per episode (several: one row each)")
+    p.add_argument("--shots", type=int, nargs="+", default=[1],
+                   help="support images per class (several: one row each)")
+    p.add_argument("--queries", type=int, default=15,
+                   help="query images per class (at most the smallest class's images minus the shots)")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes per setting")
     p.add_argument("--seed", type=seed, default=0, help="episodes are a pure function of the seed")
-    p.add_argument("--episode-list", default=None, help="evaluate on a saved episode list (JSON, episodes.lists) instead of seeded episodes")
-    p.add_argument("--save-episodes", default=None, help="write the seeded episodes as episode lists PATH_<ways>way<shots>shot.json")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--episode-list", default=None,
+                   help="evaluate on a saved episode list (JSON, episodes.lists) instead of seeded episodes")
+    p.add_argument("--save-episodes", default=None,
+                   help="write the seeded episodes as episode lists PATH_<ways>way<shots>shot.json")
+    p.add_argument("--data-root", default=None, help="data root (default: the checkpoint's, then $FEWSHOT_DATA)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--compare", default=None, help="a second checkpoint, evaluated on identical episodes")
     p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
                    help="more checkpoints scored with the first as one ensemble (the sum of their log-softmax "
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="PNG plot path (default: beside the report)")
     p.add_argument("--per-episode", action="store_true",
                    help="embed every episode's images afresh instead of each image once (same numbers; for checks)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_import_flag(p)
     return p
 

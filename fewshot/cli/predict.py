@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fewshot.cli.arguments import HelpFormatter
 from fewshot.cli.plugins import add_import_flag, parse_with_plugins
 
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Classify a folder of query images against a support folder of class "
                                             "folders with a trained checkpoint (nearest prototype): a CSV of each "
                                             "query's prediction and class probabilities (docs/api.md).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
     p.add_argument("--support", required=True,
                    help="the labelled examples: a folder of class folders (<support>/<class>/<image>)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fewshot.cli.arguments import HelpFormatter
 from fewshot.cli.catalogue import RegisteredName
 from fewshot.cli.plugins import add_import_flag, parse_with_plugins
 
@@ -16,11 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fewshot.search",
                                 description="Search a gallery, verify pairs and choose their thresholds with a trained "
                                             "checkpoint (docs/search.md).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     commands = p.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="embed a folder of images and write an index",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     build.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
     build.add_argument("folder", help="the gallery: images, in class folders for labels (<folder>/<class>/<image>)")
     build.add_argument("--out", required=True, help="the index file to write")
@@ -31,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--m", type=int, default=32, help="HNSW links per node")
     build.add_argument("--ef-construction", type=int, default=80, help="HNSW build effort")
     build.add_argument("--ef-search", type=int, default=64, help="HNSW candidates per query (recall/speed)")
-    build.add_argument("--batch-size", type=int, default=256)
-    build.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out (named) instead of failing")
-    build.add_argument("--device", default="cpu")
-    build.add_argument("--no-progress", action="store_true")
+    build.add_argument("--batch-size", type=int, default=256, help="images decoded and embedded at a time")
+    build.add_argument("--skip-unreadable", action="store_true",
+                       help="leave unreadable images out (named) instead of failing")
+    build.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    build.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     query = commands.add_parser("query", help="the nearest gallery images of query images",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     query.add_argument("index", help="an index written by 'build'")
     query.add_argument("images", nargs="+", help="query image files")
     query.add_argument("-k", type=int, default=5, help="neighbours per query")
@@ -46,25 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--exact", action="store_true", help="exact search even if the index has a faiss structure")
     query.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query")
     query.add_argument("--ef-search", type=int, default=None, help="HNSW candidates per query")
-    query.add_argument("--device", default="cpu")
+    query.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
     verify = commands.add_parser("verify", help="same or different class, at the calibrated threshold",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    verify.add_argument("checkpoint")
+                                 formatter_class=HelpFormatter)
+    verify.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
     verify.add_argument("a", help="an image file")
     verify.add_argument("b", help="an image file")
     verify.add_argument("--far", type=float, default=None,
                         help="false accept rate of the operating point (default: the one stored with the threshold)")
-    verify.add_argument("--device", default="cpu")
+    verify.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
     calibration = commands.add_parser("calibrate", help="choose the thresholds on the checkpoint's validation classes",
-                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    calibration.add_argument("checkpoint")
+                                      formatter_class=HelpFormatter)
+    calibration.add_argument("checkpoint", help="a checkpoint written by fewshot.train (best.pt)")
     calibration.add_argument("--far", type=float, default=0.01, help="false accept rate to choose the thresholds at")
     calibration.add_argument("--write", action="store_true", help="store the thresholds in the checkpoint")
     calibration.add_argument("--data-root", default=None,
                              help="where the checkpoint's data is now (default: where its run read it)")
-    calibration.add_argument("--device", default="cpu")
+    calibration.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     for command in (build, query, verify, calibration):  # a checkpoint may name plug-in components
         add_import_flag(command)
     return p

@@ -3,6 +3,7 @@ re-export nothing), the console scripts of pyproject.toml, and the one error-to-
 
 from __future__ import annotations
 
+import argparse
 import errno
 import importlib
 import os
@@ -114,3 +115,18 @@ def test_interrupts(capsys):
     assert capsys.readouterr().err == "\nSIGTERM received: interrupted before episode 3\nresume\n"
     assert report_interrupt(KeyboardInterrupt()) == 130
     assert "nothing was saved" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "search", "zeroshot", "recipe", "embed", "predict"])
+def test_every_flag_has_help_text_and_shows_its_default_once(command: str) -> None:
+    parser = importlib.import_module(f"fewshot.cli.{command}").build_parser()
+    parsers = [(command, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += [(f"{command} {name}", sub) for name, sub in action.choices.items()]
+    missing = [f"{where} {action.option_strings or action.dest}" for where, sub in parsers for action in sub._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
+    assert not missing, missing
+    for where, sub in parsers:
+        text = sub.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, where
