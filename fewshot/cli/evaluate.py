@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query images per class (at most the smallest class's images minus the shots)")
     p.add_argument("--episodes", type=int, default=1000, help="episodes per setting")
     p.add_argument("--seed", type=seed, default=0, help="episodes are a pure function of the seed")
+    p.add_argument("--within-alphabet", action="store_true",
+                   help="Lake's within-alphabet protocol: every episode's classes come from one alphabet (the first "
+                        "part of the class names; rotated classes: rot000 only); use with --dataset omniglot --split "
+                        "lake --ways 20 --shots 1 --queries 1")
+    p.add_argument("--meta-dataset", action="store_true",
+                   help="Meta-Dataset's variable-way, variable-shot, imbalanced episodes (its defaults: 5 to 50 ways, "
+                        "at most 10 queries per class, support set up to 500); --ways, --shots, --queries are unused")
+    p.add_argument("--max-ways", type=int, default=None,
+                   help="with --meta-dataset: the most ways per episode (default 50, capped by the classes)")
     p.add_argument("--episode-list", default=None,
                    help="evaluate on a saved episode list (JSON, episodes.lists) instead of seeded episodes")
     p.add_argument("--save-episodes", default=None,

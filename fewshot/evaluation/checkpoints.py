@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from episodes.lists import load_episodes, save_episodes
 from episodes.sampler import Episode
@@ -23,11 +24,65 @@ from fewshot.runtime import current_world
 from fewshot.evaluation.embedding_metrics import embedding_metrics
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.views import compose_views
-from fewshot.evaluation.episodes import Candidate, Ensemble, Scorer, evaluation_episodes, score_episodes
+from fewshot.evaluation.episodes import (Candidate, Ensemble, Scorer, episode_distribution, evaluation_episodes,
+                                         metadataset_evaluation, score_episodes, within_parent_evaluation)
 from fewshot.evaluation.settings import EVAL_SPLITS, EvaluationSettings, episode_list_path
 from fewshot.model.network import FewShotModel
 
-__all__ = ["EVAL_SPLITS", "check_novel", "checkpoint_splits", "comparison_split", "evaluate_checkpoint"]
+__all__ = ["EVAL_SPLITS", "adapt_split", "check_novel", "checkpoint_splits", "comparison_split", "evaluate_checkpoint"]
+
+#: ITU-R BT.601 luma weights of R, G and B: how a colour image becomes the gray one a 1-channel model takes.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+#: Images converted at a time by `adapt_split` (bounds the float copy).
+ADAPT_CHUNK = 1024
+
+
+def adapt_split(split: ClassSplit, in_channels: int, image_size: int,
+                dataset: str = "the evaluation data") -> tuple[ClassSplit, dict[str, Any] | None]:
+    """`split` with its images made what a model taking `in_channels`-channel `image_size`px images expects,
+    and a record of what was done (None when nothing was): the cross-domain evaluation of a checkpoint on
+    data of another kind.
+
+    Gray images go to 3 channels by repeating the gray channel; colour (RGB) images go to 1 channel by their
+    luminance (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B, rounded); images of another side are resized to
+    `image_size` x `image_size` (bilinear, antialiased). Other channel counts are refused with a ValueError.
+    The items, labels, names and rotations stay those of `split`, so the episodes are the same.
+    """
+    images = split.images
+    channels = 1 if images.dim() == 3 else int(images.shape[1])
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    if channels == in_channels and (height, width) == (image_size, image_size):
+        return split, None
+    if channels != in_channels and (channels, in_channels) not in ((1, 3), (3, 1)):
+        raise ValueError(f"cannot evaluate a model taking {in_channels}-channel images on {dataset}, whose images have "
+                         f"{channels} channel(s): only gray -> 3 channels (repeated) and RGB -> gray (luminance) are "
+                         "adapted")
+    steps = []
+    if channels != in_channels:
+        steps.append("gray repeated to 3 channels" if in_channels == 3
+                     else "RGB to gray by luminance (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B)")
+    if (height, width) != (image_size, image_size):
+        steps.append(f"resized from {height}x{width} to {image_size}x{image_size} (bilinear, antialiased)")
+    weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    chunks = []
+    for start in range(0, len(images), ADAPT_CHUNK):
+        chunk = images[start:start + ADAPT_CHUNK].float()
+        chunk = chunk.unsqueeze(1) if chunk.dim() == 3 else chunk
+        if (height, width) != (image_size, image_size):
+            chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear", antialias=True,
+                                  align_corners=False)
+        if channels == 1 and in_channels == 3:
+            chunk = chunk.expand(-1, 3, -1, -1)
+        elif channels == 3 and in_channels == 1:
+            chunk = (chunk * weights).sum(dim=1, keepdim=True)
+        chunk = chunk.round().clamp(0, 255).to(torch.uint8)
+        chunks.append(chunk[:, 0] if in_channels == 1 else chunk)  # one channel: [n,H,W], as datasets store it
+    shape = (0, image_size, image_size) if in_channels == 1 else (0, in_channels, image_size, image_size)
+    adapted = torch.cat(chunks) if chunks else torch.zeros(shape, dtype=torch.uint8)
+    record = {"from": {"channels": channels, "size": [height, width]},
+              "to": {"channels": in_channels, "size": [image_size, image_size]}, "steps": steps}
+    return ClassSplit(adapted, split.labels, split.class_names, split.item_ids, image_index=split.image_index,
+                      rotation=split.rotation), record
 
 
 def check_novel(state: dict[str, Any], dataset: str, split: ClassSplit, split_name: str, allow_seen: bool,
@@ -146,6 +201,16 @@ def evaluate_checkpoint(
     mirrored copies; every image of an episode is turned alike, each turned copy of the episode is scored
     as an episode of its own, and a query's scores are summed over the copies: for a model trained on
     rotated (`mirrors=true`: mirrored) classes, each copy is a look it was trained on.
+
+    `settings.episode_kind` chooses the episodes: "fixed" (the default, above), "within-parent" (Lake's
+    within-alphabet protocol: each (ways, shots) setting's episodes take their classes from one alphabet,
+    the first part of the class names; rotated classes restricted to rot000) or "meta-dataset"
+    (Meta-Dataset's variable-way, variable-shot, imbalanced episodes, one result row with the ways and
+    shots distribution).
+
+    Evaluated on data of another kind than it was trained on (cross-domain: `dataset`, `data_root`), the
+    checkpoint's images are adapted where they can be (`adapt_split`: gray <-> RGB, size) and the report
+    records how under "input_adaptation"; other channel counts are refused.
     """
     settings = EvaluationSettings.of(settings, overrides, progress=True)
     eval_split = settings.eval_split
@@ -157,6 +222,9 @@ def evaluate_checkpoint(
     dataset = splits.dataset
     target = splits.get(eval_split)
     check_novel(state, dataset, target, eval_split, settings.allow_seen, splits.fingerprints)
+    # Cross-domain: the checkpoint takes the images as it was trained to see them (channels, size) where they can be.
+    target, adaptation = adapt_split(target, main_model.spec.in_channels, main_model.spec.image_size,
+                                     f"the {dataset} {eval_split} split")
     model = Candidate("model", main_model, target)
     members: list[Candidate] = []
     member_records: list[dict[str, Any]] = []
@@ -185,10 +253,14 @@ def evaluate_checkpoint(
                              comparison_split(other, other_state, state, splits, eval_split, compare, data_root))
 
     ways_shots, queries, episodes = settings.ways_shots, settings.queries, settings.episodes
+    kind = settings.episode_kind
+    if kind != "fixed" and (settings.episode_list is not None or settings.save_episode_lists is not None):
+        raise ValueError(f"{kind} episodes are drawn from the seed; they cannot be combined with an episode list "
+                         "(--episode-list / --save-episodes)")
     fixed: list[Episode] | None = None
     if settings.episode_list is not None:
         fixed = load_episodes(settings.episode_list, target)
-        shapes = sorted({(e.ways, e.shots, e.queries) for e in fixed})
+        shapes = sorted({(e.ways, e.shots, e.queries) for e in fixed})  # lists hold balanced episodes only
         if len(shapes) != 1:
             raise ValueError(f"{settings.episode_list} mixes episode shapes (ways, shots, queries) {shapes}; "
                              "evaluate one shape per list")
@@ -203,6 +275,11 @@ def evaluate_checkpoint(
                                  "sha256": file_sha256(settings.episode_list)}),
         "results": [],
     }
+    if kind in ("within-parent", "meta-dataset"):
+        report["episode_source"] = {"kind": kind, "seed": settings.seed}  # completed by each setting's sampler
+        report["queries"] = queries if kind == "within-parent" else "variable"
+    if adaptation is not None:
+        report["input_adaptation"] = {"trained_on": state.get("dataset"), "evaluated_on": dataset, **adaptation}
     if members:
         report["ensemble"] = [{"checkpoint": str(checkpoint), "checkpoint_sha256": report["checkpoint_sha256"],
                                "spec": report["spec"]}, *member_records]
@@ -210,7 +287,10 @@ def evaluate_checkpoint(
         report["compare"] = {"checkpoint": str(compare), "checkpoint_sha256": file_sha256(compare),
                              "spec": other_state["spec"], "results": []}
     smallest = int(np.bincount(target.labels).min())
-    for ways, shots in ways_shots:  # every setting checked before any is evaluated
+    checked = ways_shots
+    if kind == "meta-dataset":
+        ways_shots, checked = [("variable", "variable")], []  # one row; the sampler checks the classes itself
+    for ways, shots in checked:  # every setting checked before any is evaluated
         if ways > target.num_classes:
             raise ValueError(f"--ways {ways} exceeds the {target.num_classes} classes of the {dataset} {eval_split} split")
         if shots + queries > smallest:
@@ -227,7 +307,15 @@ def evaluate_checkpoint(
     report.update(views.report())
     scorers: list[Scorer] = [evaluated, *([compared] if compared else [])]
     for ways, shots in ways_shots:
-        chosen = fixed if fixed is not None else evaluation_episodes(target, ways, shots, queries, episodes, settings.seed)
+        source: dict[str, Any] | None = None
+        if fixed is not None:
+            chosen = fixed
+        elif kind == "within-parent":
+            chosen, source = within_parent_evaluation(target, ways, shots, queries, episodes, settings.seed)
+        elif kind == "meta-dataset":
+            chosen, source = metadataset_evaluation(target, episodes, settings.seed, settings.max_ways)
+        else:
+            chosen = evaluation_episodes(target, ways, shots, queries, episodes, settings.seed)
         if settings.save_episode_lists is not None and fixed is None and current_world().is_main:
             path = episode_list_path(settings.save_episode_lists, ways, shots)
             save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme,
@@ -243,6 +331,13 @@ def evaluate_checkpoint(
             "normal": _interval_dict(normal), "t": _interval_dict(student),
             "per_episode": mine.tolist(),
         })
+        if kind != "fixed":
+            report["results"][-1]["distribution"] = episode_distribution(chosen)
+        if source is not None:
+            report["episode_source"].update({k: v for k, v in source.items()
+                                             if k not in ("included_parents", "excluded_parents")})
+            if kind == "within-parent":
+                report["results"][-1]["parents"] = {k: source[k] for k in ("included_parents", "excluded_parents")}
         if compared is not None:
             theirs = accuracies[compared.name]
             other_interval = metrics.confidence_interval(theirs, "normal")
@@ -253,7 +348,8 @@ def evaluate_checkpoint(
                 "p_value": paired.p_value, "wilcoxon_p_value": paired.wilcoxon_p_value,
             })
     if settings.embedding_metrics:
-        report["embedding_metrics"] = embedding_metrics(main_model, splits.val, target, device, seed=settings.seed,
+        validation = adapt_split(splits.val, main_model.spec.in_channels, main_model.spec.image_size)[0]
+        report["embedding_metrics"] = embedding_metrics(main_model, validation, target, device, seed=settings.seed,
                                                         test_embeddings=model.embeddings, progress=settings.progress)
     report["embedding"] = {
         "path": "per-episode" if settings.per_episode else "embed-once",

@@ -6,6 +6,7 @@ an ensemble member) and `Ensemble`s of candidates; `score_episodes` returns each
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from episodes.hierarchy import parents_from_names, within_parent_episodes
+from episodes.metadataset import MetaDatasetSampler
 from episodes.sampler import Episode, EpisodeSampler
 from fewshot import metrics
 from fewshot.data.splits import ClassSplit
@@ -41,6 +44,76 @@ def evaluation_episodes(split: ClassSplit, ways: int, shots: int, queries: int, 
     """The `episodes` evaluation episodes of a split for a seed: the same list for every model."""
     sampler = EpisodeSampler(split.labels, ways, shots, queries, seed=seed, num_episodes=episodes)
     return sampler.episodes(np.arange(episodes))
+
+
+#: A rotated copy's class name ends with its turn in degrees ("Alphabet/character01/rot090").
+ROTATED_CLASS = re.compile(r"/rot(\d{3})$")
+
+
+def within_parent_evaluation(split: ClassSplit, ways: int, shots: int, queries: int, episodes: int,
+                             seed: int) -> tuple[list[Episode], dict[str, Any]]:
+    """Lake et al. (2015)'s within-alphabet protocol on `split`: `ways`-way `shots`-shot episodes whose classes
+    all share the first part of their names (an Omniglot alphabet), and what was drawn, for the report.
+
+    A split with rotated classes (names ending /rotDDD) is restricted to its rot000 classes: a turned
+    character is not another character of its alphabet, and Lake's runs use the unturned ones. Parents with
+    fewer than `ways` classes are left out (warned) and listed in the record with their class counts.
+    """
+    names = split.class_names
+    rotated = [ROTATED_CLASS.search(name) for name in names]
+    classes = None
+    if any(rotated):
+        classes = [c for c, match in enumerate(rotated) if match is None or match.group(1) == "000"]
+    try:
+        parents, parent_names = parents_from_names(names)
+    except ValueError as error:
+        raise ValueError(f"within-parent episodes group classes by the first part of their names "
+                         f"(Alphabet/character): {error}") from None
+    sampler = within_parent_episodes(split.labels, parents, ways=ways, shots=shots, queries=queries,
+                                     classes=classes, seed=seed, num_episodes=episodes)
+    record = {"kind": "within-parent", "seed": seed, "sampler": "episodes.hierarchy.within_parent_episodes",
+              "parents": "first part of the class names", "rotations": "rot000 classes only" if classes else "none",
+              "included_parents": [parent_names[p] for p in sampler.parent_ids.tolist()],
+              "excluded_parents": {parent_names[p]: n for p, n in sampler.excluded_parents.items()}}
+    return sampler.draw(np.arange(episodes)).episodes(), record
+
+
+def metadataset_evaluation(split: ClassSplit, episodes: int, seed: int,
+                           max_ways: int | None = None) -> tuple[list[Episode], dict[str, Any]]:
+    """Meta-Dataset's variable-way, variable-shot, imbalanced episodes of `split` (its defaults; `max_ways`
+    caps the ways) and the sampler's settings, for the report."""
+    options = {} if max_ways is None else {"max_ways": max_ways}
+    sampler = MetaDatasetSampler(split.labels, seed=seed, num_episodes=episodes, **options)
+    record = {"kind": "meta-dataset", "seed": seed, "sampler": "episodes.MetaDatasetSampler",
+              "ways_range": list(sampler.ways_range), "max_num_query": sampler.max_num_query,
+              "max_support_set_size": sampler.max_support_set_size,
+              "max_support_size_contrib_per_class": sampler.max_support_size_contrib_per_class,
+              "log_weights": [sampler.min_log_weight, sampler.max_log_weight]}
+    return sampler.episodes(np.arange(episodes)), record
+
+
+def episode_distribution(episodes: Sequence[Episode]) -> dict[str, dict[str, float]]:
+    """Mean, min and max over `episodes` of their ways, of their support items per class (over every class of
+    every episode) and of their query items per class."""
+    def summary(values: np.ndarray) -> dict[str, float]:
+        if not len(values):
+            return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
+        return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+
+    counts = [e.support_counts for e in episodes]
+    return {"ways": summary(np.array([e.ways for e in episodes])),
+            "support_per_class": summary(np.concatenate(counts) if counts else np.zeros(0)),
+            "queries_per_class": summary(np.array([e.queries for e in episodes]))}
+
+
+def episodes_label(episodes: Sequence[Episode]) -> str:
+    """A progress label: "5-way 1-shot" when the first episode is balanced, else "variable episodes"."""
+    if not episodes:
+        return "episodes"
+    counts = episodes[0].support_counts
+    if len(counts) and np.all(counts == counts[0]):
+        return f"{episodes[0].ways}-way {int(counts[0])}-shot"
+    return "variable episodes"
 
 
 def _episode_chunks(episodes: list[Episode], capacity: int) -> list[list[int]]:
@@ -131,7 +204,7 @@ def score_episodes(scorers: Sequence[Scorer], episodes: list[Episode],
     device = torch.device(settings.device)
     world = current_world() if settings.distributed else World()
     mine = list(shard(len(episodes), world))  # this rank's episodes: all of them in one process
-    label = f"{episodes[0].ways}-way {episodes[0].shots}-shot" if episodes else "episodes"
+    label = episodes_label(episodes)
     accuracies = np.zeros((len(scorers), len(episodes)))
     # Ensembles: each member's log-softmax scores [queries, ways] per episode, summed in member order at the end.
     member_scores: dict[tuple[int, int], list[torch.Tensor | None]] = {}

@@ -12,10 +12,11 @@ import numpy as np
 
 def default_report_path(checkpoint: str | Path, eval_split: str = "test", compare: str | Path | None = None,
                         ensemble: Sequence[str | Path] = (), shift: int = 0, rotations: bool = False,
-                        mirror: bool = False) -> Path:
+                        mirror: bool = False, episode_kind: str = "fixed") -> Path:
     """The report written beside `checkpoint` when none is named: `eval_<stem>_<split>.json`, with the mode in
-    the name (`_vs-<other stem>`, `_ensemble<n>`, `_shift<k>`, `_rotations`, `_mirror`), so that a comparison,
-    an ensemble or test-time views never overwrite the plain evaluation's report (or each other's)."""
+    the name (`_vs-<other stem>`, `_ensemble<n>`, `_shift<k>`, `_rotations`, `_mirror`, `_within-parent`,
+    `_meta-dataset`), so that a comparison, an ensemble, test-time views or another kind of episodes never
+    overwrite the plain evaluation's report (or each other's)."""
     checkpoint = Path(checkpoint)
     parts = [f"eval_{checkpoint.stem}_{eval_split}"]
     if compare is not None:
@@ -25,6 +26,8 @@ def default_report_path(checkpoint: str | Path, eval_split: str = "test", compar
     if shift:
         parts.append(f"shift{shift}")
     parts += [name for name, on in (("rotations", rotations), ("mirror", mirror)) if on]
+    if episode_kind != "fixed":
+        parts.append(episode_kind)
     return checkpoint.with_name("_".join(parts) + ".json")
 
 
@@ -42,11 +45,23 @@ def report_json(report: dict[str, Any]) -> bytes:
     return json.dumps(clean(report), indent=2, allow_nan=False).encode()
 
 
+def episode_source_text(source: dict[str, Any]) -> str:
+    """Where a report's episodes came from, in words: a seed, a saved list, or a named kind of episodes."""
+    if source["kind"] == "seed":
+        return f"seed {source['seed']}"
+    if source["kind"] == "list":
+        return f"list {source['path']}"
+    if source["kind"] == "within-parent":
+        rotations = source.get("rotations", "none")
+        return f"seed {source['seed']}, within one alphabet (parent) each (rotated classes: {rotations})"
+    return f"seed {source['seed']}, {source['kind']} episodes"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The report's accuracy table as text."""
     lines = [f"{report['dataset']} ({report['split']}) {report['eval_split']} classes: {report['classes']}, "
              f"{report['queries']} queries per class, episodes from "
-             + (f"seed {source['seed']}" if (source := report["episode_source"])["kind"] == "seed" else f"list {source['path']}"),
+             + episode_source_text(report["episode_source"]),
              f"{'ways':>5} {'shots':>5} {'episodes':>8} {'accuracy':>9} {'±95% normal':>12} {'±95% t':>8}"]
     if members := report.get("ensemble"):
         lines.insert(1, f"an ensemble of {len(members)} models: " + ", ".join(m["checkpoint"] for m in members))
@@ -59,8 +74,13 @@ def format_table(report: dict[str, Any]) -> str:
     compared = {(r["ways"], r["shots"]): r for r in report.get("compare", {}).get("results", [])}
     if compared:
         lines[-1] += f" {'other':>8} {'difference (95% CI)':>22} {'p (t)':>8}"
+    if adaptation := report.get("input_adaptation"):
+        lines.insert(1, f"cross-domain: trained on {adaptation['trained_on']}, evaluated on "
+                        f"{adaptation['evaluated_on']}; images adapted: {'; '.join(adaptation['steps'])}")
     for row in report["results"]:
-        line = (f"{row['ways']:>5} {row['shots']:>5} {row['episodes']:>8} {100 * row['accuracy']:>8.2f}% "
+        # Variable episodes print "var" in the ways and shots columns, their distribution on the next line.
+        ways, shots = ("var" if not isinstance(v, int) else v for v in (row["ways"], row["shots"]))
+        line = (f"{ways:>5} {shots:>5} {row['episodes']:>8} {100 * row['accuracy']:>8.2f}% "
                 f"{100 * row['normal']['half_width']:>11.2f}% {100 * row['t']['half_width']:>7.2f}%")
         other = compared.get((row["ways"], row["shots"]))
         if other:
@@ -68,6 +88,12 @@ def format_table(report: dict[str, Any]) -> str:
             line += (f" {100 * other['accuracy']:>7.2f}% {100 * d['mean']:>+8.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
                      f" {other['p_value']:>8.3g}")
         lines.append(line)
+        if (spread := row.get("distribution")) is not None and not isinstance(row["shots"], int):
+            lines.append("      " + ", ".join(f"{name.replace('_', ' ')} {d['mean']:.1f} "
+                                              f"(min {d['min']:g}, max {d['max']:g})" for name, d in spread.items()))
+        if excluded := row.get("parents", {}).get("excluded_parents"):
+            lines.append(f"      excluded parents (fewer classes than ways): "
+                         + ", ".join(f"{name} ({n})" for name, n in excluded.items()))
     if "embedding_metrics" in report:
         v, r = report["embedding_metrics"]["verification"], report["embedding_metrics"]["retrieval"]
         lines.append(f"verification: ROC-AUC {v['roc_auc']:.4f}, EER {100 * v['eer']:.2f}%, "

@@ -12,6 +12,10 @@ import torch
 from fewshot.evaluation.cache import DEFAULT_MAX_BYTES
 
 EVAL_SPLITS = ("test", "val", "train")
+#: How evaluation episodes are drawn: "fixed" (`EpisodeSampler`, every (ways, shots) of `ways_shots`),
+#: "within-parent" (Lake's within-alphabet protocol: each episode's classes share one parent, e.g. an Omniglot
+#: alphabet) and "meta-dataset" (Meta-Dataset's variable-way, variable-shot, imbalanced episodes).
+EPISODE_KINDS = ("fixed", "within-parent", "meta-dataset")
 
 
 def episode_list_path(base: str | Path, ways: int, shots: int) -> Path:
@@ -49,6 +53,9 @@ class EvaluationSettings:
         distributed: inside a torch.distributed group, shard the episodes over the ranks (else score all here).
         allow_seen: evaluate even on classes the checkpoint was trained on.
         embedding_metrics: also verification, retrieval and clustering metrics of the embeddings.
+        episode_kind: one of `EPISODE_KINDS`; "within-parent" uses `ways_shots` and `queries` inside one parent,
+            "meta-dataset" ignores them and draws Meta-Dataset's episodes with its defaults.
+        max_ways: for "meta-dataset", the most ways per episode (default: Meta-Dataset's 50).
     """
 
     ways_shots: tuple[tuple[int, int], ...] = ((5, 1),)
@@ -67,6 +74,8 @@ class EvaluationSettings:
     distributed: bool = True
     allow_seen: bool = False
     embedding_metrics: bool = False
+    episode_kind: str = "fixed"
+    max_ways: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -87,6 +96,13 @@ class EvaluationSettings:
             raise ValueError(f"episodes must be a whole number >= 0, got {self.episodes!r}")
         if self.eval_split not in EVAL_SPLITS:
             raise ValueError(f"unknown evaluation split {self.eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
+        if self.episode_kind not in EPISODE_KINDS:
+            raise ValueError(f"unknown episode kind {self.episode_kind!r}; expected one of {', '.join(EPISODE_KINDS)}")
+        if self.max_ways is not None:
+            _positive_int("max_ways", self.max_ways)
+            if self.episode_kind != "meta-dataset":
+                raise ValueError(f"max_ways={self.max_ways} applies to Meta-Dataset episodes only "
+                                 f"(episode_kind='meta-dataset'), not to {self.episode_kind!r} ones")
 
     @classmethod
     def of(cls, settings: EvaluationSettings | None, overrides: Mapping[str, Any], **defaults: Any) -> EvaluationSettings:

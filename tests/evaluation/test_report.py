@@ -20,10 +20,13 @@ def test_default_report_names_include_the_mode(tmp_path: Path) -> None:
              default_report_path(best, ensemble=[other]).name,
              default_report_path(best, shift=2).name,
              default_report_path(best, rotations=True, mirror=True).name,
-             default_report_path(best, "val", ensemble=[other], shift=2, rotations=True).name]
+             default_report_path(best, "val", ensemble=[other], shift=2, rotations=True).name,
+             default_report_path(best, episode_kind="within-parent").name,
+             default_report_path(best, episode_kind="meta-dataset").name]
     assert names == ["eval_best_test.json", "eval_best_test_vs-b-best.json", "eval_best_test_ensemble2.json",
                      "eval_best_test_shift2.json", "eval_best_test_rotations_mirror.json",
-                     "eval_best_val_ensemble2_shift2_rotations.json"]
+                     "eval_best_val_ensemble2_shift2_rotations.json", "eval_best_test_within-parent.json",
+                     "eval_best_test_meta-dataset.json"]
     assert len(set(names)) == len(names) and default_report_path(best).parent == best.parent
 
 

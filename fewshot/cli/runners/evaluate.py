@@ -19,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate as the parsed flags say; returns the exit code."""
     report_path = Path(args.report or default_report_path(args.checkpoint, args.eval_split, args.compare, args.ensemble,
                                                           args.test_time_shift, args.test_time_rotations,
-                                                          args.test_time_mirror))
+                                                          args.test_time_mirror,
+                                                          "within-parent" if args.within_alphabet else
+                                                          "meta-dataset" if args.meta_dataset else "fixed"))
     plot_path = Path(args.plot or report_path.with_suffix(".png"))
     # The output paths are checked before the (long) evaluation, so a typo costs nothing.
     from matplotlib.backend_bases import FigureCanvasBase
@@ -45,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 2
+    if args.within_alphabet and args.meta_dataset:
+        problems.append("--within-alphabet and --meta-dataset are two episode kinds; choose one")
+    if args.max_ways is not None and not args.meta_dataset:
+        problems.append("--max-ways applies to --meta-dataset episodes only")
+    if problems:
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        return 2
+    kind = "within-parent" if args.within_alphabet else "meta-dataset" if args.meta_dataset else "fixed"
     try:
         # Under torchrun (WORLD_SIZE > 1) the episodes are sharded over the ranks and gathered in order.
         world, device = init_from_environment(resolve_device(args.device))
@@ -54,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
             eval_split=args.eval_split, device=str(device), progress=not args.no_progress,
             per_episode=args.per_episode, allow_seen=args.allow_seen_classes, embedding_metrics=args.embedding_metrics,
             views={"shift": args.test_time_shift, "rotations": args.test_time_rotations,
-                   "mirror": args.test_time_mirror})
+                   "mirror": args.test_time_mirror},
+            episode_kind=kind, max_ways=args.max_ways)
         report = evaluate_checkpoint(args.checkpoint, settings, compare=args.compare, ensemble=args.ensemble,
                                      dataset=args.dataset, split=args.split, data_root=args.data_root)
     except COMMAND_ERRORS as error:
