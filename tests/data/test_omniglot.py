@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 import zipfile
 from pathlib import Path
 
@@ -145,11 +144,10 @@ def test_cache_rows_are_preprocess_image(omniglot_store, omniglot_root: Path) ->
     assert store.images[:, 0, :].float().mean() < 5 and store.images.amax() == 255
 
 
-def test_warm_load_equals_session_store_and_is_fast(omniglot_store, omniglot_root: Path) -> None:
-    started = time.perf_counter()
+def test_warm_load_comes_from_the_cache_and_equals_the_session_store(omniglot_store, omniglot_root: Path) -> None:
+    # Its speed is a benchmark figure (benchmarks/omniglot_load.py, docs/data.md), not a timed assertion.
     warm = load_omniglot(omniglot_root, download=False)
-    elapsed = time.perf_counter() - started
-    assert warm.from_cache and elapsed < 1.0
+    assert warm.from_cache
     assert torch.equal(warm.images, omniglot_store.images)
     assert warm.characters == omniglot_store.characters
     assert np.array_equal(warm.image_ids, omniglot_store.image_ids)
