@@ -49,7 +49,7 @@ RECIPE_DESCRIPTIONS: dict[str, str] = {
 
 # Fixed choices (tuples of the library, not registries).
 PRECISIONS = ("fp32", "bf16")
-SAMPLINGS = ("episodes", "balanced")
+SAMPLINGS = ("episodes", "balanced", "meta-dataset")
 TRAIN_SPLITS = ("train", "trainval")
 EVAL_SPLITS = ("test", "val", "train")
 ATTRIBUTE_KEYS = ("att", "original_att")
@@ -60,7 +60,7 @@ SCORES = ("dot", "cosine", "sqeuclidean")
 #: `TrainConfig()`'s settings that `fewshot train` shows as defaults.
 TRAIN_DEFAULTS = SimpleNamespace(
     ways=5, shots=1, queries=None, train_ways=None, eval_queries=None, sampling="episodes", batch_classes=64, batch_images=4,
-    learner="protonet", backbone="conv4", dataset="omniglot", train_split="train", augment="none", episodes=6000,
+    max_ways=None, learner="protonet", backbone="conv4", dataset="omniglot", train_split="train", augment="none", episodes=6000,
     lr=0.001, schedule="step", lr_step=1500, lr_gamma=0.5, weight_decay=0.0, seed=0, val_every=500, val_episodes=200,
     test_episodes=1000, checkpoint_every=100, device="auto", precision="fp32", dist_timeout=300.0)
 

@@ -42,10 +42,18 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
                          help="classes per training episode, higher-way training being standard (default: 60, or all the train split's classes when it has fewer)")
     episode.add_argument("--eval-queries", type=int, default=keep(defaults.eval_queries),
                          help="query images per class in validation/test episodes (default: 15, fewer when the val / test classes hold fewer images)")
-    episode.add_argument("--sampling", choices=SAMPLINGS, default=keep(defaults.sampling),
-                         help="training batches: episodes (--train-ways, --shots, --queries) or balanced "
-                              "(--batch-classes x --batch-images images, no queries: for the proxy and pair losses); "
-                              "validation and test always use episodes")
+    sampling = episode.add_mutually_exclusive_group()
+    sampling.add_argument("--sampling", choices=SAMPLINGS, default=keep(defaults.sampling),
+                          help="training batches: episodes (--train-ways, --shots, --queries), balanced "
+                               "(--batch-classes x --batch-images images, no queries: for the proxy and pair losses) "
+                               "or meta-dataset (Meta-Dataset's variable-way, imbalanced-shot episodes); "
+                               "validation and test always use --ways-way --shots-shot episodes")
+    sampling.add_argument("--meta-dataset", dest="sampling", action="store_const", const="meta-dataset",
+                          default=argparse.SUPPRESS,
+                          help="shorthand for --sampling meta-dataset (as fewshot evaluate's --meta-dataset)")
+    episode.add_argument("--max-ways", type=int, default=keep(defaults.max_ways),
+                         help="with --sampling meta-dataset: the most ways per training episode (default 50, capped "
+                              "by the train split's classes)")
     episode.add_argument("--batch-classes", type=int, default=keep(defaults.batch_classes),
                          help="classes per balanced training batch (P)")
     episode.add_argument("--batch-images", type=int, default=keep(defaults.batch_images),

@@ -6,6 +6,13 @@ Two layouts, told apart by the folder's top level:
 - explicit class splits: `root/{train,val,test}/<class>/<image>` ("folders"); a class may appear in one
   split only, so that novel classes stay novel.
 
+With `hierarchy=True` (`--dataset-arg hierarchy=true`) either layout has one more level, a parent folder
+over its classes: `root/<parent>/<class>/<image>` or `root/{train,val,test}/<parent>/<class>/<image>` (an
+alphabet over its characters, an ImageNet subtree over its synsets). Classes are then named
+"<parent>/<class>", so `episodes.hierarchy.parents_from_names` and `fewshot evaluate --within-alphabet`
+(which group classes by the first part of their names) draw episodes within one parent. The random split
+divides classes, not parents, so a parent's classes may fall in several splits.
+
 Images are files with the extensions in `IMAGE_EXTENSIONS` (any case). OS artifacts (names starting with
 '.', `__MACOSX`, `Thumbs.db`, `desktop.ini`) are skipped; any other file is an error, as a stray file usually
 means the folder is not what the user thinks it is. Classes and the images in each class are sorted by name.
@@ -69,8 +76,9 @@ def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
     return dirs, files
 
 
-def _class_folders(folder: Path, root: Path) -> list[tuple[str, list[Path]]]:
-    """[(class name, sorted image paths)] of the class folders in `folder`, checking that each holds only images."""
+def _class_folders(folder: Path, root: Path, suggest_hierarchy: bool = True) -> list[tuple[str, list[Path]]]:
+    """[(class name, sorted image paths)] of the class folders in `folder`, checking that each holds only images
+    (a nested folder's error suggests hierarchy=true when `suggest_hierarchy`)."""
     dirs, files = _entries(folder)
     for path in files:
         if is_image_name(path):
@@ -85,8 +93,10 @@ def _class_folders(folder: Path, root: Path) -> list[tuple[str, list[Path]]]:
         nested, images = _entries(class_dir)
         if nested:
             higher = f" (is the data root one level too high? try {class_dir})" if folder == root and len(dirs) == 1 else ""
+            two_level = ("; for parent folders over class folders (<parent>/<class>/<image>), pass hierarchy=true "
+                         "(CLI: --dataset-arg hierarchy=true)") if suggest_hierarchy else ""
             raise ValueError(f"class folder {class_dir} holds the folder {nested[0].name}/; class folders must "
-                             f"hold image files directly{higher}")
+                             f"hold image files directly{higher}{two_level}")
         for path in images:
             if not is_image_name(path):
                 raise ValueError(f"unexpected file {path}: not an image (expected extensions "
@@ -97,13 +107,33 @@ def _class_folders(folder: Path, root: Path) -> list[tuple[str, list[Path]]]:
     return classes
 
 
-def _layout(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
-    """{"": classes} for an ImageFolder tree, or {"train"/"val"/"test": classes} for explicit split folders."""
+def _parent_folders(folder: Path, root: Path) -> list[tuple[str, list[Path]]]:
+    """[("parent/class", sorted image paths)] of the two-level tree `folder/<parent>/<class>/<image>`."""
+    dirs, files = _entries(folder)
+    for path in files:
+        raise ValueError(f"unexpected file {path}: with hierarchy=true, {folder} must hold only parent folders "
+                         f"({folder}/<parent>/<class>/<image>); remove or move it")
+    if not dirs:
+        raise ValueError(f"{folder} holds no parent folders; hierarchy=true expects {folder}/<parent>/<class>/<image>")
+    classes = []
+    for parent in dirs:
+        _, images = _entries(parent)
+        if any(is_image_name(path) for path in images):
+            raise ValueError(f"parent folder {parent} holds images directly; hierarchy=true expects "
+                             f"{parent}/<class>/<image> (for {folder}/<class>/<image>, leave hierarchy out)")
+        classes.extend((f"{parent.name}/{name}", paths) for name, paths in _class_folders(parent, root, False))
+    return classes
+
+
+def _layout(root: Path, hierarchy: bool = False) -> dict[str, list[tuple[str, list[Path]]]]:
+    """{"": classes} for an ImageFolder tree, or {"train"/"val"/"test": classes} for explicit split folders;
+    with `hierarchy`, each holds parent folders over the class folders, and classes are named "parent/class"."""
+    class_folders = _parent_folders if hierarchy else _class_folders
     dirs, files = _entries(root)
     names = [path.name for path in dirs]
     present = [name for name in SPLIT_FOLDERS if name in names]
     if not present:
-        return {"": _class_folders(root, root)}
+        return {"": class_folders(root, root)}
     missing = [name for name in SPLIT_FOLDERS if name not in names]
     if missing:
         raise ValueError(
@@ -114,7 +144,7 @@ def _layout(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
     if others:
         raise ValueError(f"{root} holds the split folders train/, val/, test/ and also {', '.join(others[:5])}; "
                          "with split folders, every class folder must be inside one of them")
-    splits = {name: _class_folders(root / name, root) for name in SPLIT_FOLDERS}
+    splits = {name: class_folders(root / name, root) for name in SPLIT_FOLDERS}
     seen: dict[str, tuple[str, str]] = {}  # case-folded name -> (split, name)
     for split, classes in splits.items():
         for name, _ in classes:
@@ -237,16 +267,19 @@ def _check_disjoint(split_ids: dict[str, np.ndarray], entries: list[list[str]], 
 
 
 def _load(root: str | Path, scheme: str, image_size: int | None, channels: int | None,
-          fractions: Sequence[float], split_seed: int, progress: bool, new_classes: str = "refuse") -> DatasetSplits:
+          fractions: Sequence[float], split_seed: int, progress: bool, new_classes: str = "refuse",
+          hierarchy: bool = False) -> DatasetSplits:
     image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     _check_options(image_size, channels)
+    if not isinstance(hierarchy, bool):
+        raise ValueError(f"hierarchy must be true or false, got {hierarchy!r}")
     check_new_classes_policy(new_classes)
     root = Path(root).expanduser().resolve()
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist")
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder; expected a folder of class folders (<root>/<class>/<image>)")
-    layout = _layout(root)
+    layout = _layout(root, hierarchy)
     found = "folders" if "" not in layout else "random"
     if scheme == "auto":
         scheme = found
@@ -313,13 +346,15 @@ def _load(root: str | Path, scheme: str, image_size: int | None, channels: int |
         options.update(fractions=[float(f) for f in fractions], split_seed=int(split_seed))
     if new_classes != "refuse":  # recorded only when asked for, so the options of existing runs stay the same
         options[NEW_CLASSES_OPTION] = new_classes
+    if hierarchy:  # likewise
+        options["hierarchy"] = True
     return DatasetSplits("folder", scheme, train, val, test, in_channels=channels, image_size=image_size,
                          trainval=trainval, options=options, fingerprints=_fingerprints(entries, labels, class_names))
 
 
 def from_folder(root: str | Path, *, image_size: int | None = None, channels: int | None = None,
                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, split_seed: int = 0,
-                progress: bool = True, new_classes: str = "refuse") -> DatasetSplits:
+                progress: bool = True, new_classes: str = "refuse", hierarchy: bool = False) -> DatasetSplits:
     """Load an image folder as class splits (dataset "folder"; see the module docstring for the layouts).
 
     Args:
@@ -332,22 +367,27 @@ def from_folder(root: str | Path, *, image_size: int | None = None, channels: in
         progress: show progress bars while reading and decoding.
         new_classes: what a run's recorded class split does with class folders that appeared since it was
             recorded (on resume and evaluation): "refuse" (an error naming them) or "ignore" (left out).
+        hierarchy: parent folders over the class folders (`root/<parent>/<class>/<image>`, with or without
+            split folders above them); classes are named "parent/class".
 
     Splits that share an image (the same file content) are refused. Class names are the folder names; item
     ids the images' paths relative to `root`. `options` records root (absolute), channels, for "random"
-    fractions and split_seed, and new_classes when not "refuse"; `fingerprints` each class's content.
+    fractions and split_seed, new_classes when not "refuse" and hierarchy when true; `fingerprints` each
+    class's content.
     """
-    return _load(root, "auto", image_size, channels, fractions, split_seed, progress, new_classes)
+    return _load(root, "auto", image_size, channels, fractions, split_seed, progress, new_classes, hierarchy)
 
 
 def load_splits_folder(root: str | Path | None, scheme: str, image_size: int, channels: int | None = None,
                        fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                       split_seed: int = 0, new_classes: str = "refuse") -> DatasetSplits:
+                       split_seed: int = 0, new_classes: str = "refuse", hierarchy: bool = False) -> DatasetSplits:
     """The registered loader: `root` is the `--data-root` folder; scheme "auto" follows the folder's layout.
-    `new_classes=ignore` leaves out class folders that appeared since a run recorded its split."""
+    `new_classes=ignore` leaves out class folders that appeared since a run recorded its split; `hierarchy=true`
+    reads parent folders over the class folders (classes named "parent/class")."""
     if root is None:
         raise ValueError("--dataset folder needs --data-root PATH (a folder of class folders)")
-    return _load(root, scheme, image_size, channels, fractions, split_seed, progress=True, new_classes=new_classes)
+    return _load(root, scheme, image_size, channels, fractions, split_seed, progress=True, new_classes=new_classes,
+                 hierarchy=hierarchy)
 
 
 FOLDER = register_dataset(DatasetInfo(

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from episodes.metadataset import MetaDatasetSampler
 from fewshot.backbones import check_backbone, starts_pretrained
 from fewshot.data.datasets import DATASETS, DatasetSplits
 from fewshot.data.splits import ClassSplit
@@ -43,8 +44,13 @@ from fewshot.model.network import ModelSpec
 from fewshot.training.augment import AUGMENTATIONS
 from fewshot.training.schedules import SCHEDULES
 
-# "episodes": N-way K-shot episodes with queries; "balanced": class-balanced batches (P classes x M images).
-SAMPLINGS = ("episodes", "balanced")
+# "episodes": N-way K-shot episodes with queries; "balanced": class-balanced batches (P classes x M images);
+# "meta-dataset": Meta-Dataset's variable-way, variable-shot, imbalanced episodes (`episodes.MetaDatasetSampler`).
+SAMPLINGS = ("episodes", "balanced", "meta-dataset")
+#: Meta-Dataset's most ways per episode (the paper's 50), when `max_ways` is left out.
+META_DATASET_MAX_WAYS = 50
+#: Meta-Dataset's fewest ways per episode (the paper's 5).
+META_DATASET_MIN_WAYS = 5
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 TRAIN_SPLITS = ("train", "trainval")
 #: The episode sizes left to the data when not given (None in a config): a dataset's declaration may
@@ -59,7 +65,10 @@ class EpisodeSettings:
 
     `sampling="balanced"` trains on class-balanced batches of `batch_classes` x `batch_images` images
     (each a pure function of (seed, step), like the episodes) instead of `train_ways`-way episodes with
-    `queries`; validation and test always use `ways`-way episodes with `eval_queries`. `train_ways`,
+    `queries`; `sampling="meta-dataset"` trains on Meta-Dataset's episodes (5 to `max_ways` ways, per-class
+    shots and per-episode queries drawn by `episodes.MetaDatasetSampler` with the paper's defaults; `train_ways`,
+    `shots` and `queries` do not shape them). Validation and test always use `ways`-way `shots`-shot episodes
+    with `eval_queries`. `train_ways`,
     `queries` and `eval_queries` left as None take the dataset's defaults (`DATA_DEFAULTS`), lowered to
     what the split holds, when the config is resolved (`data_defaults`); given values are never changed.
     """
@@ -72,6 +81,7 @@ class EpisodeSettings:
     sampling: str = "episodes"  # "balanced": class-balanced batches, for the proxy and pair losses
     batch_classes: int = 64  # P, classes per balanced batch
     batch_images: int = 4  # M, images per class in a balanced batch
+    max_ways: int | None = None  # sampling "meta-dataset": the most ways per training episode (None: 50)
 
 
 @dataclass(frozen=True)
@@ -167,7 +177,7 @@ FLAT_ORDER = ("ways", "shots", "queries", "train_ways", "eval_queries", "learner
               "image_size", "augment", "episodes", "lr", "schedule", "lr_step", "lr_gamma", "weight_decay", "val_every",
               "val_episodes", "test_episodes", "checkpoint_every", "seed", "data_root", "output", "device", "threads",
               "precision", "sampling", "batch_classes", "batch_images", "init", "init_sha256", "freeze_backbone",
-              "episodes_per_step", "sync_batchnorm", "dist_timeout", "tensorboard")
+              "episodes_per_step", "sync_batchnorm", "dist_timeout", "tensorboard", "max_ways")
 #: Settings that saved configs once held and that now live elsewhere: `margin` and `miner` were
 #: shorthands for the learner arguments of the same names (the command line still takes them).
 LEGACY_LEARNER_SETTINGS = ("margin", "miner")
@@ -360,7 +370,7 @@ def data_defaults(config: TrainConfig, splits: DatasetSplits) -> dict[str, tuple
     declared = {**DATA_DEFAULTS, **(dict(info.training_defaults) if info is not None else {})}
     where = f"the {splits.dataset} {splits.scheme}"
     chosen: dict[str, tuple[int, str]] = {}
-    episodes = config.sampling != "balanced"  # balanced batches use neither train_ways nor queries
+    episodes = config.sampling == "episodes"  # balanced batches and Meta-Dataset episodes use neither train_ways nor queries
 
     def limited(name: str, available: int, least: int, why: str) -> None:
         default = declared[name]
@@ -478,7 +488,22 @@ def check_settings(config: TrainConfig) -> None:
                          "initialisation; pretrain a backbone first (its last.pt or best.pt) and start from it, or "
                          "use a pretrained backbone (e.g. --backbone tv-resnet18)")
     learner = LEARNERS.get_or_raise(config.learner)
-    if config.sampling == "balanced":
+    if config.max_ways is not None:
+        if config.sampling != "meta-dataset":
+            raise ValueError(f"--max-ways {config.max_ways} applies to --sampling meta-dataset only, not to "
+                             f"--sampling {config.sampling} (whose training episodes have --train-ways classes)")
+        if not _is_int(config.max_ways) or config.max_ways < META_DATASET_MIN_WAYS:
+            raise ValueError(f"--max-ways must be a whole number of at least {META_DATASET_MIN_WAYS} (Meta-Dataset's "
+                             f"fewest ways per episode), got {config.max_ways!r}")
+    if config.sampling == "meta-dataset":
+        # Every class of a Meta-Dataset episode holds at least one support and one query image, in at least
+        # 5 classes: learners whose min_class_images or min_batch_classes ask for more are refused by name.
+        if learner.min_batch_classes > META_DATASET_MIN_WAYS or learner.min_class_images > 2:
+            raise ValueError(f"--sampling meta-dataset draws episodes of as few as {META_DATASET_MIN_WAYS} classes and "
+                             f"2 images of a class (one support, one query), and the {config.learner} loss needs "
+                             f"{learner.min_batch_classes} classes and {learner.min_class_images} images of each; "
+                             "train it on --sampling episodes or balanced")
+    elif config.sampling == "balanced":
         if learner.needs_queries:
             usable = ", ".join(name for name, factory in LEARNERS.items() if not factory.needs_queries)
             raise ValueError(f"--sampling balanced gives batches without queries, and the {config.learner} loss needs "
@@ -514,6 +539,13 @@ def check_data(config: TrainConfig, splits: DatasetSplits) -> None:
     """Fail before training on settings the data cannot serve: more ways than a split has classes,
     more shots and queries (or balanced-batch images) than a class holds."""
     balanced = config.sampling == "balanced"
+    if config.sampling == "meta-dataset":
+        split = splits.get(config.train_split)
+        try:  # the sampler's own checks: enough classes for the fewest ways, two images in every class
+            meta_dataset_sampler(config, split, num_episodes=1)
+        except ValueError as error:
+            raise ValueError(f"--sampling meta-dataset on the {splits.dataset} {splits.scheme} {config.train_split} "
+                             f"split: {error}") from None
     if balanced:
         split = splits.get(config.train_split)
         if config.batch_classes > split.num_classes:
@@ -524,8 +556,9 @@ def check_data(config: TrainConfig, splits: DatasetSplits) -> None:
             raise ValueError(f"--batch-images {config.batch_images} exceeds the images of some classes of the "
                              f"{splits.dataset} {splits.scheme} {config.train_split} split, which have as few as "
                              f"{smallest} ({_too_small(split, config.batch_images)})")
-    # Balanced batches replace the training episodes: --train-ways and --queries then do not apply.
-    episode_splits = (("val", "test") if balanced else (config.train_split, "val", "test"))
+    # Balanced batches and Meta-Dataset episodes replace the training episodes: --train-ways and --queries
+    # then do not apply.
+    episode_splits = ((config.train_split, "val", "test") if config.sampling == "episodes" else ("val", "test"))
     for split_name in episode_splits:
         ways = config.train_ways if split_name == config.train_split else config.ways
         available = splits.get(split_name).num_classes
@@ -542,6 +575,14 @@ def check_data(config: TrainConfig, splits: DatasetSplits) -> None:
             raise ValueError(f"--shots {config.shots} + {flag} {queries} needs {config.shots + queries} images per class, but "
                              f"classes of the {splits.dataset} {splits.scheme} {split_name} split have as few as {smallest} "
                              f"({_too_small(split, config.shots + queries)})")
+
+
+def meta_dataset_sampler(config: TrainConfig, split: ClassSplit, num_episodes: int | None) -> MetaDatasetSampler:
+    """The Meta-Dataset sampler of a run's training episodes on `split` (the paper's defaults, `max_ways`
+    of the config): episode i is a pure function of (seed, i), as the fixed-shape episodes are."""
+    max_ways = META_DATASET_MAX_WAYS if config.max_ways is None else config.max_ways
+    return MetaDatasetSampler(split.labels, min_ways=META_DATASET_MIN_WAYS, max_ways=max_ways, seed=config.seed,
+                              num_episodes=num_episodes)
 
 
 def check_processes(config: TrainConfig, world_size: int, device: torch.device) -> None:

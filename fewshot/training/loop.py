@@ -66,6 +66,7 @@ from fewshot.training.config import (
     check_processes,
     check_settings,
     describe_data_defaults,
+    meta_dataset_sampler,
 )
 from fewshot.training.resume import checkpoint_state, recorded_split, restarted, resume_state
 from fewshot.training.rundir import TENSORBOARD_DIR, RunLock, check_run_dir, describe_write_error, writing
@@ -353,6 +354,12 @@ def _training_sampler(config: TrainConfig, train_split: ClassSplit) -> tuple[Epi
         sampler = ClassBalancedSampler(train_split.labels, config.batch_classes, config.batch_images,
                                        seed=config.seed, num_batches=config.episodes)
         return sampler, f"{config.learner} {config.batch_classes} classes x {config.batch_images} images"
+    # A MetaDatasetSampler is an EpisodeSampler, so EpisodeDataset gathers its unequal shots as they are, and
+    # episode i is still a pure function of (seed, i): resume and processes see the same episodes.
+    if config.sampling == "meta-dataset":
+        sampler = meta_dataset_sampler(config, train_split, num_episodes=config.episodes)
+        low, high = sampler.ways_range
+        return sampler, f"{config.learner} Meta-Dataset {low}-{high}-way"
     sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
                              seed=config.seed, num_episodes=config.episodes)
     return sampler, f"{config.learner} {config.train_ways}-way {config.shots}-shot"

@@ -102,7 +102,9 @@ def resumable_changes(config: TrainConfig) -> list[str]:
     # A cosine schedule spans the run's length: a longer run would climb the lr back up from zero.
     resumable = [k for k in TrainConfig.RESUMABLE_CHANGES if not (k == "episodes" and config.schedule == "cosine")]
     # The other sampling's sizes are not used by this run, so they cannot change its numbers.
-    resumable += ["train_ways", "queries"] if config.sampling == "balanced" else ["batch_classes", "batch_images"]
+    unused = {"balanced": ["train_ways", "queries"],
+              "meta-dataset": ["train_ways", "queries", "batch_classes", "batch_images"]}
+    resumable += unused.get(config.sampling, ["batch_classes", "batch_images"])
     return resumable
 
 
