@@ -70,18 +70,27 @@ def test_within_alphabet_episodes_share_one_alphabet_of_unrotated_classes(splits
 
 def test_lake_within_alphabet_evaluation_runs_end_to_end(omniglot_checkpoint: Path, data_root: Path,
                                                          tmp_path: Path) -> None:
+    # The alphabets of Lake's evaluation set as loaded (the real 20 with FEWSHOT_DATA, else the miniature's).
+    test = load_splits("omniglot", "lake", data_root).test
+    sizes: dict[str, int] = {}
+    for name in test.class_names:
+        if name.endswith("/rot000") or "/rot" not in name:
+            sizes[name.split("/")[0]] = sizes.get(name.split("/")[0], 0) + 1
     report = evaluate(omniglot_checkpoint, split="lake", queries=1, episode_kind="within-parent", allow_seen=True)
     source = report["episode_source"]
     assert (source["kind"], source["seed"], report["split"]) == ("within-parent", 0, "lake")
     row, = report["results"]
     assert (row["ways"], row["shots"], len(row["per_episode"])) == (5, 1, 8)
-    assert row["parents"]["excluded_parents"] == {} and len(row["parents"]["included_parents"]) == 2
+    usable = {name for name, size in sizes.items() if size >= 5}
+    assert set(row["parents"]["included_parents"]) == usable
+    assert set(row["parents"]["excluded_parents"]) == set(sizes) - usable
     assert row["distribution"]["support_per_class"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
     assert 0 <= row["accuracy"] <= 1 and row["ci95"] >= 0
     # Ways no alphabet holds: the alphabets are excluded, then refused with the count needed.
-    with pytest.raises(ValueError, match="no parent has the 7 classes"), pytest.warns(UserWarning):
-        evaluate(omniglot_checkpoint, split="lake", ways_shots=[(7, 1)], queries=1, episode_kind="within-parent",
-                 allow_seen=True)
+    too_many = max(sizes.values()) + 1
+    with pytest.raises(ValueError, match=f"no parent has the {too_many} classes"), pytest.warns(UserWarning):
+        evaluate(omniglot_checkpoint, split="lake", ways_shots=[(too_many, 1)], queries=1,
+                 episode_kind="within-parent", allow_seen=True)
     # The command line.
     path = tmp_path / "lake.json"
     assert main([str(omniglot_checkpoint), "--split", "lake", "--within-alphabet", "--ways", "5", "--queries", "1",
