@@ -44,9 +44,8 @@ DEFERRED: dict[tuple[str, str], str] = {
     ("fewshot.recipe", "fewshot.cli.recipe"): "shim runs its command only as __main__",
     ("fewshot.search", "fewshot.cli.search"): "shim runs its command only as __main__",
     ("fewshot.zeroshot.__main__", "fewshot.cli.zeroshot"): "shim runs its command only as __main__",
-    # Each command parses its flags without torch (`--help` answers at once) and imports its runner after.
-    **{(f"fewshot.cli.{command}", f"fewshot.cli.runners.{command}"): "torch and the library only once the flags parse"
-       for command in ("train", "evaluate", "search", "zeroshot", "recipe", "embed", "predict")},
+    # Each command parses its flags without torch (`--help` answers at once); its runner, which imports torch and
+    # the library, is imported after parsing in one place, `fewshot.cli.plugins.run_command`.
     # A flag naming a registered component lists the built-in names for --help and imports the registries only to
     # check a value given (fewshot.cli.catalogue.RegisteredName).
     ("fewshot.cli.catalogue", "fewshot.cli.registries"): "registries (torch) only when a name is checked",

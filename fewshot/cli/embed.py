@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from fewshot.cli.arguments import HelpFormatter
-from fewshot.cli.plugins import add_import_flag, parse_with_plugins
+from fewshot.cli.plugins import add_import_flag, parse_with_plugins, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m fewshot embed`: parse (plug-ins imported first), then embed."""
     args = parse_with_plugins(build_parser(), argv)
-    from fewshot.cli.runners.embed import run  # torch and the library, once the flags are parsed
-
-    return run(args)
+    return run_command("embed", args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 
 from fewshot.cli.arguments import HelpFormatter, seed
 from fewshot.cli.catalogue import EVAL_SPLITS, RegisteredName
-from fewshot.cli.plugins import add_import_flag, parse_with_plugins
+from fewshot.cli.plugins import add_import_flag, parse_with_plugins, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m fewshot evaluate`: parse (plug-ins imported first), then evaluate."""
     args = parse_with_plugins(build_parser(), argv)
-    from fewshot.cli.runners.evaluate import run  # torch and the library, once the flags are parsed
-
-    return run(args)
+    return run_command("evaluate", args)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,11 @@ def parse_with_plugins(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     except PluginImportError as error:
         parser.error(str(error))
     return parser.parse_args(argv)
+
+
+def run_command(command: str, args: argparse.Namespace, *extra: object) -> int:
+    """Run `command` on its parsed `args`: its runner, `fewshot.cli.runners.<command>.run`, is imported only now.
+
+    This is the one place a command line imports its work: the runners import torch and the library, so a command's
+    module (its parser) stays light and `--help` or a bad flag answers without them."""
+    return importlib.import_module(f"fewshot.cli.runners.{command}").run(args, *extra)

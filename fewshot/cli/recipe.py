@@ -7,7 +7,7 @@ import sys
 
 from fewshot.cli.arguments import HelpFormatter
 from fewshot.cli.catalogue import PRECISIONS, RECIPE_DESCRIPTIONS, RegisteredName
-from fewshot.cli.plugins import add_import_flag, parse_with_plugins
+from fewshot.cli.plugins import add_import_flag, parse_with_plugins, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m fewshot recipe`: parse (plug-ins imported first), then run the recipe."""
     args = parse_with_plugins(build_parser(), argv)
-    from fewshot.cli.runners.recipe import run  # torch and the library, once the flags are parsed
-
-    return run(args)
+    return run_command("recipe", args)
 
 
 if __name__ == "__main__":

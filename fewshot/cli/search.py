@@ -10,7 +10,7 @@ import sys
 
 from fewshot.cli.arguments import HelpFormatter
 from fewshot.cli.catalogue import RegisteredName
-from fewshot.cli.plugins import add_import_flag, parse_with_plugins
+from fewshot.cli.plugins import add_import_flag, parse_with_plugins, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m fewshot search`: parse (plug-ins imported first), then run the sub-command."""
     args = parse_with_plugins(build_parser(), argv)
-    from fewshot.cli.runners.search import run  # torch and the library, once the flags are parsed
-
-    return run(args)
+    return run_command("search", args)
 
 
 if __name__ == "__main__":

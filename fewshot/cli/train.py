@@ -15,7 +15,7 @@ from typing import Any
 
 from fewshot.cli.arguments import HelpFormatter, seed
 from fewshot.cli.catalogue import DATASET_SCHEMES, PRECISIONS, SAMPLINGS, TRAIN_DEFAULTS, TRAIN_SPLITS, RegisteredName
-from fewshot.cli.plugins import add_import_flag, parse_with_plugins
+from fewshot.cli.plugins import add_import_flag, parse_with_plugins, run_command
 
 
 def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m fewshot train`: parse (plug-ins imported first), then train."""
     args = parse_with_plugins(build_parser(), argv)
     given = set(vars(build_parser(given_only=True).parse_args(argv)))
-    from fewshot.cli.runners.train import run  # torch and the library, once the flags are parsed
-
-    return run(args, given)
+    return run_command("train", args, given)
 
 
 if __name__ == "__main__":

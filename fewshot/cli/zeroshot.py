@@ -15,7 +15,7 @@ import sys
 from fewshot.cli.arguments import HelpFormatter, seed
 from fewshot.cli.catalogue import (ATTRIBUTE_KEYS, FEATURE_NORMS, GBU_DATASETS, SCORES, ZEROSHOT_DEFAULTS,
                                    RegisteredName)
-from fewshot.cli.plugins import add_import_flag, parse_with_plugins
+from fewshot.cli.plugins import add_import_flag, parse_with_plugins, run_command
 
 
 def _number_or(choices: tuple[str, ...]):
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m fewshot.zeroshot`."""
     args = parse_with_plugins(build_parser(), argv)
     args.argv = None if argv is None else ["python", "-m", "fewshot.zeroshot", *argv]
-    from fewshot.cli.runners.zeroshot import run  # torch and the library, once the flags are parsed
-
-    return run(args)
+    return run_command("zeroshot", args)
 
 
 if __name__ == "__main__":
