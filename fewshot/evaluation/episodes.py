@@ -24,7 +24,6 @@ from fewshot.data.splits import ClassSplit
 from fewshot.runtime import World, all_reduce_sum, collective_device, current_world, shard
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.settings import EvaluationSettings
-from fewshot.learners.base import prototype_logits
 from fewshot.model.network import FewShotModel
 
 
@@ -259,7 +258,7 @@ def _score_embedded(candidate: Candidate, cache: SplitEmbeddings, episodes: list
     """Score a candidate on this rank's episodes from its embed-once cache, a memory-sized chunk at a time."""
     if cache.dim is None and mine:  # the embedding size (hence the capacity) from the first episode
         cache.ensure(episodes[mine[0]].indices())
-    distance = candidate.model.learner.scoring_distance
+    learner = candidate.model.learner
     bar = tqdm(total=len(mine), desc=f"scoring {label}", unit="episode", disable=not progress, leave=False)
     for group in _episode_chunks([episodes[e] for e in mine], cache.capacity):
         cache.ensure(np.concatenate([episodes[mine[g]].indices() for g in group]))
@@ -271,7 +270,7 @@ def _score_embedded(candidate: Candidate, cache: SplitEmbeddings, episodes: list
             support, query = cache.rows(episode.support), cache.rows(episode.query)
             # Turned copies (test-time views) are scored one by one and their scores summed, so a
             # learned or normalised distance sees embeddings of the size it was trained on.
-            logits = sum(prototype_logits(distance, s, support_y, q, episode.ways)
+            logits = sum(learner.episode_logits(s, support_y, q, episode.ways)
                          for s, q in zip(support.chunk(cache.copies, dim=1), query.chunk(cache.copies, dim=1)))
             score(candidate, e, logits, torch.from_numpy(episode.query_labels).to(device))
     bar.close()

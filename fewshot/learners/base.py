@@ -203,6 +203,13 @@ class Learner(nn.Module):
         """The scalar training loss of one episode."""
         raise NotImplementedError
 
+    def episode_logits(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                       ways: int) -> torch.Tensor:
+        """``[n_query, ways]`` scores with which this learner classifies an episode's queries at test time:
+        nearest prototype under its scoring distance, unless a learner has its own rule (matching networks'
+        attention over the support set)."""
+        return prototype_logits(self.scoring_distance, support, support_labels, query, ways)
+
     def forward(
         self,
         support: torch.Tensor,

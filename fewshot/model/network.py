@@ -13,7 +13,7 @@ from tqdm import tqdm
 from fewshot.backbones import BACKBONES, build_backbone, embedding_dim, recorded_arguments
 from fewshot.distances import DISTANCES, build_distance
 from fewshot.learners import LEARNERS, LearnerOutput
-from fewshot.learners.base import episode_ways, prototype_logits
+from fewshot.learners.base import episode_ways
 from fewshot.registry import call_with_injected
 
 
@@ -113,7 +113,7 @@ class FewShotModel(nn.Module):
         """Nearest-prototype logits [n_query, ways]; the same rule for every learner."""
         embeddings = self.embed(torch.cat([support_x, query_x]))
         support, query = embeddings[: len(support_x)], embeddings[len(support_x) :]
-        return prototype_logits(self.learner.scoring_distance, support, support_y, query, episode_ways(support_y))
+        return self.learner.episode_logits(support, support_y, query, episode_ways(support_y))
 
 
 @torch.no_grad()
