@@ -20,6 +20,10 @@ Size = int | tuple[int, int]
 # Independent random streams: each kind of decision hashes its own stream id.
 # choose_subsets also uses stream + 100 for its ordering keys.
 _STREAM_WAYS, _STREAM_SHOTS, _STREAM_CLASSES, _STREAM_ITEMS = range(4)
+# Dirichlet query counts draw from numpy generators seeded (seed, _STREAM_QUERIES, episode, attempt).
+_STREAM_QUERIES = 4
+#: How many Dirichlet draws an episode may take before its classes are declared too small for its query counts.
+DIRICHLET_ATTEMPTS = 1000
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -87,6 +91,18 @@ def choose_subsets(seed: int, stream: int, episode: np.ndarray, slot: np.ndarray
     if len(k) and k.min() < width:
         chosen[np.arange(width)[None, :] >= k[:, None]] = -1
     return chosen
+
+
+def largest_remainders(proportions: np.ndarray, total: int) -> np.ndarray:
+    """Whole counts summing to `total` from `proportions` (summing to 1): the floors of `proportions * total`,
+    plus one for the largest fractional parts (ties to the lower index) until the sum is reached."""
+    exact = np.asarray(proportions, dtype=np.float64) * total
+    counts = np.floor(exact).astype(np.int64)
+    missing = int(total - counts.sum())
+    if missing > 0:
+        order = np.argsort(-(exact - counts), kind="stable")
+        counts[order[:missing]] += 1
+    return counts
 
 
 def _size_range(name: str, value: Any) -> tuple[int, int]:
@@ -161,8 +177,18 @@ class Episode:
 
     @property
     def queries(self) -> int:
-        """Query items per class."""
+        """Query items per class; an episode with unequal query counts (Dirichlet queries) has none (see
+        `query_counts`) and raises."""
+        counts = self.query_counts
+        if len(counts) and np.any(counts != counts[0]):
+            raise ValueError(f"episode {self.index} has unequal query counts per class {counts.tolist()}: it has no "
+                             "single queries; read query_counts")
         return len(self.query) // len(self.classes)
+
+    @property
+    def query_counts(self) -> np.ndarray:
+        """Query items of each class, in episode-label order."""
+        return np.bincount(self.query_labels, minlength=len(self.classes))
 
     def indices(self) -> np.ndarray:
         """Support then query dataset indices, as one array (the DataLoader batch_sampler layout)."""
@@ -174,7 +200,8 @@ class EpisodeDraw:
     """Vectorised draw of several episodes: the raw arrays behind a list of `Episode`s.
 
     `classes[e, :ways[e]]` are episode e's class ids; `items[r, :shots+queries]` are the dataset indices
-    of row r = (episode, way), support first; rows are ordered episode-major. Padding is -1.
+    of row r = (episode, way), support first; rows are ordered episode-major. Padding is -1. With Dirichlet
+    queries, `query_counts[r]` replaces `queries` as row r's query count.
     """
 
     indices: np.ndarray
@@ -183,11 +210,13 @@ class EpisodeDraw:
     queries: int
     classes: np.ndarray
     items: np.ndarray
+    query_counts: np.ndarray | None = None
 
     @property
     def fixed_shape(self) -> bool:
-        """True when every episode has the same ways and shots."""
-        return bool(len(self.ways) == 0 or (np.all(self.ways == self.ways[0]) and np.all(self.shots == self.shots[0])))
+        """True when every episode has the same ways, shots and query count per class."""
+        return bool(len(self.ways) == 0 or (self.query_counts is None and np.all(self.ways == self.ways[0])
+                                            and np.all(self.shots == self.shots[0])))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -197,7 +226,8 @@ class EpisodeDraw:
         first_row, last_row = int(self.ways[:start].sum()), int(self.ways[:stop].sum())
         return EpisodeDraw(indices=self.indices[start:stop], ways=self.ways[start:stop],
                            shots=self.shots[start:stop], queries=self.queries,
-                           classes=self.classes[start:stop], items=self.items[first_row:last_row])
+                           classes=self.classes[start:stop], items=self.items[first_row:last_row],
+                           query_counts=None if self.query_counts is None else self.query_counts[first_row:last_row])
 
     def episodes(self) -> list[Episode]:
         """Split the arrays into one `Episode` per drawn index."""
@@ -206,15 +236,22 @@ class EpisodeDraw:
         for e, index in enumerate(self.indices):
             ways, shots = int(self.ways[e]), int(self.shots[e])
             rows = self.items[row:row + ways]
-            row += ways
             labels = np.arange(ways)
+            if self.query_counts is None:
+                query = rows[:, shots:shots + self.queries].reshape(-1)
+                query_labels = np.repeat(labels, self.queries)
+            else:
+                counts = self.query_counts[row:row + ways]
+                query = rows[:, shots:][np.arange(rows.shape[1] - shots)[None, :] < counts[:, None]]
+                query_labels = np.repeat(labels, counts)
+            row += ways
             episodes.append(Episode(
                 index=int(index),
                 classes=self.classes[e, :ways].copy(),
                 support=rows[:, :shots].reshape(-1),
                 support_labels=np.repeat(labels, shots),
-                query=rows[:, shots:shots + self.queries].reshape(-1),
-                query_labels=np.repeat(labels, self.queries),
+                query=query,
+                query_labels=query_labels,
             ))
         return episodes
 
@@ -232,6 +269,13 @@ class EpisodeSampler:
         num_episodes: length of the stream; None for an endless stream.
         too_small: what to do with classes having fewer than max(shots) + queries items:
             "error" (default) raises naming them; "exclude" drops them, warns, and lists them in `excluded`.
+        query_dirichlet: None (default) for `queries` query items of every class; a concentration alpha > 0 for
+            class-imbalanced query sets (Veilleux et al. 2021, "Realistic evaluation of transductive few-shot
+            learning", who use alpha = 2): each episode's class proportions are drawn from Dirichlet(alpha * 1)
+            and turned into counts summing to `ways * queries` (largest remainders; a class may get none). An
+            episode whose counts ask a class for more items than it has beyond its shots is redrawn (the next of
+            up to `DIRICHLET_ATTEMPTS` seeded draws, so the counts follow the Dirichlet conditioned on fitting);
+            after that many it raises. The classes, shots and episode stream are those of the balanced sampler.
     """
 
     def __init__(
@@ -245,8 +289,15 @@ class EpisodeSampler:
         seed: int = 0,
         num_episodes: int | None = None,
         too_small: Literal["error", "exclude"] = "error",
+        query_dirichlet: float | None = None,
     ) -> None:
         self.labels = as_labels(labels)
+        if query_dirichlet is not None and (isinstance(query_dirichlet, bool)
+                                            or not isinstance(query_dirichlet, (int, float, np.integer, np.floating))
+                                            or not 0 < float(query_dirichlet) < float("inf")):
+            raise ValueError(f"query_dirichlet must be None or a finite Dirichlet concentration > 0, "
+                             f"got {query_dirichlet!r}")
+        self.query_dirichlet = None if query_dirichlet is None else float(query_dirichlet)
         self.ways_range = _size_range("ways", ways)
         self.shots_range = _size_range("shots", shots)
         self.queries = self._check_queries(queries)
@@ -379,15 +430,45 @@ class EpisodeSampler:
         row_episode = np.repeat(np.arange(len(indices)), ways)
         row_slot = np.arange(len(row_episode)) - np.repeat(np.cumsum(ways) - ways, ways)
         row_class = positions[row_episode, row_slot]
+        query_counts = None
+        if self.query_dirichlet is not None:
+            query_counts = self._dirichlet_counts(indices, ways, shots, row_class)
+        row_queries = queries if query_counts is None else query_counts
         picks = choose_subsets(seed, _STREAM_ITEMS, indices[row_episode], row_slot,
-                               self.class_sizes[row_class], shots[row_episode] + queries,
+                               self.class_sizes[row_class], shots[row_episode] + row_queries,
                                by_keys=self._items_by_keys)
         items = self.members[self.offsets[row_class][:, None] + np.maximum(picks, 0)]
         classes = self.class_ids[np.maximum(positions, 0)]
-        if self.ways_range[0] != self.ways_range[1] or self.shots_range[0] != self.shots_range[1]:
+        if (self.ways_range[0] != self.ways_range[1] or self.shots_range[0] != self.shots_range[1]
+                or query_counts is not None):
             items[picks < 0] = -1  # variable sizes leave padding
             classes[positions < 0] = -1
-        return EpisodeDraw(indices=indices, ways=ways, shots=shots, queries=queries, classes=classes, items=items)
+        return EpisodeDraw(indices=indices, ways=ways, shots=shots, queries=queries, classes=classes, items=items,
+                           query_counts=query_counts)
+
+    def _dirichlet_counts(self, indices: np.ndarray, ways: np.ndarray, shots: np.ndarray,
+                          row_class: np.ndarray) -> np.ndarray:
+        """Each row's query count: per episode, Dirichlet(alpha * 1) proportions of `ways * queries` queries that
+        fit its classes (see `query_dirichlet`), each episode's draw a pure function of (seed, episode index)."""
+        counts = np.empty(len(row_class), dtype=np.int64)
+        row = 0
+        for e, index in enumerate(indices.tolist()):
+            way_count = int(ways[e])
+            room = self.class_sizes[row_class[row:row + way_count]] - int(shots[e])
+            total = self.queries * way_count
+            for attempt in range(DIRICHLET_ATTEMPTS):
+                generator = np.random.default_rng([self.seed, _STREAM_QUERIES, index, attempt])
+                drawn = largest_remainders(generator.dirichlet(np.full(way_count, self.query_dirichlet)), total)
+                if np.all(drawn <= room):
+                    break
+            else:
+                raise ValueError(
+                    f"episode {index}: none of {DIRICHLET_ATTEMPTS} Dirichlet({self.query_dirichlet:g}) draws of "
+                    f"{total} queries fits its classes, which hold {room.tolist()} items beyond the support; use "
+                    "fewer queries per class, a larger concentration, or classes with more items")
+            counts[row:row + way_count] = drawn
+            row += way_count
+        return counts
 
     def checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Episode indices as int64, refused (naming the value) unless 1-D, >= 0 and below num_episodes."""

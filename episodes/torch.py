@@ -47,6 +47,7 @@ class EpisodeBatchSampler(Sampler[list[int]]):
         self.sampler = sampler
         self.start = start
         self.rank, self.world_size = _rank_and_size(rank, world_size)
+        refuse_dirichlet_queries(sampler)
         self.collate = EpisodeCollate(sampler.queries)
         self.sampler.episode_indices(start)  # validate start now rather than at iteration
 
@@ -56,6 +57,15 @@ class EpisodeBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(range(self.start + self.rank, len(self.sampler), self.world_size))
+
+
+def refuse_dirichlet_queries(sampler: EpisodeSampler) -> None:
+    """Refuse a sampler drawing Dirichlet query counts: a class may get no query, so the collate cannot find an
+    episode's query block from its item labels."""
+    if getattr(sampler, "query_dirichlet", None) is not None:
+        raise ValueError(f"{sampler!r} draws Dirichlet query counts (query_dirichlet={sampler.query_dirichlet}), "
+                         "which the PyTorch collate cannot split from item labels; use sampler.episodes() and index "
+                         "the items yourself")
 
 
 class EpisodeCollate:
@@ -311,6 +321,7 @@ class EpisodeDataset(IterableDataset):
         self.rank, self.world_size = _rank_and_size(rank, world_size)
         self.dtype = dtype
         self.chunk = chunk
+        refuse_dirichlet_queries(sampler)
         self.collate = EpisodeCollate(sampler.queries)
         self.sampler.episode_indices(start)  # validate start now
 

@@ -52,6 +52,15 @@ def embedding_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int
     return int(output.flatten(1).shape[1])
 
 
+def feature_shape(backbone: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """The shape of one image's embedding before the backbone flattens it: ``backbone.out_shape(input_shape)``
+    for a backbone that declares its feature map (Conv-4: ``(channels, height, width)``), else
+    ``(embedding_dim,)`` (a vector, e.g. after global pooling)."""
+    if hasattr(backbone, "out_shape"):
+        return tuple(int(size) for size in backbone.out_shape(tuple(input_shape)))
+    return (embedding_dim(backbone, input_shape),)
+
+
 def check_backbone(name: str, in_channels: int, image_size: int, normalize: bool = False, **kwargs: Any) -> int:
     """The embedding size of the backbone `name` built with `kwargs` for `image_size` square images, found by
     building it on the meta device (no memory, no random numbers drawn): bad constructor arguments, images

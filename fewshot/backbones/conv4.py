@@ -55,8 +55,9 @@ class Conv4(nn.Module):
             *(conv_block(widths[i], widths[i + 1], pool=i < pools) for i in range(4))
         )
 
-    def out_dim(self, input_shape: tuple[int, int, int]) -> int:
-        """Embedding size for images of shape ``(channels, height, width)``."""
+    def out_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The feature map ``(channels, height, width)`` that images of shape ``(channels, height, width)`` give
+        before it is flattened (what a relation module compares)."""
         _, height, width = check_input_shape(input_shape, self.in_channels)
         # Each max-pool floors the size by 2: floor(H / 2**pools) after all of them.
         scale = 2**self.pools
@@ -65,7 +66,12 @@ class Conv4(nn.Module):
                 f"Conv4 with pools={self.pools} needs images of at least {scale}x{scale}, "
                 f"got {height}x{width}"
             )
-        return self.out_channels * (height // scale) * (width // scale)
+        return self.out_channels, height // scale, width // scale
+
+    def out_dim(self, input_shape: tuple[int, int, int]) -> int:
+        """Embedding size for images of shape ``(channels, height, width)``."""
+        channels, height, width = self.out_shape(input_shape)
+        return channels * height * width
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         embeddings = self.encoder(images).flatten(1)

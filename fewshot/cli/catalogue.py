@@ -15,20 +15,23 @@ from types import SimpleNamespace
 
 #: Registry kind -> its built-in names, in registration order.
 BUILT_IN: dict[str, tuple[str, ...]] = {
-    "backbone": ("conv4", "resnet12", "tv-resnet18", "tv-resnet34", "tv-resnet50", "tv-resnet101", "tv-resnet152",
+    "backbone": ("conv4", "resnet12", "pixels", "tv-resnet18", "tv-resnet34", "tv-resnet50", "tv-resnet101", "tv-resnet152",
                  "tv-vit_b_16", "tv-vit_b_32", "tv-vit_l_16", "tv-convnext_tiny", "tv-convnext_small",
                  "tv-convnext_base", "timm"),
     "dataset": ("miniimagenet", "arrays", "folder", "omniglot"),
     "distance": ("euclidean", "cosine", "mahalanobis", "mahalanobis-diag", "mahalanobis-lowrank"),
     "learner": ("protonet", "siamese", "triplet", "normface", "cosface", "arcface", "sphereface", "proxy-nca",
-                "proxy-anchor", "lifted-structure", "n-pair", "multi-similarity", "circle", "circle-class"),
+                "proxy-anchor", "lifted-structure", "n-pair", "multi-similarity", "circle", "circle-class", "matching",
+                "relation"),
     "miner": ("batch-all", "batch-hard", "semi-hard", "distance-weighted"),
     "augmentation": ("none", "affine", "crop-flip-jitter"),
     "schedule": ("step", "cosine", "none"),
-    "recipe": ("meta-baseline-miniimagenet", "meta-baseline-omniglot"),
+    "recipe": ("meta-baseline-miniimagenet", "meta-baseline-omniglot", "protonet-colour"),
     "ann backend": ("ivf", "hnsw"),
     "zero-shot encoder": ("linear", "mlp"),
     "zero-shot method": ("softmax", "devise", "ale", "sje", "eszsl"),
+    "head": ("prototype", "simpleshot", "logistic", "finetune", "finetune-backbone", "bd-cspn", "bd-cspn-inductive",
+             "laplacianshot", "tim-gd", "alpha-tim", "pt-map", "transductive-finetuning"),
 }
 
 #: The split schemes of each built-in dataset (the first is its default), for `--split`'s help.
@@ -45,6 +48,8 @@ RECIPE_DESCRIPTIONS: dict[str, str] = {
                                   "fine-tuning; miniImageNet",
     "meta-baseline-omniglot": "Conv-4 CosFace pretraining on the train + val characters, then protonet fine-tuning; "
                               "Omniglot",
+    "protonet-colour": "Conv-4 protonet on colour images at 32 px with crop-flip-jitter, bf16, within 30 CPU "
+                       "minutes; a train/val/test folder",
 }
 
 # Fixed choices (tuples of the library, not registries).

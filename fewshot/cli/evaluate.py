@@ -12,6 +12,28 @@ from fewshot.cli.catalogue import EVAL_SPLITS, RegisteredName
 from fewshot.cli.plugins import add_import_flag, parse_with_plugins, run_command
 
 
+class AddHead(argparse.Action):
+    """`--head NAME`: one more test-time head, as [NAME, [its --head-arg pairs]] in `heads`."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: object,
+                 option: str | None = None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), [value, []]])
+
+
+class AddHeadArgument(argparse.Action):
+    """`--head-arg k=v`: an argument of the `--head` given before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: object,
+                 option: str | None = None) -> None:
+        heads = getattr(namespace, self.dest) or []
+        if not heads:
+            raise argparse.ArgumentError(self, f"{value!r} has no head to go to: --head-arg sets an argument of the "
+                                               "--head NAME given before it")
+        heads = [[name, list(pairs)] for name, pairs in heads]
+        heads[-1][1].append(value)
+        setattr(namespace, self.dest, heads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fewshot.evaluate", description=__doc__.split("\n")[0].strip("`"),
                                 formatter_class=HelpFormatter)
@@ -24,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="support images per class (several: one row each)")
     p.add_argument("--queries", type=int, default=15,
                    help="query images per class (at most the smallest class's images minus the shots)")
+    p.add_argument("--min-images-per-class", type=int, default=None, metavar="N",
+                   help="evaluate on the classes of at least N images only (e.g. 16 for --shots 1 --queries 15 on a "
+                        "folder whose classes differ in size); the report lists those left out")
+    p.add_argument("--dirichlet-queries", type=float, default=None, metavar="ALPHA",
+                   help="class-imbalanced query sets (Veilleux et al. 2021, who use ALPHA 2): each episode's "
+                        "ways x --queries queries are split over its classes by Dirichlet(ALPHA) proportions, "
+                        "redrawn until every class has the images; fair to transductive heads")
     p.add_argument("--episodes", type=int, default=1000, help="episodes per setting")
     p.add_argument("--seed", type=seed, default=0, help="episodes are a pure function of the seed")
     p.add_argument("--within-alphabet", action="store_true",
@@ -42,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="data root (default: the checkpoint's, then $FEWSHOT_DATA)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--compare", default=None, help="a second checkpoint, evaluated on identical episodes")
+    p.add_argument("--head", dest="heads", action=AddHead, default=[], metavar="NAME",
+                   choices=RegisteredName("head", sort=False),
+                   help="a test-time classifier of the episodes, on the checkpoint's embeddings (docs/evaluation.md, "
+                        "'Test-time heads'): %(choices)s. Repeatable: every head is scored on identical episodes "
+                        "(each image embedded once), with its paired difference from 'prototype' (the learner's own "
+                        "rule, always scored) and its time per 1,000 episodes; transductive heads are marked "
+                        "(default: the learner's own rule only)")
+    p.add_argument("--head-arg", dest="heads", action=AddHeadArgument, metavar="K=V",
+                   help="an argument of the --head given before it (e.g. --head simpleshot --head-arg norm=L2N "
+                        "--head logistic --head-arg C=0.5); repeatable")
     p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
                    help="more checkpoints scored with the first as one ensemble (the sum of their log-softmax "
                         "prototype scores); the report's accuracy is the ensemble's")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fewshot.backbones import BACKBONES
 from fewshot.data import DATASETS
+from fewshot.evaluation.heads import HEADS
 from fewshot.distances import DISTANCES
 from fewshot.inference.ann import ANN_BACKENDS
 from fewshot.learners import LEARNERS
@@ -28,4 +29,5 @@ REGISTRIES: dict[str, Registry] = {
     "ann backend": ANN_BACKENDS,
     "zero-shot encoder": ENCODERS,
     "zero-shot method": METHODS,
+    "head": HEADS,
 }

@@ -90,6 +90,11 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
         f"{name} {'/'.join(schemes)}" for name, schemes in sorted(DATASET_SCHEMES.items())) + " (first: default)")
     data.add_argument("--dataset-arg", action="append", default=keep([]), metavar="NAME=VALUE",
                       help="an argument of the dataset loader, repeatable (e.g. channels=3, split_seed=1)")
+    data.add_argument("--min-images-per-class", type=int, default=keep(None), metavar="N",
+                      help="leave out the classes of fewer than N images, in every split (shorthand for --dataset-arg "
+                           "min_images=N; folder dataset): e.g. 6 for --shots 1 --queries 5 on a folder of 5 and 6 "
+                           "images per class; the run lists them in OUTPUT/dropped_classes.json (default: keep every "
+                           "class, and lower the queries to what the smallest class holds)")
     data.add_argument("--train-split", choices=TRAIN_SPLITS, default=keep(defaults.train_split),
                       help="classes to train on; trainval (train + val) keeps the final model instead of the best on val")
     data.add_argument("--image-size", type=int, default=keep(None),

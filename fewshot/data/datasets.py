@@ -8,7 +8,7 @@ Adding a dataset is one new module that calls `register_dataset` (see docs/exten
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewshot.data.splits import ClassSplit
+from fewshot.data.splits import ClassSplit, drop_small_classes
 from fewshot.data.images import load_resized
 from fewshot.registry import Registry
 
@@ -33,6 +33,7 @@ class DatasetSplits:
     `options` are the dataset arguments the splits were made with (recorded in runs and checkpoints,
     so evaluation and `fewshot.api` prepare images the same way). `fingerprints` identify classes by
     content ({class name: SHA-256}, see `fewshot.data.identity`), for datasets that hash their files.
+    `dropped_classes` is the record of `without_small_classes` (None when no class filter was applied).
     """
 
     dataset: str
@@ -45,6 +46,7 @@ class DatasetSplits:
     trainval: ClassSplit | None = None  # train + val classes, where the scheme defines it (final models)
     options: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    dropped_classes: dict[str, Any] | None = None
 
     def get(self, name: str) -> ClassSplit:
         if name not in SPLIT_NAMES:
@@ -60,7 +62,26 @@ class DatasetSplits:
         for name in ("train", "val", "test"):
             split = self.get(name)
             rows.append(f"  {name}: {split.num_classes} classes, {len(split)} images")
+        if self.dropped_classes is not None:
+            dropped = self.dropped_classes["classes"]
+            rows.append(f"  dropped, fewer than {self.dropped_classes['min_images']} images: "
+                        + ", ".join(f"{len(dropped[name])} {name}" for name in ("train", "val", "test")) + " classes")
         return "\n".join(rows)
+
+    def without_small_classes(self, min_images: int) -> "DatasetSplits":
+        """These splits without the classes of fewer than `min_images` images (in train, val, test and
+        trainval alike), the dropped ones recorded in `dropped_classes` as {"min_images": N, "classes":
+        {split: {class name: image count}}}. A split left with fewer than 2 classes is refused."""
+        kept, dropped = {}, {}
+        for name in ("train", "val", "test"):
+            kept[name], dropped[name] = drop_small_classes(self.get(name), min_images)
+            if kept[name].num_classes < 2:
+                raise ValueError(f"min_images={min_images} leaves the {self.dataset} {name} split "
+                                 f"{kept[name].num_classes} class(es) of its {self.get(name).num_classes} (few-shot "
+                                 "episodes need at least 2); lower it")
+        trainval = None if self.trainval is None else drop_small_classes(self.trainval, min_images)[0]
+        return replace(self, **kept, trainval=trainval,
+                       dropped_classes={"min_images": min_images, "classes": dropped})
 
     def class_lists(self) -> dict[str, list[str]]:
         """The class names of each split, for the run's record (novel classes stay novel)."""

@@ -17,7 +17,12 @@ Images are files with the extensions in `IMAGE_EXTENSIONS` (any case). OS artifa
 '.', `__MACOSX`, `Thumbs.db`, `desktop.ini`) are skipped; any other file is an error, as a stray file usually
 means the folder is not what the user thinks it is. Classes and the images in each class are sorted by name.
 
-Every image is decoded once with `preprocess_generic` (grayscale or RGB, antialiased square resize) into
+`min_images=N` (`--min-images-per-class N`) leaves out the classes of fewer than N images in every split, after
+the class split; `DatasetSplits.dropped_classes` lists them and a training run writes them to
+dropped_classes.json.
+
+Every image is decoded once with `preprocess_generic` (grayscale or RGB, antialiased square resize; CMYK,
+16-bit, palette transparency, animated, tiny and huge images as `fewshot.data.images` says) into
 one uint8 tensor, cached under `cache_dir()/folder/` and keyed by content (each image's relative path and
 bytes, the image size and the channels asked for), so a copied or moved folder reuses its cache and an
 edited image rebuilds it. A warm load reads and hashes every file but decodes none.
@@ -41,14 +46,14 @@ from pathlib import Path
 import numpy as np
 import PIL
 import torch
-from PIL import Image, ImageFile
+from PIL import ImageFile
 from tqdm import tqdm
 
 from fewshot.data.arrays import check_split_sizes, random_class_ids, random_class_splits
 from fewshot.data.datasets import DatasetInfo, DatasetSplits, preprocess_generic, register_dataset
 from fewshot.data.identity import (NEW_CLASSES_OPTION, check_disjoint_images, check_new_classes_policy,
                                    class_fingerprint)
-from fewshot.data.images import IMAGE_EXTENSIONS, is_grayscale, is_image_name, is_os_artifact
+from fewshot.data.images import IMAGE_EXTENSIONS, is_grayscale, is_image_name, is_os_artifact, open_image
 from fewshot.data.splits import ClassSplit
 from fewshot.data.storage import cache_dir, load_cache, write_cache
 from fewshot.files import check_memory
@@ -57,8 +62,8 @@ SPLIT_FOLDERS = ("train", "val", "test")
 DEFAULT_IMAGE_SIZE = 84
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 # Bump when the decoded pixels or the cache's contents change, so old caches are rebuilt (2: transparency
-# composited on white).
-_CACHE_VERSION = 2
+# composited on white; 3: 16-bit grayscale scaled to 8 bits instead of clipped, first frames).
+_CACHE_VERSION = 3
 _EXAMPLES = 3  # example files named per kind in the mixed-modes error
 
 
@@ -174,11 +179,8 @@ def _modes(paths: list[Path]) -> list[str]:
     file fails before any decoding."""
     modes = []
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                modes.append(image.mode)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
+        with open_image(path) as image:
+            modes.append(image.mode)
     return modes
 
 
@@ -268,9 +270,12 @@ def _check_disjoint(split_ids: dict[str, np.ndarray], entries: list[list[str]], 
 
 def _load(root: str | Path, scheme: str, image_size: int | None, channels: int | None,
           fractions: Sequence[float], split_seed: int, progress: bool, new_classes: str = "refuse",
-          hierarchy: bool = False) -> DatasetSplits:
+          hierarchy: bool = False, min_images: int | None = None) -> DatasetSplits:
     image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     _check_options(image_size, channels)
+    if min_images is not None and (isinstance(min_images, bool) or not isinstance(min_images, int) or min_images < 2):
+        raise ValueError(f"min_images must be a whole number of at least 2 (one support and one query image), "
+                         f"got {min_images!r}")
     if not isinstance(hierarchy, bool):
         raise ValueError(f"hierarchy must be true or false, got {hierarchy!r}")
     check_new_classes_policy(new_classes)
@@ -348,13 +353,19 @@ def _load(root: str | Path, scheme: str, image_size: int | None, channels: int |
         options[NEW_CLASSES_OPTION] = new_classes
     if hierarchy:  # likewise
         options["hierarchy"] = True
-    return DatasetSplits("folder", scheme, train, val, test, in_channels=channels, image_size=image_size,
-                         trainval=trainval, options=options, fingerprints=_fingerprints(entries, labels, class_names))
+    if min_images is not None:  # likewise
+        options["min_images"] = min_images
+    splits = DatasetSplits("folder", scheme, train, val, test, in_channels=channels, image_size=image_size,
+                           trainval=trainval, options=options, fingerprints=_fingerprints(entries, labels, class_names))
+    # Dropped after the class split (and the cache, which holds every image): a class's split never depends
+    # on the threshold.
+    return splits if min_images is None else splits.without_small_classes(min_images)
 
 
 def from_folder(root: str | Path, *, image_size: int | None = None, channels: int | None = None,
                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, split_seed: int = 0,
-                progress: bool = True, new_classes: str = "refuse", hierarchy: bool = False) -> DatasetSplits:
+                progress: bool = True, new_classes: str = "refuse", hierarchy: bool = False,
+                min_images: int | None = None) -> DatasetSplits:
     """Load an image folder as class splits (dataset "folder"; see the module docstring for the layouts).
 
     Args:
@@ -369,25 +380,31 @@ def from_folder(root: str | Path, *, image_size: int | None = None, channels: in
             recorded (on resume and evaluation): "refuse" (an error naming them) or "ignore" (left out).
         hierarchy: parent folders over the class folders (`root/<parent>/<class>/<image>`, with or without
             split folders above them); classes are named "parent/class".
+        min_images: leave out the classes of fewer images (in every split, after the class split), e.g. 6 for
+            1-shot episodes with 5 queries; the dropped classes are listed in `dropped_classes` (and a training
+            run's dropped_classes.json). None keeps every class.
 
     Splits that share an image (the same file content) are refused. Class names are the folder names; item
     ids the images' paths relative to `root`. `options` records root (absolute), channels, for "random"
-    fractions and split_seed, new_classes when not "refuse" and hierarchy when true; `fingerprints` each
-    class's content.
+    fractions and split_seed, new_classes when not "refuse", hierarchy when true and min_images when given;
+    `fingerprints` each class's content.
     """
-    return _load(root, "auto", image_size, channels, fractions, split_seed, progress, new_classes, hierarchy)
+    return _load(root, "auto", image_size, channels, fractions, split_seed, progress, new_classes, hierarchy,
+                 min_images)
 
 
 def load_splits_folder(root: str | Path | None, scheme: str, image_size: int, channels: int | None = None,
                        fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                       split_seed: int = 0, new_classes: str = "refuse", hierarchy: bool = False) -> DatasetSplits:
+                       split_seed: int = 0, new_classes: str = "refuse", hierarchy: bool = False,
+                       min_images: int | None = None) -> DatasetSplits:
     """The registered loader: `root` is the `--data-root` folder; scheme "auto" follows the folder's layout.
     `new_classes=ignore` leaves out class folders that appeared since a run recorded its split; `hierarchy=true`
-    reads parent folders over the class folders (classes named "parent/class")."""
+    reads parent folders over the class folders (classes named "parent/class"); `min_images=N` leaves out the
+    classes of fewer than N images (`fewshot train --min-images-per-class N`)."""
     if root is None:
         raise ValueError("--dataset folder needs --data-root PATH (a folder of class folders)")
     return _load(root, scheme, image_size, channels, fractions, split_seed, progress=True, new_classes=new_classes,
-                 hierarchy=hierarchy)
+                 hierarchy=hierarchy, min_images=min_images)
 
 
 FOLDER = register_dataset(DatasetInfo(

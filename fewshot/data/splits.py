@@ -21,6 +21,19 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def drop_small_classes(split: "ClassSplit", min_images: int) -> tuple["ClassSplit", dict[str, int]]:
+    """(`split` without its classes of fewer than `min_images` items, {dropped class name: its item count}).
+    Returns `split` itself when no class is dropped."""
+    if isinstance(min_images, bool) or not isinstance(min_images, int) or min_images < 1:
+        raise ValueError(f"min_images must be a positive int, got {min_images!r}")
+    counts = split.class_counts()
+    small = np.flatnonzero(counts < min_images)
+    if not len(small):
+        return split, {}
+    dropped = {split.class_names[c]: int(counts[c]) for c in small}
+    return split.subset(np.flatnonzero(counts >= min_images)), dropped
+
+
 class ClassSplit(torch.utils.data.Dataset):
     """A set of classes viewed over a shared uint8 image tensor.
 

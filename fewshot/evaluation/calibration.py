@@ -110,13 +110,13 @@ def calibrate(model: FewShotModel, split: ClassSplit | DatasetSplits, far: float
     if not isinstance(model, FewShotModel):
         raise TypeError(f"calibrate takes a FewShotModel, got {type(model).__name__} (for a checkpoint path or a "
                         "loaded TrainedModel use fewshot.api.calibrate)")
+    distance = model.learner.pair_distance("verification and open-set calibration")  # refused before any work
     cache = SplitEmbeddings(model, split, resolve_device(device), batch_size=256, progress=progress)
     cache.max_bytes = max(cache.max_bytes, 1 << 34)  # every validation item at once (4 d bytes each)
     items = np.arange(len(split))
     cache.ensure(items)
     embeddings = cache.rows(items).float()
     labels = split.labels
-    distance = model.learner.scoring_distance
     rng = np.random.default_rng(seed)
 
     chosen = torch.from_numpy(balanced_pairs(labels, pairs, rng))

@@ -5,7 +5,8 @@ which, with the checkpoint's SHA-256, so any number can be reproduced exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,29 @@ from fewshot import metrics
 from fewshot.model.checkpoint import file_sha256, model_from_checkpoint
 from fewshot.data.datasets import DATASETS, DatasetSplits, dataset_options, load_splits
 from fewshot.data.identity import apply_split_record
-from fewshot.data.splits import ClassSplit
+from fewshot.data.splits import ClassSplit, drop_small_classes
 from fewshot.runtime import current_world
 from fewshot.evaluation.embedding_metrics import embedding_metrics
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.views import compose_views
 from fewshot.evaluation.episodes import (Candidate, Ensemble, Scorer, episode_distribution, evaluation_episodes,
                                          metadataset_evaluation, score_episodes, within_parent_evaluation)
+from fewshot.evaluation.heads import build_head, head_label
 from fewshot.evaluation.settings import EVAL_SPLITS, EvaluationSettings, episode_list_path
-from fewshot.model.network import FewShotModel
+from fewshot.model.network import FewShotModel, embed_in_batches
 
-__all__ = ["EVAL_SPLITS", "adapt_split", "check_novel", "checkpoint_splits", "comparison_split", "evaluate_checkpoint"]
+__all__ = ["EVAL_SPLITS", "BaseClassMean", "adapt_split", "check_novel", "checkpoint_base_split", "checkpoint_splits",
+           "comparison_split", "evaluate_checkpoint"]
 
 #: ITU-R BT.601 luma weights of R, G and B: how a colour image becomes the gray one a 1-channel model takes.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 #: Images converted at a time by `adapt_split` (bounds the float copy).
 ADAPT_CHUNK = 1024
+#: The base-class mean embedding (SimpleShot's centring) is the mean over a uniform sample of at most this many of
+#: the training classes' images, drawn without replacement by numpy's default_rng(BASE_MEAN_SEED): the same sample
+#: for every evaluation seed, so the centring is a property of the checkpoint.
+BASE_MEAN_IMAGES = 5000
+BASE_MEAN_SEED = 0
 
 
 def adapt_split(split: ClassSplit, in_channels: int, image_size: int,
@@ -148,6 +156,71 @@ def checkpoint_splits(state: dict[str, Any], *, dataset: str | None = None, spli
         raise (FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError)(message) from None
 
 
+def _dropped_classes(splits: DatasetSplits, eval_split: str, min_images: int | None) -> dict[str, Any]:
+    """The report's record of the `eval_split` classes left out for their size: {"dataset": ...} by the data's
+    own min_images option (a run's --min-images-per-class, which the checkpoint's dataset arguments repeat),
+    {"evaluation": ...} by `min_images`; each {"min_images": N, "classes": [{"name": ..., "images": count}]}."""
+    def listed(threshold: int, classes: dict[str, int]) -> dict[str, Any]:
+        return {"min_images": threshold,
+                "classes": [{"name": name, "images": count} for name, count in classes.items()]}
+
+    record: dict[str, Any] = {}
+    if splits.dropped_classes is not None and eval_split in splits.dropped_classes["classes"]:
+        record["dataset"] = listed(splits.dropped_classes["min_images"], splits.dropped_classes["classes"][eval_split])
+    if min_images is not None:
+        record["evaluation"] = listed(min_images, drop_small_classes(splits.get(eval_split), min_images)[1])
+    return record
+
+
+def checkpoint_base_split(state: dict[str, Any], splits: DatasetSplits | None = None, *,
+                          data_root: str | Path | None = None, image_size: int | None = None) -> ClassSplit:
+    """The classes a checkpoint was trained on (its base classes: its `train_split`, "train" or "trainval"),
+    prepared as it was trained: taken from `splits` when those are its own dataset's, else loaded
+    (`checkpoint_splits`). Refused when the checkpoint records no dataset or when the classes found are not the
+    ones it records having trained on."""
+    own = state.get("dataset")
+    if own is None:
+        raise ValueError("the checkpoint records no dataset, so its training (base) classes are unknown; a head that "
+                         "needs their mean embedding cannot be used with it")
+    name = state.get("config", {}).get("train_split", "train")
+    source = splits if splits is not None and splits.dataset == own else checkpoint_splits(
+        state, data_root=data_root, image_size=image_size)
+    base = source.get(name)
+    trained = state.get("train_classes")
+    if trained and sorted(base.class_names) != sorted(trained):
+        raise ValueError(f"the {own} {name} split found now holds {base.num_classes} classes, not the {len(trained)} "
+                         "the checkpoint was trained on, so their mean embedding cannot be computed; point --data-root "
+                         "(data_root=) at the run's data")
+    return base
+
+
+class BaseClassMean:
+    """The mean embedding ``[d]`` of a model's base (training) classes, computed on first call and kept: the mean
+    over a uniform sample of at most `images` of their images (numpy default_rng(`seed`), without replacement),
+    embedded without test-time views. `base` is the base split, or a callable loading it (called on first use
+    only). `record` says what was computed (None before)."""
+
+    def __init__(self, model: FewShotModel, base: ClassSplit | Callable[[], ClassSplit],
+                 device: torch.device | str = "cpu", batch_size: int = 64, images: int = BASE_MEAN_IMAGES,
+                 seed: int = BASE_MEAN_SEED) -> None:
+        self.model, self.base, self.device, self.batch_size = model, base, torch.device(device), batch_size
+        self.images, self.seed = images, seed
+        self.mean: torch.Tensor | None = None
+        self.record: dict[str, Any] | None = None
+
+    def __call__(self) -> torch.Tensor:
+        if self.mean is None:
+            split = self.base if isinstance(self.base, ClassSplit) else self.base()
+            rng = np.random.default_rng(self.seed)
+            items = np.sort(rng.choice(len(split), size=min(self.images, len(split)), replace=False))
+            embeddings = embed_in_batches(self.model, items, self.batch_size, self.device,
+                                          load=lambda batch: split.to_float(split.gather(batch)))
+            self.mean = embeddings.mean(dim=0)
+            self.record = {"images": len(items), "of": len(split), "classes": split.num_classes, "seed": self.seed,
+                           "sampler": "numpy default_rng(seed).choice without replacement"}
+        return self.mean
+
+
 def with_recorded_split(state: dict[str, Any], scheme: str | None, splits: DatasetSplits) -> DatasetSplits:
     """`splits` (the checkpoint's own dataset under `scheme`) with the class split the checkpoint recorded,
     never one re-derived from the data as it is now, when they are the data the run read (the same root);
@@ -220,12 +293,32 @@ def evaluate_checkpoint(
         splits = checkpoint_splits(state, dataset=dataset, split=split, data_root=data_root,
                                    image_size=main_model.spec.image_size)
     dataset = splits.dataset
+    dropped = _dropped_classes(splits, eval_split, settings.min_images)
+    if settings.min_images is not None:  # the evaluated classes only: comparisons and members take the same
+        kept = drop_small_classes(splits.get(eval_split), settings.min_images)[0]
+        if kept.num_classes < 2:
+            raise ValueError(f"--min-images-per-class {settings.min_images} leaves {kept.num_classes} of the "
+                             f"{splits.get(eval_split).num_classes} classes of the {dataset} {eval_split} split, whose "
+                             f"largest holds {int(splits.get(eval_split).class_counts().max())} images; lower it")
+        splits = replace(splits, **{eval_split: kept})
     target = splits.get(eval_split)
     check_novel(state, dataset, target, eval_split, settings.allow_seen, splits.fingerprints)
     # Cross-domain: the checkpoint takes the images as it was trained to see them (channels, size) where they can be.
     target, adaptation = adapt_split(target, main_model.spec.in_channels, main_model.spec.image_size,
                                      f"the {dataset} {eval_split} split")
     model = Candidate("model", main_model, target)
+    # Test-time heads: one candidate each, sharing the model's embeddings; "prototype" is `model` itself.
+    heads: list[Candidate] = []
+    if settings.heads:
+        if compare is not None or ensemble:
+            raise ValueError("test-time heads (--head) are compared on one checkpoint; --compare and --ensemble "
+                             "compare checkpoints: run them separately")
+        mean = BaseClassMean(main_model, lambda: checkpoint_base_split(state, splits, data_root=data_root,
+                                                                       image_size=main_model.spec.image_size),
+                             device, settings.batch_size)
+        heads = [Candidate(head_label(name, arguments), main_model, target, head=build_head(name, **arguments),
+                           base_mean=mean)
+                 for name, arguments in settings.heads if head_label(name, arguments) != "prototype"]
     members: list[Candidate] = []
     member_records: list[dict[str, Any]] = []
     for path in ensemble:
@@ -239,6 +332,9 @@ def evaluate_checkpoint(
         raise ValueError("embedding metrics describe one model's embeddings, not an ensemble's; "
                          "evaluate each member alone with --embedding-metrics")
     views = compose_views(settings.views, DATASETS.get_or_raise(dataset))
+    if views.on and (adapting := [c.name for c in heads if c.head.needs_images]):
+        raise ValueError(f"the head(s) {', '.join(adapting)} adapt the model on each episode's images, so test-time "
+                         "views (shifts, rotations, mirrors), which embed each image once, cannot apply to them")
     if views.on and settings.embedding_metrics:
         raise ValueError("test-time views (shifts, rotations, mirrors) apply to the accuracy evaluation; the embedding "
                          "metrics use each model's own embeddings, so evaluate them without views")
@@ -278,6 +374,10 @@ def evaluate_checkpoint(
     if kind in ("within-parent", "meta-dataset"):
         report["episode_source"] = {"kind": kind, "seed": settings.seed}  # completed by each setting's sampler
         report["queries"] = queries if kind == "within-parent" else "variable"
+    if settings.query_dirichlet is not None:  # per-class counts vary; `queries` stays the mean per class
+        report["episode_source"]["query_dirichlet"] = settings.query_dirichlet
+    if dropped:
+        report["dropped_classes"] = dropped
     if adaptation is not None:
         report["input_adaptation"] = {"trained_on": state.get("dataset"), "evaluated_on": dataset, **adaptation}
     if members:
@@ -294,8 +394,14 @@ def evaluate_checkpoint(
         if ways > target.num_classes:
             raise ValueError(f"--ways {ways} exceeds the {target.num_classes} classes of the {dataset} {eval_split} split")
         if shots + queries > smallest:
+            small = int((np.bincount(target.labels) < shots + queries).sum())
+            larger = (f", or evaluate on the {target.num_classes - small} larger classes only with "
+                      f"--min-images-per-class {shots + queries}" if target.num_classes - small >= ways else "")
             raise ValueError(f"--shots {shots} + --queries {queries} needs {shots + queries} images per class, but classes "
-                             f"of the {dataset} {eval_split} split have as few as {smallest}")
+                             f"of the {dataset} {eval_split} split have as few as {smallest} ({small} of its "
+                             f"{target.num_classes} classes have fewer): " +
+                             (f"lower --queries to {smallest - shots} or less" if smallest > shots
+                              else f"lower --shots below {smallest}") + larger)
     if views.on and settings.per_episode:
         raise ValueError("test-time views (shifts, rotations, mirrors) embed each image once, so they cannot be combined "
                          "with per-episode embedding (--per-episode)")
@@ -304,8 +410,19 @@ def evaluate_checkpoint(
         candidate.embeddings = SplitEmbeddings(candidate.model, candidate.split, device, batch_size=settings.batch_size,
                                                max_bytes=settings.max_bytes, progress=settings.progress,
                                                views=views if views.on else None)
+    for head in heads:
+        head.embeddings = model.embeddings  # embedded once, scored by every head on identical episodes
+    if any(c.head.needs_base_mean for c in heads):
+        mean()  # now, so that no head's time per episode counts it
     report.update(views.report())
-    scorers: list[Scorer] = [evaluated, *([compared] if compared else [])]
+    if settings.heads:
+        report["heads"] = [{"head": "prototype", "name": "prototype", "args": {}, "transductive": False,
+                            "reference": True, "results": []}]
+        report["heads"] += [{"head": c.name, "name": name, "args": arguments, "transductive": c.head.transductive,
+                             "reference": False, "results": []}
+                            for c, (name, arguments) in zip(heads, [h for h in settings.heads
+                                                                    if head_label(*h) != "prototype"])]
+    scorers: list[Scorer] = [evaluated, *heads, *([compared] if compared else [])]
     for ways, shots in ways_shots:
         source: dict[str, Any] | None = None
         if fixed is not None:
@@ -315,14 +432,16 @@ def evaluate_checkpoint(
         elif kind == "meta-dataset":
             chosen, source = metadataset_evaluation(target, episodes, settings.seed, settings.max_ways)
         else:
-            chosen = evaluation_episodes(target, ways, shots, queries, episodes, settings.seed)
+            chosen = evaluation_episodes(target, ways, shots, queries, episodes, settings.seed,
+                                         settings.query_dirichlet)
         if settings.save_episode_lists is not None and fixed is None and current_world().is_main:
             path = episode_list_path(settings.save_episode_lists, ways, shots)
             save_episodes(path, chosen, target, metadata={"dataset": dataset, "split": splits.scheme,
                                                           "eval_split": eval_split, "seed": settings.seed,
                                                           "ways": ways, "shots": shots, "queries": queries})
             report.setdefault("saved_episode_lists", []).append(str(path))
-        accuracies = score_episodes(scorers, chosen, settings)
+        timings: dict[str, float] = {}
+        accuracies = score_episodes(scorers, chosen, settings, timings)
         mine = accuracies[evaluated.name]
         normal = metrics.confidence_interval(mine, "normal")
         student = metrics.confidence_interval(mine, "t")
@@ -331,7 +450,7 @@ def evaluate_checkpoint(
             "normal": _interval_dict(normal), "t": _interval_dict(student),
             "per_episode": mine.tolist(),
         })
-        if kind != "fixed":
+        if kind != "fixed" or settings.query_dirichlet is not None:
             report["results"][-1]["distribution"] = episode_distribution(chosen)
         if source is not None:
             report["episode_source"].update({k: v for k, v in source.items()
@@ -347,6 +466,11 @@ def evaluate_checkpoint(
                 "difference": _interval_dict(paired.difference), "t_statistic": paired.t_statistic,
                 "p_value": paired.p_value, "wilcoxon_p_value": paired.wilcoxon_p_value,
             })
+        for record, candidate in zip(report.get("heads", []), [model, *heads]):
+            record["results"].append(_head_row(ways, shots, accuracies[candidate.name], mine, timings[candidate.name],
+                                               reference=candidate is model))
+    if heads and mean.record is not None:
+        report["base_mean"] = mean.record
     if settings.embedding_metrics:
         validation = adapt_split(splits.val, main_model.spec.in_channels, main_model.spec.image_size)[0]
         report["embedding_metrics"] = embedding_metrics(main_model, validation, target, device, seed=settings.seed,
@@ -357,6 +481,22 @@ def evaluate_checkpoint(
         "matrix_bytes": [c.embeddings.nbytes for c in candidates],
     }
     return report
+
+
+def _head_row(ways: Any, shots: Any, accuracies: np.ndarray, prototype: np.ndarray, seconds_per_episode: float,
+              reference: bool) -> dict[str, Any]:
+    """A head's result on one setting: its per-episode accuracies with their intervals, the time it took per 1,000
+    episodes, and (unless it is the reference) the paired difference from the prototype head's accuracies."""
+    normal = metrics.confidence_interval(accuracies, "normal")
+    row = {"ways": ways, "shots": shots, "episodes": len(accuracies), "accuracy": normal.mean,
+           "ci95": normal.half_width, "normal": _interval_dict(normal),
+           "t": _interval_dict(metrics.confidence_interval(accuracies, "t")), "per_episode": accuracies.tolist(),
+           "seconds_per_1000_episodes": 1000 * seconds_per_episode}
+    if not reference:
+        paired = metrics.paired_comparison(accuracies, prototype)
+        row.update({"difference": _interval_dict(paired.difference), "t_statistic": paired.t_statistic,
+                    "p_value": paired.p_value, "wilcoxon_p_value": paired.wilcoxon_p_value})
+    return row
 
 
 def comparison_split(other: FewShotModel, other_state: dict[str, Any], state: dict[str, Any], splits: DatasetSplits,
@@ -380,6 +520,10 @@ def comparison_split(other: FewShotModel, other_state: dict[str, Any], state: di
     other_splits = checkpoint_splits({**other_state, "split_scheme": splits.scheme}, data_root=data_root,
                                      image_size=other.spec.image_size)
     other_target = other_splits.get(eval_split)
+    index = {name: i for i, name in enumerate(other_target.class_names)}
+    if other_target.class_names != target.class_names and all(name in index for name in target.class_names):
+        # the evaluated classes only (evaluation's min_images may have left some out); their items are checked below
+        other_target = other_target.subset([index[name] for name in target.class_names])
     if other_target.class_names != target.class_names or not np.array_equal(other_target.item_ids, target.item_ids):
         raise ValueError(f"cannot compare {compare} on identical episodes: prepared as it was trained "
                          f"({other.spec.image_size}px, {other.spec.in_channels} channel(s), dataset arguments "

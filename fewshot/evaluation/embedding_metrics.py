@@ -37,8 +37,8 @@ def embedding_metrics(model: FewShotModel, val: ClassSplit, test: ClassSplit, de
     the model outputs them (L2-normalised first when the model compares them by cosine), scored by
     NMI and AMI against the classes. `progress` shows the embedding bars and a line per phase.
     """
+    distance = model.learner.pair_distance("embedding metrics (verification, retrieval, clustering)")
     rng = np.random.default_rng(seed)
-    distance = model.learner.scoring_distance
     scores = {}
     for name, split in (("val", val), ("test", test)):
         embeddings = embed_split(model, split, device, test_embeddings if name == "test" else None, progress)

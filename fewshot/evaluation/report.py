@@ -12,11 +12,13 @@ import numpy as np
 
 def default_report_path(checkpoint: str | Path, eval_split: str = "test", compare: str | Path | None = None,
                         ensemble: Sequence[str | Path] = (), shift: int = 0, rotations: bool = False,
-                        mirror: bool = False, episode_kind: str = "fixed") -> Path:
+                        mirror: bool = False, episode_kind: str = "fixed", query_dirichlet: float | None = None,
+                        heads: Sequence[str] = ()) -> Path:
     """The report written beside `checkpoint` when none is named: `eval_<stem>_<split>.json`, with the mode in
     the name (`_vs-<other stem>`, `_ensemble<n>`, `_shift<k>`, `_rotations`, `_mirror`, `_within-parent`,
-    `_meta-dataset`), so that a comparison, an ensemble, test-time views or another kind of episodes never
-    overwrite the plain evaluation's report (or each other's)."""
+    `_meta-dataset`, `_dirichlet<alpha>`, `_heads-<name>+<name>` for test-time heads), so that a comparison, an
+    ensemble, test-time views, test-time heads or another kind of episodes never overwrite the plain evaluation's
+    report (or each other's)."""
     checkpoint = Path(checkpoint)
     parts = [f"eval_{checkpoint.stem}_{eval_split}"]
     if compare is not None:
@@ -28,6 +30,10 @@ def default_report_path(checkpoint: str | Path, eval_split: str = "test", compar
     parts += [name for name, on in (("rotations", rotations), ("mirror", mirror)) if on]
     if episode_kind != "fixed":
         parts.append(episode_kind)
+    if query_dirichlet is not None:
+        parts.append(f"dirichlet{query_dirichlet:g}")
+    if heads:
+        parts.append("heads-" + "+".join(dict.fromkeys(heads)))
     return checkpoint.with_name("_".join(parts) + ".json")
 
 
@@ -47,6 +53,8 @@ def report_json(report: dict[str, Any]) -> bytes:
 
 def episode_source_text(source: dict[str, Any]) -> str:
     """Where a report's episodes came from, in words: a seed, a saved list, or a named kind of episodes."""
+    if source["kind"] == "seed" and source.get("query_dirichlet") is not None:
+        return f"seed {source['seed']}, Dirichlet({source['query_dirichlet']:g}) query counts per class"
     if source["kind"] == "seed":
         return f"seed {source['seed']}"
     if source["kind"] == "list":
@@ -63,6 +71,10 @@ def format_table(report: dict[str, Any]) -> str:
              f"{report['queries']} queries per class, episodes from "
              + episode_source_text(report["episode_source"]),
              f"{'ways':>5} {'shots':>5} {'episodes':>8} {'accuracy':>9} {'±95% normal':>12} {'±95% t':>8}"]
+    for source, record in report.get("dropped_classes", {}).items():
+        why = "the data's min_images option" if source == "dataset" else "--min-images-per-class"
+        lines.insert(1, f"left out: {len(record['classes'])} {report['eval_split']} classes of fewer than "
+                        f"{record['min_images']} images ({why}; listed in the report)")
     if members := report.get("ensemble"):
         lines.insert(1, f"an ensemble of {len(members)} models: " + ", ".join(m["checkpoint"] for m in members))
     if shift := report.get("test_time_shift"):
@@ -94,6 +106,8 @@ def format_table(report: dict[str, Any]) -> str:
         if excluded := row.get("parents", {}).get("excluded_parents"):
             lines.append(f"      excluded parents (fewer classes than ways): "
                          + ", ".join(f"{name} ({n})" for name, n in excluded.items()))
+    if heads := report.get("heads"):
+        lines += head_table(heads, report.get("base_mean"))
     if "embedding_metrics" in report:
         v, r = report["embedding_metrics"]["verification"], report["embedding_metrics"]["retrieval"]
         lines.append(f"verification: ROC-AUC {v['roc_auc']:.4f}, EER {100 * v['eer']:.2f}%, "
@@ -108,6 +122,35 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"clustering: k-means (k={c['k']}, seed {c['seed']}{normalized}) NMI {c['nmi']:.4f}, "
                          f"AMI {c['ami']:.4f} ({c['items']} items)")
     return "\n".join(lines)
+
+
+def head_table(heads: list[dict[str, Any]], base_mean: dict[str, Any] | None = None) -> list[str]:
+    """The lines of a report's test-time heads: one row per head and setting, its accuracy, the paired difference
+    from the prototype head on the same episodes, and its time per 1,000 episodes; transductive heads marked."""
+    width = max(len(h["head"]) + (len(" (transductive)") if h["transductive"] else 0) for h in heads)
+    lines = ["test-time heads on identical episodes (difference: head - prototype, paired; time: the head alone, "
+             "on the embeddings, per 1,000 episodes)",
+             f"{'head':<{width}} {'ways':>5} {'shots':>5} {'accuracy':>9} {'±95%':>6} "
+             f"{'difference (95% CI)':>24} {'p (t)':>8} {'s/1000 ep':>10}"]
+    settings = len(heads[0]["results"])
+    for position in range(settings):  # grouped by setting: the heads of one setting scored identical episodes
+        for head in heads:
+            name = head["head"] + (" (transductive)" if head["transductive"] else "")
+            row = head["results"][position]
+            ways, shots = ("var" if not isinstance(v, int) else v for v in (row["ways"], row["shots"]))
+            line = (f"{name:<{width}} {ways:>5} {shots:>5} {100 * row['accuracy']:>8.2f}% "
+                    f"{100 * row['ci95']:>5.2f}%")
+            if "difference" in row:
+                d = row["difference"]
+                line += (f" {100 * d['mean']:>+7.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+                         f" {row['p_value']:>8.3g}")
+            else:
+                line += f" {'(reference)':>24} {'':>8}"
+            lines.append(line + f" {row['seconds_per_1000_episodes']:>10.2f}")
+    if base_mean is not None:
+        lines.append(f"base-class mean (centring): {base_mean['images']} of the {base_mean['of']} training images "
+                     f"({base_mean['classes']} classes), seed {base_mean['seed']}")
+    return lines
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> None:

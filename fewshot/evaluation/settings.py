@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from fewshot.evaluation.cache import DEFAULT_MAX_BYTES
+from fewshot.evaluation.heads import build_head, head_label
 
 EVAL_SPLITS = ("test", "val", "train")
 #: How evaluation episodes are drawn: "fixed" (`EpisodeSampler`, every (ways, shots) of `ways_shots`),
@@ -23,6 +24,26 @@ def episode_list_path(base: str | Path, ways: int, shots: int) -> Path:
     beside `base`."""
     base = Path(base)
     return base.with_name(f"{base.stem}_{ways}way{shots}shot.json")
+
+
+def _checked_heads(heads: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """`heads` as (name, arguments) pairs, each built once to check its name and arguments, their labels distinct."""
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, (list, tuple)):
+        raise ValueError(f"heads must be a list of head names or (name, arguments) pairs, got {heads!r}")
+    pairs = []
+    for entry in heads:
+        if isinstance(entry, str):
+            name, arguments = entry, {}
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], Mapping):
+            name, arguments = entry[0], dict(entry[1])
+        else:
+            raise ValueError(f"a head must be a name or a (name, {{argument: value}}) pair, got {entry!r}")
+        build_head(name, **arguments)  # an unknown name or argument, or a bad value, fails now
+        pairs.append((name, arguments))
+    labels = [head_label(name, arguments) for name, arguments in pairs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"heads must differ in name or arguments, got {', '.join(labels)}")
+    return tuple(pairs)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -56,6 +77,14 @@ class EvaluationSettings:
         episode_kind: one of `EPISODE_KINDS`; "within-parent" uses `ways_shots` and `queries` inside one parent,
             "meta-dataset" ignores them and draws Meta-Dataset's episodes with its defaults.
         max_ways: for "meta-dataset", the most ways per episode (default: Meta-Dataset's 50).
+        min_images: leave out the evaluated classes of fewer images (None: keep every class), e.g. 16 for 1-shot
+            episodes with 15 queries on a folder whose classes differ in size; the report lists them.
+        query_dirichlet: None for `queries` queries of every class; a concentration alpha > 0 for class-imbalanced
+            query sets (Veilleux et al. 2021; their alpha is 2): per-class query counts from Dirichlet(alpha * 1),
+            `ways * queries` in all (`episodes.EpisodeSampler(query_dirichlet=)`); "fixed" episodes only.
+        heads: test-time heads (`fewshot.evaluation.heads.HEADS`) scored on identical episodes, each a name or a
+            (name, {argument: value}) pair, e.g. ("simpleshot", ("logistic", {"C": 0.5})); () scores the learner's
+            own rule only. Each is compared with "prototype" (the learner's own rule), which is always scored.
     """
 
     ways_shots: tuple[tuple[int, int], ...] = ((5, 1),)
@@ -76,6 +105,9 @@ class EvaluationSettings:
     embedding_metrics: bool = False
     episode_kind: str = "fixed"
     max_ways: int | None = None
+    min_images: int | None = None
+    query_dirichlet: float | None = None
+    heads: tuple[tuple[str, Mapping[str, Any]], ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -98,6 +130,19 @@ class EvaluationSettings:
             raise ValueError(f"unknown evaluation split {self.eval_split!r}; expected one of {', '.join(EVAL_SPLITS)}")
         if self.episode_kind not in EPISODE_KINDS:
             raise ValueError(f"unknown episode kind {self.episode_kind!r}; expected one of {', '.join(EPISODE_KINDS)}")
+        if self.min_images is not None:
+            _positive_int("min_images", self.min_images)
+        object.__setattr__(self, "heads", _checked_heads(self.heads))
+        if self.query_dirichlet is not None:
+            alpha = self.query_dirichlet
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+                raise ValueError(f"query_dirichlet must be a Dirichlet concentration > 0 (e.g. 2), got {alpha!r}")
+            if self.episode_kind != "fixed":
+                raise ValueError(f"Dirichlet query counts apply to fixed (ways, shots) episodes, not to "
+                                 f"{self.episode_kind!r} ones")
+            if self.episode_list is not None or self.save_episode_lists is not None:
+                raise ValueError("Dirichlet query counts are drawn from the seed; they cannot be combined with an "
+                                 "episode list (--episode-list / --save-episodes)")
         if self.max_ways is not None:
             _positive_int("max_ways", self.max_ways)
             if self.episode_kind != "meta-dataset":

@@ -37,13 +37,15 @@ from fewshot.evaluation.calibration import (
 from fewshot.evaluation.calibration import (
     calibrate as calibrate_model,
 )
+from fewshot.evaluation.checkpoints import BaseClassMean, checkpoint_base_split
+from fewshot.evaluation.heads import Head, HeadContext, build_head, episode_generator
 from fewshot.files import absolute_path
 from fewshot.inference.clustering import Clustering, cluster_embeddings
 from fewshot.inference.exact import exact_search
 from fewshot.inference.images import embed_stream
 from fewshot.inference.index import Index, build_index
 from fewshot.inference.inputs import DistanceFn, ImageLike, ModelInput, is_single_image
-from fewshot.learners.base import nearest_prototype, prototype_logits, prototypes
+from fewshot.learners.base import nearest_prototype, prototypes
 from fewshot.model.checkpoint import (
     file_sha256,
     model_from_checkpoint,
@@ -109,6 +111,7 @@ class TrainedModel:
         self.state_info = None if state is None else {k: v for k, v in state.items() if k not in _WEIGHT_KEYS}
         self._weights_sha256: str | None = None
         self._calibration: dict[str, Any] | None = None
+        self._base_mean: BaseClassMean | None = None  # the training classes' mean embedding, made when a head needs it
 
     @property
     def expected_input(self) -> str:
@@ -148,20 +151,52 @@ class TrainedModel:
                                                     skip_unreadable=skip_unreadable)
         return embeddings, items, labels
 
+    def head_context(self, head: Head) -> HeadContext:
+        """What `head` may use here: the learner, a generator seeded 0 (the same answers on every call), the mean
+        embedding of the checkpoint's training classes (read from where the run read its data, on first use; None
+        for a model not loaded from a checkpoint) and the model."""
+        if self._base_mean is None and head.needs_base_mean and (self.state_info or {}).get("dataset") is not None:
+            state, size = self.state_info, self.model.spec.image_size
+            self._base_mean = BaseClassMean(self.model, lambda: checkpoint_base_split(state, image_size=size),
+                                            self.device)
+        return HeadContext(self.model.learner, episode_generator(0, 0), self._base_mean, self.model)
+
+    def _head(self, head: str | Head | None) -> Head | None:
+        if head is None or isinstance(head, Head):
+            return head
+        if isinstance(head, str):
+            return build_head(head)
+        raise TypeError(f"head must be a registered head's name or a Head, got {type(head).__name__}")
+
+    def _logits(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int,
+                head: Head | None) -> torch.Tensor:
+        """Scores [n_query, ways] of embedded queries: `head`'s, or the learner's own rule without one."""
+        if head is None:
+            return self.model.learner.episode_logits(support, support_y, query, ways)
+        if head.needs_images:
+            raise ValueError("this head adapts the model on the support images, so it needs images, not embeddings "
+                             "or folders: pass lists of images or tensors")
+        return head.logits(support, support_y, query, ways, self.head_context(head))
+
     @torch.no_grad()
     def predict_proba(self, support: str | Path | Sequence[ImageLike] | torch.Tensor,
                       support_labels: Sequence[Hashable] | None,
-                      query: str | Path | Sequence[ImageLike] | torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
+                      query: str | Path | Sequence[ImageLike] | torch.Tensor, *,
+                      head: str | Head | None = None) -> tuple[torch.Tensor, list[Hashable]]:
         """Class probabilities [n_query, classes] and the class order (first appearance in `support_labels`).
 
         `support` and `query` are lists of images, preprocessed tensors or folders. A support folder holds class
         folders (its labels; pass `support_labels=None`); a query folder is taken in `embed_items`' order (sorted
-        by path). Folders are streamed a batch at a time."""
+        by path). Folders are streamed a batch at a time. `head` classifies with a test-time head
+        (`fewshot.evaluation.heads`: a registered name such as "simpleshot", or a built `Head`; default: the
+        learner's own rule); a transductive head uses the whole query set, and "finetune-backbone" adapts a copy
+        of the model (images only, not folders)."""
+        head = self._head(head)
         if _is_folder(support) or _is_folder(query):
             support_e, _, labels = self.embed_items(support, support_labels)
             if labels is None:
                 raise ValueError("the support needs labels: pass support_labels=, or a folder of class folders")
-            return self.proba_from_embeddings(support_e, labels, self.embed_items(query)[0])
+            return self.proba_from_embeddings(support_e, labels, self.embed_items(query)[0], head=head)
         if support_labels is None:
             raise ValueError("the support needs labels: pass support_labels=, or a folder of class folders")
         support_x = self.images_to_tensor(support)  # first: a single path must not be counted as its characters
@@ -170,30 +205,40 @@ class TrainedModel:
         classes = list(dict.fromkeys(support_labels))
         index = {label: i for i, label in enumerate(classes)}
         support_y = torch.tensor([index[label] for label in support_labels])
+        if head is not None and head.needs_images:
+            logits = head.logits_from_images(support_x.to(self.device), support_y.to(self.device),
+                                             self.images_to_tensor(query).to(self.device), len(classes),
+                                             self.head_context(head))
+            return logits.softmax(dim=1).cpu(), classes
         # Embed support and query in one pass, as in training and evaluation.
         embeddings = self.embed_input(torch.cat([support_x, self.images_to_tensor(query)]))
         support_e, query_e = embeddings[: len(support_y)], embeddings[len(support_y):]
-        logits = prototype_logits(self.distance, support_e, support_y.to(self.device), query_e, len(classes))
+        logits = self._logits(support_e, support_y.to(self.device), query_e, len(classes), head)
         return logits.softmax(dim=1).cpu(), classes
 
     @torch.no_grad()
     def proba_from_embeddings(self, support: torch.Tensor, support_labels: Sequence[Hashable],
-                              query: torch.Tensor) -> tuple[torch.Tensor, list[Hashable]]:
+                              query: torch.Tensor, *,
+                              head: str | Head | None = None) -> tuple[torch.Tensor, list[Hashable]]:
         """`predict_proba` on embeddings (from `embed_items`): class probabilities [n_query, classes] (CPU) and the
-        class order (first appearance in `support_labels`)."""
+        class order (first appearance in `support_labels`), by `head` as in `predict_proba`."""
         if len(support_labels) != len(support):
             raise ValueError(f"got {len(support)} support embeddings but {len(support_labels)} support labels")
         classes = list(dict.fromkeys(support_labels))
         position = {label: i for i, label in enumerate(classes)}
         support_y = torch.tensor([position[label] for label in support_labels], device=self.device)
-        logits = prototype_logits(self.distance, support.to(self.device), support_y, query.to(self.device), len(classes))
+        logits = self._logits(support.to(self.device), support_y, query.to(self.device), len(classes),
+                              self._head(head))
         return logits.softmax(dim=1).cpu(), classes
 
     def classify(self, support: str | Path | Sequence[ImageLike] | torch.Tensor,
                  support_labels: Sequence[Hashable] | None,
-                 query: str | Path | Sequence[ImageLike] | torch.Tensor) -> list[Hashable]:
-        """The support label predicted for each query image (nearest prototype); folders as in `predict_proba`."""
-        probabilities, classes = self.predict_proba(support, support_labels, query)
+                 query: str | Path | Sequence[ImageLike] | torch.Tensor, *,
+                 head: str | Head | None = None) -> list[Hashable]:
+        """The support label predicted for each query image (by the learner's test-time rule,
+        `Learner.episode_logits`: nearest prototype for most, or by `head`, e.g. "simpleshot"); folders as in
+        `predict_proba`."""
+        probabilities, classes = self.predict_proba(support, support_labels, query, head=head)
         return [classes[i] for i in probabilities.argmax(dim=1).tolist()]
 
     # ---- using the embedding: search, verification, open set, clustering, anomalies ------------

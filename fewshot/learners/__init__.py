@@ -1,5 +1,7 @@
 """Metric learners (losses): each turns an episode's embeddings into a loss; all classify by nearest
-prototype. Importing this package registers the built-in learners in ``LEARNERS``."""
+prototype except the learned comparators (matching networks' attention, the relation network's relation
+module), which have their own rule (`Learner.episode_logits`). Importing this package registers the built-in
+learners in ``LEARNERS``."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from fewshot.learners.base import (
     register_learner,
 )
 # Registration order is the order registries list names in (CLI choices, error messages): the three
-# episodic learners first, then the proxy and pair losses.
+# episodic learners first, then the proxy and pair losses, then the learned comparators.
 from fewshot.learners.protonet import PrototypicalLearner
 from fewshot.learners.siamese import SiameseLearner, contrastive_loss
 from fewshot.learners.triplet import TripletLearner
@@ -29,6 +31,8 @@ from fewshot.learners.n_pair import NPairLearner, n_pair_loss
 from fewshot.learners.multi_similarity import MultiSimilarityLearner, multi_similarity_loss
 from fewshot.learners.circle import CircleLearner, ClassCircleLearner, circle_loss
 from fewshot.learners.proxies import CosineSoftmaxLearner, ProxyLearner
+from fewshot.learners.matching import MatchingLearner
+from fewshot.learners.relation import RelationLearner
 
 __all__ = [
     "LEARNERS",
@@ -41,6 +45,7 @@ __all__ = [
     "Learner",
     "LearnerOutput",
     "LiftedStructureLearner",
+    "MatchingLearner",
     "MultiSimilarityLearner",
     "NPairLearner",
     "NormFaceLearner",
@@ -48,6 +53,7 @@ __all__ = [
     "ProxyAnchorLearner",
     "ProxyLearner",
     "ProxyNCALearner",
+    "RelationLearner",
     "SiameseLearner",
     "SphereFaceLearner",
     "TripletLearner",

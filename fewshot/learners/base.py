@@ -19,9 +19,10 @@ from fewshot.distances import DISTANCES, SQRT_EPS, MetricSpace, build_distance, 
 from fewshot.registry import Registry
 
 #: Learners by name. Constructors may take ``distance`` (an ``nn.Module`` built from the distance
-#: registry), ``num_classes`` (training classes, for losses with class proxies) and ``dim`` (the
-#: embedding size); the model injects those.
-LEARNERS: Registry = Registry("learner", injected=("distance", "num_classes", "dim"))
+#: registry), ``num_classes`` (training classes, for losses with class proxies), ``dim`` (the
+#: embedding size) and ``feature_shape`` (the backbone's output before flattening, e.g. ``(64, 7, 7)``,
+#: for a learner that compares feature maps); the model injects those.
+LEARNERS: Registry = Registry("learner", injected=("distance", "num_classes", "dim", "feature_shape"))
 register_learner = LEARNERS.register
 
 #: The distances that are squared metrics (``||L (x - y)||^2``): their square root is a metric, which
@@ -31,7 +32,7 @@ SQUARED_METRICS = ("euclidean", "mahalanobis", "mahalanobis-diag", "mahalanobis-
 
 @dataclass
 class LearnerOutput:
-    """A learner's loss on an episode and its nearest-prototype logits ``[n_query, ways]``."""
+    """A learner's loss on an episode and its logits ``[n_query, ways]`` (its test-time rule)."""
 
     loss: torch.Tensor
     logits: torch.Tensor
@@ -114,7 +115,9 @@ def check_query_labels(query_labels: torch.Tensor, query: torch.Tensor, ways: in
 class EpisodeEmbeddings:
     """What a loss sees of one episode: embeddings, episode labels ``0..ways-1`` and, where the
     caller knows them, the global class ids (``classes[label]`` is the training-split class of
-    episode label ``label``; proxy losses index their class proxies with it)."""
+    episode label ``label``; proxy losses index their class proxies with it). `scorer` is the
+    learner's test-time rule (`Learner.episode_logits`); without it `logits` are nearest-prototype
+    logits under `distance`."""
 
     support: torch.Tensor
     support_labels: torch.Tensor
@@ -123,13 +126,20 @@ class EpisodeEmbeddings:
     ways: int
     distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     classes: torch.Tensor | None = None
+    scorer: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = field(
+        default=None, repr=False)
     _logits: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def logits(self) -> torch.Tensor:
-        """Nearest-prototype logits ``[n_query, ways]`` under the learner's distance (computed once)."""
+        """The episode's logits ``[n_query, ways]`` by the learner's test-time rule (`scorer`), else nearest
+        prototype under the learner's distance (computed once)."""
         if self._logits is None:
-            self._logits = prototype_logits(self.distance, self.support, self.support_labels, self.query, self.ways)
+            if self.scorer is not None:
+                self._logits = self.scorer(self.support, self.support_labels, self.query, self.ways)
+            else:
+                self._logits = prototype_logits(self.distance, self.support, self.support_labels, self.query,
+                                                self.ways)
         return self._logits
 
     @property
@@ -171,7 +181,9 @@ class Learner(nn.Module):
       refuses a batch shape below them (`fewshot.training.config.check_settings`).
 
     The distance arrives built (``distance``), so a learnable one trains with the loss. At test time
-    every learner classifies by nearest prototype under its distance (``EpisodeEmbeddings.logits``).
+    a learner classifies by :meth:`episode_logits`: nearest prototype under its scoring distance,
+    unless it has its own rule (matching networks' attention, the relation network's relation module);
+    the logits that training reports (``EpisodeEmbeddings.logits``) follow the same rule.
     """
 
     normalize: ClassVar[bool] = False
@@ -199,6 +211,12 @@ class Learner(nn.Module):
         distance itself, unless a loss trains a function of it (the margin losses: its square root)."""
         return self.distance
 
+    def pair_distance(self, use: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The scoring distance, for a `use` that scores many pairs of single embeddings (verification and
+        open-set thresholds, embedding metrics). A learner whose scores are not made for that (a learned
+        comparator that runs a network per pair) raises a ValueError naming itself and `use`."""
+        return self.scoring_distance
+
     def loss(self, batch: EpisodeEmbeddings, generator: torch.Generator | None) -> torch.Tensor:
         """The scalar training loss of one episode."""
         raise NotImplementedError
@@ -219,7 +237,7 @@ class Learner(nn.Module):
         generator: torch.Generator | None = None,
         classes: torch.Tensor | None = None,
     ) -> LearnerOutput:
-        """Loss and nearest-prototype logits of an episode; `classes` are its global class ids ``[ways]``."""
+        """Loss and logits (by :meth:`episode_logits`) of an episode; `classes` are its global class ids ``[ways]``."""
         ways = episode_ways(support_labels)
         check_query_labels(query_labels, query, ways)
         if self.needs_queries and len(query) == 0:
@@ -228,7 +246,8 @@ class Learner(nn.Module):
                              "support), got a batch without queries; train it on episodes")
         if classes is not None and classes.shape != (ways,):
             raise ValueError(f"classes must hold one global class id per way ({ways}), got shape {tuple(classes.shape)}")
-        batch = EpisodeEmbeddings(support, support_labels, query, query_labels, ways, self.scoring_distance, classes)
+        batch = EpisodeEmbeddings(support, support_labels, query, query_labels, ways, self.scoring_distance, classes,
+                                  scorer=self.episode_logits)
         return LearnerOutput(loss=self.loss(batch, generator), logits=batch.logits)
 
 

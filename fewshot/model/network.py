@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fewshot.backbones import BACKBONES, build_backbone, embedding_dim, recorded_arguments
+from fewshot.backbones import BACKBONES, build_backbone, embedding_dim, feature_shape, recorded_arguments
 from fewshot.distances import DISTANCES, build_distance
 from fewshot.learners import LEARNERS, LearnerOutput
 from fewshot.learners.base import episode_ways
@@ -75,10 +75,12 @@ class FewShotModel(nn.Module):
                                        load_weights=load_weights, **spec.backbone_args)
         # oneDNN (CPU) and cuDNN convolutions run faster in NHWC: 1.6x per Conv-4 training step here.
         self.backbone.to(memory_format=torch.channels_last)
-        dim = embedding_dim(self.backbone, (spec.in_channels, spec.image_size, spec.image_size))
+        input_shape = (spec.in_channels, spec.image_size, spec.image_size)
+        dim = embedding_dim(self.backbone, input_shape)
         distance = build_distance(spec.metric, dim, **spec.metric_args)
         self.learner = call_with_injected(LEARNERS[spec.learner], spec.learner_args, distance=distance,
-                                          num_classes=spec.num_classes, dim=dim)
+                                          num_classes=spec.num_classes, dim=dim,
+                                          feature_shape=feature_shape(self.backbone, input_shape))
 
     #: Autocast dtype for the backbone (None: float32). A training setting, not part of the architecture:
     #: the weights stay float32 and the distances and losses are computed in float32 whatever it is.
@@ -110,7 +112,8 @@ class FewShotModel(nn.Module):
 
     @torch.no_grad()
     def logits(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
-        """Nearest-prototype logits [n_query, ways]; the same rule for every learner."""
+        """The learner's test-time scores [n_query, ways] (`Learner.episode_logits`: nearest prototype unless the
+        learner has its own rule)."""
         embeddings = self.embed(torch.cat([support_x, query_x]))
         support, query = embeddings[: len(support_x)], embeddings[len(support_x) :]
         return self.learner.episode_logits(support, support_y, query, episode_ways(support_y))

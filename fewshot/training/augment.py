@@ -7,9 +7,12 @@ call, so a per-image transform would cost a Python loop over the episode; here a
 episode are resampled in one batched `grid_sample`.
 
 `crop-flip-jitter`: the usual natural-image (miniImageNet) recipe, torchvision v2's RandomResizedCrop,
-RandomHorizontalFlip and ColorJitter, on uint8 or float images with 1 or 3 channels. Crops of different
-sizes do not batch, so the v2 transforms run once per image (a Python loop: about 40 ms for an episode of
-80 RGB 84x84 images on one idle CPU core; the kernels, not the loop, take most of it).
+RandomHorizontalFlip and ColorJitter, on uint8 or float images with 1 or 3 channels, with each image's
+parameters drawn from the same distributions as v2 draws them. Crops of different sizes do not batch as
+tensors, but their resampling does: a crop resized back to the image size is a separable bilinear map,
+one [H, H] and one [W, W] matrix per image, so the whole episode is resampled with two batched matrix
+products (one call per episode, no Python loop over images), and the jitter is batched the same way
+(`random_crop_flip_jitter`).
 
 Parameters are drawn from a generator that the training loop seeds from (seed, episode), so an
 augmented run resumes exactly like a plain one.
@@ -17,6 +20,7 @@ augmented run resumes exactly like a plain one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,20 +89,134 @@ class CropFlipJitterRange:
     saturation: float = 0.4  # skipped for 1-channel images, which have no saturation
 
 
-def _crop_flip_jitter_transforms(height: int, width: int, channels: int,
-                                 params: CropFlipJitterRange) -> tuple[v2.Transform, v2.Transform | None]:
-    """The per-image v2 transforms: crop and flip, then colour jitter (None when every strength is 0)."""
-    geometric = v2.Compose([
-        v2.RandomResizedCrop((height, width), scale=params.crop_scale, ratio=params.crop_ratio, antialias=True),
-        v2.RandomHorizontalFlip(params.flip_p),
-    ])
-    # Saturation is a blend with the grey image, meaningless for grey input: leave it out explicitly rather
-    # than rely on torchvision silently skipping it (which would still spend a draw on its factor).
-    saturation = params.saturation if channels == 3 else 0.0
-    if not (params.brightness or params.contrast or saturation):
-        return geometric, None
-    # A strength of 0 is a factor range of [1, 1], which ColorJitter drops (no draw, no kernel).
-    return geometric, v2.ColorJitter(brightness=params.brightness, contrast=params.contrast, saturation=saturation)
+#: Luminance weights of v2's `rgb_to_grayscale` (ITU-R 601-2), which contrast and saturation blend towards.
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)
+#: Tries of v2's RandomResizedCrop at a crop inside the image before it falls back to the central crop.
+CROP_TRIES = 10
+
+
+def crop_boxes(count: int, height: int, width: int, generator: torch.Generator,
+               params: CropFlipJitterRange = CropFlipJitterRange()) -> torch.Tensor:
+    """`count` random crop boxes [count, 4] (top, left, crop height, crop width; int64), drawn as v2's
+    `RandomResizedCrop.make_params` draws one: up to `CROP_TRIES` tries of an area fraction uniform in
+    `crop_scale` and a log-uniform aspect ratio in `crop_ratio`, the first that fits the image kept, else the
+    central crop of the clamped aspect ratio; then a uniform integer position. Batched: all tries at once."""
+    area = height * width
+    low, high = params.crop_scale
+    log_low, log_high = math.log(params.crop_ratio[0]), math.log(params.crop_ratio[1])
+    draws = torch.rand(count, CROP_TRIES, 2, generator=generator, dtype=torch.float64)
+    target_area = area * (low + draws[..., 0] * (high - low))
+    aspect = torch.exp(log_low + draws[..., 1] * (log_high - log_low))
+    # torch.round rounds half to even, as Python's round in v2 does.
+    tried_w = torch.round(torch.sqrt(target_area * aspect))
+    tried_h = torch.round(torch.sqrt(target_area / aspect))
+    fits = (tried_w > 0) & (tried_w <= width) & (tried_h > 0) & (tried_h <= height)
+    first = fits.double().argmax(dim=1, keepdim=True)  # the first try that fits (0 when none does)
+    crop_w = tried_w.gather(1, first).squeeze(1)
+    crop_h = tried_h.gather(1, first).squeeze(1)
+    # v2's fallback: the whole image, narrowed to the nearest allowed aspect ratio, centred.
+    in_ratio = width / height
+    if in_ratio < min(params.crop_ratio):
+        fallback_w, fallback_h = width, int(round(width / min(params.crop_ratio)))
+    elif in_ratio > max(params.crop_ratio):
+        fallback_w, fallback_h = int(round(height * max(params.crop_ratio))), height
+    else:
+        fallback_w, fallback_h = width, height
+    none_fit = ~fits.any(dim=1)
+    crop_w = torch.where(none_fit, float(fallback_w), crop_w)
+    crop_h = torch.where(none_fit, float(fallback_h), crop_h)
+    position = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    top = torch.floor(position[:, 0] * (height - crop_h + 1)).clamp(max=height - crop_h)
+    left = torch.floor(position[:, 1] * (width - crop_w + 1)).clamp(max=width - crop_w)
+    top = torch.where(none_fit, torch.floor((height - crop_h) / 2), top)
+    left = torch.where(none_fit, torch.floor((width - crop_w) / 2), left)
+    return torch.stack([top, left, crop_h, crop_w], dim=1).long()
+
+
+def _bilinear_taps(start: torch.Tensor, length: torch.Tensor, size: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each image's crop [start, start + length) of one axis resized to `size` pixels: the two source
+    indices [n, size] each output pixel mixes and the weight of the second. Half-pixel centres, source
+    positions clamped to the crop, as `F.interpolate(..., align_corners=False)` and v2's antialiased
+    resize (which, enlarging, is the same triangle filter) compute them."""
+    scale = length.double() / size  # never above 1: a crop is never larger than the image
+    steps = torch.arange(size, dtype=torch.float64)
+    source = ((steps.unsqueeze(0) + 0.5) * scale.unsqueeze(1) - 0.5).clamp(min=0.0)
+    lower = torch.floor(source)
+    weight = source - lower
+    lower = lower.long()
+    upper = torch.minimum(lower + 1, (length - 1).unsqueeze(1))
+    offset = start.unsqueeze(1)
+    return (lower + offset).to(device), (upper + offset).to(device), weight
+
+
+def _interpolation_matrices(lower: torch.Tensor, upper: torch.Tensor, weight: torch.Tensor, size: int,
+                            dtype: torch.dtype) -> torch.Tensor:
+    """[n, size, size] matrices (a crop resized back to the image size: as many pixels out as in) whose row k
+    mixes source pixels lower[:, k] and upper[:, k] with weights 1 - weight and weight (added up where the
+    two coincide)."""
+    count = len(lower)
+    matrices = torch.zeros(count, size, size, dtype=dtype, device=lower.device)
+    weight = weight.to(dtype).to(lower.device)
+    matrices.scatter_add_(2, lower.unsqueeze(2), (1 - weight).unsqueeze(2))
+    matrices.scatter_add_(2, upper.unsqueeze(2), weight.unsqueeze(2))
+    return matrices
+
+
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Each image's crop `boxes[i]` (top, left, height, width) resized bilinearly back to the image size and
+    mirrored left-right where `flips[i]`, for float images [n, C, H, W], in one batched pass. A crop of the
+    whole image returns its pixels exactly (its matrices are then identities or, flipped, a permutation)."""
+    count, channels, height, width = images.shape
+    rows_a, rows_b, row_weight = _bilinear_taps(boxes[:, 0], boxes[:, 2], height, images.device)
+    cols_a, cols_b, col_weight = _bilinear_taps(boxes[:, 1], boxes[:, 3], width, images.device)
+    # A flip after the resize samples the same columns in reverse order: folded into the column taps.
+    mirrored = flips.to(torch.bool).unsqueeze(1)
+    cols_a = torch.where(mirrored.to(cols_a.device), cols_a.flip(1), cols_a)
+    cols_b = torch.where(mirrored.to(cols_b.device), cols_b.flip(1), cols_b)
+    col_weight = torch.where(mirrored, col_weight.flip(1), col_weight)
+    # Bilinear resampling is separable: out = rows @ image @ columns^T per image and channel, two batched
+    # products with matrices of two non-zeros a row (dense: at these sizes a product beats a gather).
+    rows = _interpolation_matrices(rows_a, rows_b, row_weight, height, images.dtype)
+    columns = _interpolation_matrices(cols_a, cols_b, col_weight, width, images.dtype)
+    return rows.unsqueeze(1) @ images @ columns.transpose(1, 2).unsqueeze(1)
+
+
+def colour_jitter(images: torch.Tensor, generator: torch.Generator,
+                  params: CropFlipJitterRange = CropFlipJitterRange()) -> torch.Tensor:
+    """v2's ColorJitter (brightness, contrast, saturation; no hue) on float images [n, C, H, W] in [0, 1], each
+    image with its own factors (uniform in [max(0, 1 - s), 1 + s] for strength s) and its own uniformly
+    random order of the adjustments, as v2 draws them per call; batched over the images. Each adjustment is
+    v2's blend ``clamp(f * x + (1 - f) * target, 0, 1)`` towards black (brightness), the image's mean
+    luminance (contrast) or its luminance image (saturation; left out for 1-channel images)."""
+    count, channels = images.shape[:2]
+    strengths = {"brightness": params.brightness, "contrast": params.contrast,
+                 "saturation": params.saturation if channels == 3 else 0.0}
+    kinds = [kind for kind, strength in strengths.items() if strength]
+    if not kinds or count == 0:
+        return images
+    uniform = torch.rand(count, len(kinds), generator=generator, dtype=torch.float64)
+    lows = torch.tensor([max(0.0, 1 - strengths[kind]) for kind in kinds], dtype=torch.float64)
+    highs = torch.tensor([1 + strengths[kind] for kind in kinds], dtype=torch.float64)
+    factors = lows + uniform * (highs - lows)
+    # A uniformly random order of the adjustments per image: the ranks of independent uniform draws.
+    order = torch.rand(count, len(kinds), generator=generator, dtype=torch.float64).argsort(dim=1)
+    code = {kind: kinds.index(kind) if kind in kinds else -1 for kind in strengths}
+    shape = (count, 1, 1, 1)
+    for slot in range(len(kinds)):
+        kind_index = order[:, slot]
+        f = factors.gather(1, kind_index.unsqueeze(1)).to(images.dtype).to(images.device).view(shape)
+        uses_mean = (kind_index == code["contrast"]).to(images.dtype).to(images.device).view(shape)
+        uses_grey = (kind_index == code["saturation"]).to(images.dtype).to(images.device).view(shape)
+        grey = images
+        if channels == 3:
+            red, green, blue = images.unbind(1)
+            grey = (red * GREY_WEIGHTS[0] + green * GREY_WEIGHTS[1] + blue * GREY_WEIGHTS[2]).unsqueeze(1)
+        # The target: the luminance image (saturation), its mean (contrast) or 0 (brightness).
+        target = torch.addcmul(grey.mean(dim=(1, 2, 3), keepdim=True) * uses_mean, grey, uses_grey)
+        # v2's blend f * x + (1 - f) * target as one lerp from the target (equal up to float rounding).
+        images = torch.lerp(target.expand_as(images), images, f).clamp_(0.0, 1.0)
+    return images
 
 
 def random_crop_flip_jitter(images: torch.Tensor, generator: torch.Generator,
@@ -106,8 +224,11 @@ def random_crop_flip_jitter(images: torch.Tensor, generator: torch.Generator,
     """Images [n, C, H, W] (C 1 or 3; uint8, or float in [0, 1]), each with its own random resized crop,
     horizontal flip and colour jitter; returned in the input's shape and dtype.
 
-    The result is a pure function of `generator`'s state (which advances by one draw); torch's global
-    RNG, which the v2 transforms draw from, is left as the caller had it."""
+    The parameters follow torchvision v2's RandomResizedCrop, RandomHorizontalFlip (flip with probability
+    `flip_p`) and ColorJitter draws, one set per image (`crop_boxes`, `colour_jitter`); the resampling is
+    bilinear as v2's enlarging resize (`resized_crops`). All of it runs batched over the images, in float
+    (uint8 images are converted and converted back as v2's `to_dtype` does). The result is a pure function
+    of `generator`'s state; torch's global RNG is neither used nor changed."""
     if images.dim() != 4:
         raise ValueError(f"random_crop_flip_jitter expects images [n, C, H, W], got shape {tuple(images.shape)}")
     count, channels, height, width = images.shape
@@ -117,24 +238,14 @@ def random_crop_flip_jitter(images: torch.Tensor, generator: torch.Generator,
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(f"random_crop_flip_jitter expects uint8 or float images, got {images.dtype} "
                          f"of shape {tuple(images.shape)}")
-    geometric, colour = _crop_flip_jitter_transforms(height, width, channels, params)
-    # Drawn before the empty-batch exit, so the generator advances the same way whatever the batch.
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     if count == 0:
         return images.clone()
-    # Crops run in the input dtype (v2's uint8 antialiased resize is native and faster than float's); other
-    # float types go through float32, which every v2 kernel supports. Colour jitter runs in float32: v2's
-    # uint8 colour kernels convert to float and back at every step, slower and rounding three times.
-    work = images if images.dtype in (torch.uint8, torch.float32) else images.float()
-    # v2 draws one set of parameters per call from the global RNG: one call per image makes the parameters
-    # per image, and a forked, reseeded global RNG makes them a function of `generator` alone.
-    out = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for image in work:
-            image = v2.functional.to_dtype(geometric(image), torch.float32, scale=True)
-            out.append(image if colour is None else colour(image))
-    return v2.functional.to_dtype(torch.stack(out), images.dtype, scale=True)
+    work_dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
+    work = v2.functional.to_dtype(images, work_dtype, scale=True)
+    boxes = crop_boxes(count, height, width, generator, params)
+    flips = torch.rand(count, generator=generator, dtype=torch.float64) < params.flip_p
+    out = colour_jitter(resized_crops(work, boxes, flips), generator, params)
+    return v2.functional.to_dtype(out, images.dtype, scale=True)
 
 
 def _per_image(transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor]) -> EpisodeAugmentation:
@@ -169,4 +280,5 @@ def augment_episode(name: str, support_x: torch.Tensor, query_x: torch.Tensor,
 
 
 __all__ = ["AUGMENTATIONS", "AffineRange", "CropFlipJitterRange", "EpisodeAugmentation", "affine_matrices",
-           "augment_episode", "augment_generator", "no_augmentation", "random_affine", "random_crop_flip_jitter"]
+           "augment_episode", "augment_generator", "colour_jitter", "crop_boxes", "no_augmentation", "random_affine",
+           "random_crop_flip_jitter", "resized_crops"]

@@ -36,7 +36,7 @@ import torch
 
 from episodes.metadataset import MetaDatasetSampler
 from fewshot.backbones import check_backbone, starts_pretrained
-from fewshot.data.datasets import DATASETS, DatasetSplits
+from fewshot.data.datasets import DATASETS, DatasetSplits, dataset_options
 from fewshot.data.splits import ClassSplit
 from fewshot.files import absolute_path
 from fewshot.learners import LEARNERS
@@ -396,9 +396,30 @@ def data_defaults(config: TrainConfig, splits: DatasetSplits) -> dict[str, tuple
 
 def describe_data_defaults(config: TrainConfig, splits: DatasetSplits) -> list[str]:
     """One line per episode size left to the data that the data lowered, e.g. "train ways: 16 (the folder
-    random train split has 16 classes; default 60)": what a run's header prints."""
-    return [f"{name.replace('_', ' ')}: {value} ({why})" for name, (value, why) in data_defaults(config, splits).items()
-            if why]
+    random train split has 16 classes; default 60)": what a run's header prints. Queries lowered for a few
+    small classes get one more line: which `--min-images-per-class` keeps the default, and how many classes it
+    would leave out (said only where every split keeps at least 2 classes)."""
+    chosen = data_defaults(config, splits)
+    lines = [f"{name.replace('_', ' ')}: {value} ({why})" for name, (value, why) in chosen.items() if why]
+    if not _takes_min_images(splits.dataset) or "min_images" in splits.options:
+        return lines
+    info = DATASETS.get(splits.dataset)
+    declared = {**DATA_DEFAULTS, **(dict(info.training_defaults) if info is not None else {})}
+    for name in ("queries", "eval_queries"):
+        if not chosen.get(name, (0, ""))[1]:
+            continue
+        needed = config.shots + declared[name]
+        counts = {split: splits.get(split).class_counts() for split in ("train", "val", "test")}
+        if all(int((count >= needed).sum()) >= 2 for count in counts.values()):
+            small = ", ".join(f"{int((count < needed).sum())} {split}" for split, count in counts.items())
+            lines.append(f"  (--min-images-per-class {needed} keeps {declared[name]} {name.replace('_', ' ')}, leaving "
+                         f"out the classes of fewer images: {small})")
+    return lines
+
+
+def _takes_min_images(dataset: str) -> bool:
+    """Whether `dataset`'s loader takes the min_images option (`--min-images-per-class`)."""
+    return dataset in DATASETS and "min_images" in dataset_options(dataset).parameters(dataset)
 
 
 def model_spec(config: TrainConfig, splits: DatasetSplits) -> ModelSpec:
@@ -572,9 +593,11 @@ def check_data(config: TrainConfig, splits: DatasetSplits) -> None:
         split = splits.get(split_name)
         smallest = int(split.class_counts().min())
         if config.shots + queries > smallest:
+            hint = (f"; lower {flag}, or leave out the smaller classes with --min-images-per-class "
+                    f"{config.shots + queries}" if _takes_min_images(splits.dataset) else "")
             raise ValueError(f"--shots {config.shots} + {flag} {queries} needs {config.shots + queries} images per class, but "
                              f"classes of the {splits.dataset} {splits.scheme} {split_name} split have as few as {smallest} "
-                             f"({_too_small(split, config.shots + queries)})")
+                             f"({_too_small(split, config.shots + queries)}){hint}")
 
 
 def meta_dataset_sampler(config: TrainConfig, split: ClassSplit, num_episodes: int | None) -> MetaDatasetSampler:

@@ -69,11 +69,12 @@ from fewshot.training.config import (
     meta_dataset_sampler,
 )
 from fewshot.training.resume import checkpoint_state, recorded_split, restarted, resume_state
-from fewshot.training.rundir import TENSORBOARD_DIR, RunLock, check_run_dir, describe_write_error, writing
+from fewshot.training.rundir import (DROPPED_CLASSES_FILE, TENSORBOARD_DIR, RunLock, check_run_dir,
+                                     describe_write_error, dropped_classes_record, writing)
 from fewshot.training.runlog import MetricsLog, TensorBoardLog, plot_curve, require_tensorboard
 from fewshot.training.rngs import augment_generator, episode_generator
 from fewshot.training.schedules import make_scheduler
-from fewshot.training.steps import StepBatchNorm
+from fewshot.training.steps import StepBatchNorm, keep_freed_memory
 from fewshot.evaluation.calibration import DEFAULT_FAR, calibrate_checkpoint
 
 
@@ -176,6 +177,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         raise ValueError("--resume needs --output: the run directory to continue")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    keep_freed_memory()  # every episode's large activations reuse the last episode's pages (no page faults)
     world, device = init_from_environment(resolve_device(config.device), config.dist_timeout)
     check_processes(config, world.size, device)
     if splits is None:
@@ -292,6 +294,10 @@ class _RunFiles:
             if splits.fingerprints:  # what identifies each class: its content (fewshot.data.identity)
                 record["fingerprints"] = split_record(splits)["fingerprints"]
             atomic_write(self.run_dir / "splits.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
+            if splits.dropped_classes is not None:  # the classes min_images left out, never silently
+                dropped = dropped_classes_record(splits)
+                atomic_write(self.run_dir / DROPPED_CLASSES_FILE,
+                             lambda f: f.write(json.dumps(dropped, indent=1).encode()))
 
     def write_log(self, record: dict[str, Any]) -> None:
         with writing(self.log.path, self.intact()):
@@ -510,6 +516,11 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
     if main:  # printed with or without progress: what the run chose or continues from, that no flag said
         for line in notes:
             print(line, file=sys.stderr)
+        if splits.dropped_classes is not None:
+            counts = {name: len(classes) for name, classes in splits.dropped_classes["classes"].items()}
+            print(f"min_images={splits.dropped_classes['min_images']}: left out {counts['train']} train, "
+                  f"{counts['val']} val and {counts['test']} test classes of fewer images, listed in "
+                  f"{run_dir / DROPPED_CLASSES_FILE}", file=sys.stderr)
         if config.init is not None:
             print(f"backbone initialised from {config.init} (sha256 {config.init_sha256})", file=sys.stderr)
         if resume:

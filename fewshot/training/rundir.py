@@ -12,7 +12,9 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from fewshot.data.datasets import DatasetSplits
 from fewshot.files import remove_stale_temporaries
 
 try:
@@ -23,7 +25,10 @@ except ImportError:  # not POSIX: runs are not locked (said once, when a run sta
 LOCK_NAME = ".lock"
 # What a run writes, so what --overwrite deletes; `eval_*` are the evaluator's default reports beside a
 # checkpoint, which describe the checkpoints being replaced.
-RUN_FILES = ("config.json", "splits.json", "metrics.jsonl", "curve.png", "last.pt", "best.pt", "test_report.json")
+#: The classes a run's `min_images` dataset option left out, with their image counts (`dropped_classes_record`).
+DROPPED_CLASSES_FILE = "dropped_classes.json"
+RUN_FILES = ("config.json", "splits.json", "metrics.jsonl", "curve.png", "last.pt", "best.pt", "test_report.json",
+             DROPPED_CLASSES_FILE)
 RUN_FILE_PATTERNS = ("eval_*.json", "eval_*.png")
 #: The folder of a run's TensorBoard event files (`--tensorboard`), also deleted by --overwrite.
 TENSORBOARD_DIR = "tensorboard"
@@ -149,3 +154,12 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                               "start it over (deleting its checkpoints and log), or choose another --output")
     raise FileExistsError(f"{run_dir} is not empty (it holds {listed}); a new run would replace or mix with those "
                           "files. Choose another --output, or pass --overwrite to start a run over in it")
+
+
+def dropped_classes_record(splits: DatasetSplits) -> dict[str, Any]:
+    """What dropped_classes.json holds: {"min_images": N, "classes": {split: [{"name": ..., "images": count}]}},
+    from `splits.dropped_classes` (`DatasetSplits.without_small_classes`)."""
+    dropped = splits.dropped_classes or {"min_images": None, "classes": {}}
+    return {"min_images": dropped["min_images"],
+            "classes": {split: [{"name": name, "images": count} for name, count in classes.items()]
+                        for split, classes in dropped["classes"].items()}}

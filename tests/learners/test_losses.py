@@ -312,7 +312,7 @@ def test_build_learner_and_bad_episodes():
     learner = build_learner("protonet", distance)
     assert learner.distance is distance and [p.shape for p in learner.parameters()] == [(2, 2)]
     assert isinstance(build_learner("triplet", None, margin=0.5, miner="batch-hard"), TripletLearner)
-    assert {"protonet", "siamese", "triplet"} <= set(LEARNERS) == {"protonet", "siamese", "triplet", "normface", "cosface", "arcface", "sphereface", "proxy-nca", "proxy-anchor", "lifted-structure", "n-pair", "multi-similarity", "circle", "circle-class"}
+    assert {"protonet", "siamese", "triplet"} <= set(LEARNERS) == {"protonet", "siamese", "triplet", "normface", "cosface", "arcface", "sphereface", "proxy-nca", "proxy-anchor", "lifted-structure", "n-pair", "multi-similarity", "circle", "circle-class", "matching", "relation"}
     with pytest.raises(ValueError, match="unknown learner 'maml'.*protonet, siamese, triplet"):
         build_learner("maml", None)
     # Margin losses take their distance injected, but only a squared metric (they train its square root).

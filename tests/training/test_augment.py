@@ -1,5 +1,6 @@
 """Training augmentation: the affine maps stay in their bounds, are per image and seeded, and an augmented
-run on real Omniglot is reproducible and resumes exactly."""
+run on real Omniglot is reproducible and resumes exactly; the batched crop-flip-jitter draws and resamples as torchvision
+v2 does."""
 
 from __future__ import annotations
 
@@ -8,8 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 
-from fewshot.training.augment import AffineRange, affine_matrices, augment_episode, augment_generator, random_affine
+from fewshot.training.augment import (
+    AffineRange,
+    CropFlipJitterRange,
+    affine_matrices,
+    augment_episode,
+    augment_generator,
+    colour_jitter,
+    crop_boxes,
+    random_affine,
+    random_crop_flip_jitter,
+    resized_crops,
+)
 from fewshot.model.checkpoint import load_checkpoint
 from fewshot.data.datasets import load_splits
 
@@ -100,3 +113,71 @@ def test_augmented_run_is_reproducible_and_resumes_exactly(data_root: Path, tmp_
     assert code == 0, stderr
     plain = load_checkpoint(tmp_path / "plain" / "last.pt")
     assert not torch.equal(plain["model"]["backbone.encoder.0.0.weight"], full["model"]["backbone.encoder.0.0.weight"])
+
+
+# crop-flip-jitter, batched: the same parameter distributions and resampling as torchvision v2's transforms.
+
+def test_resized_crops_match_v2_resized_crop_and_flip_per_image() -> None:
+    images = torch.rand(24, 3, 40, 32, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    boxes = crop_boxes(len(images), 40, 32, generator)
+    flips = torch.rand(len(images), generator=generator) < 0.5
+    out = resized_crops(images, boxes, flips)
+    for image, box, flip, got in zip(images, boxes.tolist(), flips.tolist(), out):
+        expected = v2.functional.resized_crop(image, *box, [40, 32], antialias=True)
+        expected = v2.functional.horizontal_flip(expected) if flip else expected
+        assert torch.allclose(got, expected, atol=1e-5)
+    assert 0 < int(flips.sum()) < len(flips)
+
+
+def test_crop_boxes_follow_v2_random_resized_crop_distribution() -> None:
+    count, height, width = 4000, 64, 48
+    ours = crop_boxes(count, height, width, torch.Generator().manual_seed(0)).double()
+    transform = v2.RandomResizedCrop((height, width), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3))
+    torch.manual_seed(0)
+    theirs = torch.tensor([[p["top"], p["left"], p["height"], p["width"]] for p in
+                           (transform.make_params([torch.zeros(3, height, width)]) for _ in range(count))]).double()
+    assert (ours[:, 0] >= 0).all() and (ours[:, 1] >= 0).all()
+    assert (ours[:, 0] + ours[:, 2] <= height).all() and (ours[:, 1] + ours[:, 3] <= width).all()
+    # means and spreads agree within a few standard errors (of 4000 draws)
+    for column in range(4):
+        spread = theirs[:, column].std()
+        assert abs(ours[:, column].mean() - theirs[:, column].mean()) < 4 * spread / count ** 0.5
+        assert abs(ours[:, column].std() - spread) < 0.1 * spread
+    # no try fits (the area of the whole image, but too wide an aspect ratio): v2's centred fallback
+    wide = CropFlipJitterRange(crop_scale=(1.0, 1.0), crop_ratio=(2.0, 3.0))
+    fallback = crop_boxes(5, 32, 32, torch.Generator().manual_seed(0), wide)
+    assert fallback.tolist() == [[8, 0, 16, 32]] * 5
+
+
+def test_contrast_jitter_matches_v2_with_each_image_its_factor() -> None:
+    images = torch.rand(16, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    params = CropFlipJitterRange(brightness=0.0, contrast=0.4, saturation=0.0)
+    out = colour_jitter(images, torch.Generator().manual_seed(5), params)
+    factors = 0.6 + torch.rand(16, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)[:, 0] * 0.8
+    for image, factor, got in zip(images, factors.tolist(), out):
+        assert torch.allclose(got, v2.functional.adjust_contrast(image, factor), atol=1e-5)
+    assert factors.max() - factors.min() > 0.3
+
+
+def test_crop_flip_jitter_is_one_batched_pass_seeded_by_the_generator_alone() -> None:
+    images = torch.rand(30, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    first = random_crop_flip_jitter(images, augment_generator(3, 9))
+    torch.manual_seed(2)
+    assert torch.equal(random_crop_flip_jitter(images, augment_generator(3, 9)), first)
+    assert first.min() >= 0 and first.max() <= 1 and first.shape == images.shape
+
+
+def test_crop_flip_jitter_run_is_reproducible_and_resumes_exactly(data_root: Path, tmp_path: Path) -> None:
+    augmented = ("--augment", "crop-flip-jitter")
+    code, _, stderr = run_main(run_args(tmp_path / "full", data_root, episodes=6, extra=augmented))
+    assert code == 0, stderr
+    code, _, stderr = run_main(run_args(tmp_path / "split", data_root, episodes=3, extra=augmented))
+    assert code == 0, stderr
+    code, _, stderr = run_main(run_args(tmp_path / "split", data_root, episodes=6, extra=(*augmented, "--resume")))
+    assert code == 0, stderr
+    full, split = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
+    assert full["config"]["augment"] == "crop-flip-jitter"
+    for key in ("model", "optimizer", "scheduler"):
+        assert_identical(split[key], full[key], key)

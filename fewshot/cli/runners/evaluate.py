@@ -10,6 +10,7 @@ from pathlib import Path
 from fewshot.cli.errors import COMMAND_ERRORS, report_error
 from fewshot.evaluation import (EvaluationSettings, default_report_path, evaluate_checkpoint, format_table, plot_report,
                                 report_json)
+from fewshot.evaluation.heads import HEADS
 from fewshot.evaluation.settings import episode_list_path
 from fewshot.files import atomic_write, check_writable
 from fewshot.runtime import init_from_environment, leave_process_group, resolve_device
@@ -21,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
                                                           args.test_time_shift, args.test_time_rotations,
                                                           args.test_time_mirror,
                                                           "within-parent" if args.within_alphabet else
-                                                          "meta-dataset" if args.meta_dataset else "fixed"))
+                                                          "meta-dataset" if args.meta_dataset else "fixed",
+                                                          args.dirichlet_queries, [name for name, _ in args.heads]))
     plot_path = Path(args.plot or report_path.with_suffix(".png"))
     # The output paths are checked before the (long) evaluation, so a typo costs nothing.
     from matplotlib.backend_bases import FigureCanvasBase
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Under torchrun (WORLD_SIZE > 1) the episodes are sharded over the ranks and gathered in order.
         world, device = init_from_environment(resolve_device(args.device))
+        # Each --head with the --head-arg pairs that followed it, typed by the head's signature.
+        heads = [(name, HEADS.parse_arguments(name, pairs, "--head-arg")) for name, pairs in args.heads]
         settings = EvaluationSettings(
             ways_shots=[(w, s) for w in args.ways for s in args.shots], queries=args.queries, episodes=args.episodes,
             seed=args.seed, episode_list=args.episode_list, save_episode_lists=args.save_episodes,
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
             per_episode=args.per_episode, allow_seen=args.allow_seen_classes, embedding_metrics=args.embedding_metrics,
             views={"shift": args.test_time_shift, "rotations": args.test_time_rotations,
                    "mirror": args.test_time_mirror},
-            episode_kind=kind, max_ways=args.max_ways)
+            episode_kind=kind, max_ways=args.max_ways, min_images=args.min_images_per_class,
+            query_dirichlet=args.dirichlet_queries, heads=heads)
         report = evaluate_checkpoint(args.checkpoint, settings, compare=args.compare, ensemble=args.ensemble,
                                      dataset=args.dataset, split=args.split, data_root=args.data_root)
     except COMMAND_ERRORS as error:

@@ -30,6 +30,7 @@ def config_from_args(args: argparse.Namespace, given: set[str] | None = None) ->
     flat = {key: value for key, value in options.items() if key in given and key in SETTING_SECTIONS}
     config = TrainConfig.from_dict({**base.to_dict(), **flat})
     loss_args = [*options.get("loss_arg", []), *_legacy_loss_args(options, given, config.learner)]
+    dataset_args = [*options.get("dataset_arg", []), *_min_images_arg(options, given, config.dataset)]
     metric = config.metric or LEARNERS.get_or_raise(config.learner).default_distance
     return TrainConfig.from_dict({
         **config.to_dict(),
@@ -40,8 +41,23 @@ def config_from_args(args: argparse.Namespace, given: set[str] | None = None) ->
                                                                               options.get("backbone_arg", []),
                                                                               "--backbone-arg")},
         "dataset_args": {**config.dataset_args, **dataset_options(config.dataset).parse_arguments(
-            config.dataset, options.get("dataset_arg", []), "--dataset-arg")},
+            config.dataset, dataset_args, "--dataset-arg")},
     })
+
+
+def _min_images_arg(options: dict[str, Any], given: set[str], dataset: str) -> list[str]:
+    """`--min-images-per-class N` as the `--dataset-arg min_images=N` entry, refused for a dataset without that
+    option and beside a `--dataset-arg min_images=...`."""
+    value = options.get("min_images_per_class")
+    if "min_images_per_class" not in given or value is None:
+        return []
+    if any(pair.partition("=")[0].strip() == "min_images" for pair in options.get("dataset_arg", [])):
+        raise ValueError("--min-images-per-class and --dataset-arg min_images=... both set the classes' least image "
+                         "count; give it once")
+    if "min_images" not in dataset_options(dataset).parameters(dataset):
+        raise ValueError(f"--min-images-per-class applies to datasets whose classes differ in size (the folder "
+                         f"dataset); the {dataset} loader has no min_images option")
+    return [f"min_images={value}"]
 
 
 def _legacy_loss_args(options: dict[str, Any], given: set[str], learner: str) -> list[str]:

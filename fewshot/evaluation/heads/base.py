@@ -11,10 +11,11 @@ A head is *inductive* when each query's scores depend on the support set and tha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from fewshot.learners.base import Learner
@@ -59,7 +60,9 @@ class Head:
 
     transductive: ClassVar[bool] = False
     needs_images: ClassVar[bool] = False
-    needs_base_mean: ClassVar[bool] = False
+    #: A plain attribute, not a ClassVar: whether a head needs the mean may depend on its arguments (SimpleShot's
+    #: ``norm``), so an instance may set it.
+    needs_base_mean: bool = False
 
     def logits(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, ways: int,
                context: HeadContext) -> torch.Tensor:
@@ -72,6 +75,22 @@ class Head:
         """``[n_query, ways]`` scores from the episode's images (for heads with ``needs_images``); the model is
         ``context.model`` and must come back unchanged."""
         raise NotImplementedError
+
+
+def episode_generator(seed: int, episode: int) -> torch.Generator:
+    """The CPU generator of `HeadContext.generator` for episode number `episode` of an evaluation seeded `seed`: a
+    pure function of the pair (mixed by numpy's SeedSequence), so a head's random draws do not depend on which
+    process scores the episode, in which order, or which other heads run."""
+    state = np.random.SeedSequence([seed, episode]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def head_label(name: str, arguments: Mapping[str, Any]) -> str:
+    """How a head built from `name` and `arguments` is named in reports: ``simpleshot`` or
+    ``simpleshot(norm=L2N)``."""
+    if not arguments:
+        return name
+    return f"{name}({', '.join(f'{k}={v}' for k, v in arguments.items())})"
 
 
 def build_head(name: str, **kwargs: Any) -> Head:

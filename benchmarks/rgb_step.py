@@ -1,0 +1,232 @@
+"""The colour training step, today's against the new, side by side in one run on this CPU.
+
+    python -m benchmarks.rgb_step [--data-root /work/emoji/xd] [--threads 1] [--repeats 5] [--compile]
+
+Two cases on the emoji colour set (`--dataset folder`, the `train/` classes), bf16 autocast
+(`--precision bf16`) and `--augment crop-flip-jitter`, as `fewshot train` runs them:
+
+- Conv-4, 20-way 1-shot 4-query episodes of 64x64 RGB images (100 images a step);
+- ResNet-12, 5-way 1-shot 4-query episodes of 84x84 RGB images (25 images; the emoji resized).
+
+"today" is the step as it ran before this benchmark's changes: the per-image torchvision v2
+crop-flip-jitter (a faithful copy below, `per_image_crop_flip_jitter`) and glibc's default heap
+(allocations above 32 MB mapped and unmapped every episode). "new" is the step `fewshot train` runs now:
+the batched `fewshot.training.augment.random_crop_flip_jitter` and `keep_freed_memory`. Both train
+their own copy of the same initial weights on the same episodes; each repeat times a few steps of one,
+then the other (interleaved, so that load from other processes falls on both), and the tables give
+medians over repeats. Each step is split into data (gather + to float), augmentation, forward,
+backward and the optimiser step. With `--compile` a third column runs the new step with the backbone
+under `torch.compile` (its compilation is not timed).
+
+Numbers: the backbone computes exactly as before (the same kernels; only the allocator and the
+augmentation changed), so the same weights on the same un-augmented episode give the same loss and
+logits, which the run checks. The augmentation's implementation changed (the same parameter
+distributions, resampled in a batch), so augmented images differ by design: the numbers are compared
+without augmentation and the times with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import ctypes.util
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+from episodes.sampler import EpisodeSampler
+from episodes.torch import EpisodeDataset
+from fewshot.data import load_splits
+from fewshot.model.network import FewShotModel, ModelSpec
+from fewshot.training.augment import CropFlipJitterRange, augment_generator, random_crop_flip_jitter
+from fewshot.training.steps import keep_freed_memory
+
+PARTS = ("data", "augment", "forward", "backward", "optimiser")
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training step shape."""
+
+    name: str
+    backbone: str
+    image_size: int
+    ways: int
+    shots: int = 1
+    queries: int = 4
+
+
+CASES = (Case("Conv-4 20-way 1-shot 64x64", "conv4", 64, 20), Case("ResNet-12 5-way 1-shot 84x84", "resnet12", 84, 5))
+
+
+def per_image_crop_flip_jitter(images: torch.Tensor, generator: torch.Generator,
+                               params: CropFlipJitterRange = CropFlipJitterRange()) -> torch.Tensor:
+    """Today's crop-flip-jitter, as fewshot.training.augment had it: the v2 transforms called once per
+    image under a reseeded, forked global RNG."""
+    count, channels, height, width = images.shape
+    geometric = v2.Compose([
+        v2.RandomResizedCrop((height, width), scale=params.crop_scale, ratio=params.crop_ratio, antialias=True),
+        v2.RandomHorizontalFlip(params.flip_p),
+    ])
+    saturation = params.saturation if channels == 3 else 0.0
+    colour = (v2.ColorJitter(brightness=params.brightness, contrast=params.contrast, saturation=saturation)
+              if params.brightness or params.contrast or saturation else None)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    work = images if images.dtype in (torch.uint8, torch.float32) else images.float()
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for image in work:
+            image = v2.functional.to_dtype(geometric(image), torch.float32, scale=True)
+            out.append(image if colour is None else colour(image))
+    return v2.functional.to_dtype(torch.stack(out), images.dtype, scale=True)
+
+
+def glibc_default_heap() -> None:
+    """glibc's heap as a process that never called mallopt has it in a steady state: its dynamic mmap
+    threshold at its 32 MB ceiling, the trim threshold twice that, free memory returned now."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    libc.malloc_trim(0)
+
+
+class StepPath:
+    """One way of running the step: its augmentation, heap setting, model and optimiser, its episode stream."""
+
+    def __init__(self, name: str, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                 heap: Callable[[], object], model: FewShotModel, stream_factory: Callable[[], object]) -> None:
+        self.name, self.augment, self.heap, self.model = name, augment, heap, model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.stream = stream_factory()
+        self.episode = 0
+        self.times: dict[str, list[float]] = {part: [] for part in PARTS}
+
+    def warm(self, episode: tuple[torch.Tensor, ...]) -> None:
+        """Forward and backward on `episode`, untimed, no update: the allocator's steady state after a heap change."""
+        support_x, support_y, query_x, query_y, _ = episode
+        self.model(support_x, support_y, query_x, query_y).loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One training step as the training loop runs it, each part timed."""
+        marks = [time.perf_counter()]
+        support_x, support_y, query_x, query_y, _ = next(self.stream)
+        marks.append(time.perf_counter())
+        both = self.augment(torch.cat([support_x, query_x]), augment_generator(SEED, self.episode))
+        support_x, query_x = both[:len(support_x)], both[len(support_x):]
+        marks.append(time.perf_counter())
+        self.optimizer.zero_grad(set_to_none=True)
+        output = self.model(support_x, support_y, query_x, query_y)
+        marks.append(time.perf_counter())
+        output.loss.backward()
+        marks.append(time.perf_counter())
+        self.optimizer.step()
+        marks.append(time.perf_counter())
+        self.episode += 1
+        for part, start, end in zip(PARTS, marks, marks[1:]):
+            self.times[part].append(end - start)
+
+
+def build_model(case: Case) -> FewShotModel:
+    torch.manual_seed(SEED)
+    model = FewShotModel(ModelSpec(backbone=case.backbone, in_channels=3, image_size=case.image_size))
+    model.compute_dtype = torch.bfloat16
+    return model
+
+
+def compiled(model: FewShotModel) -> FewShotModel:
+    """`model` with its backbone under torch.compile (the state dict keys stay those of the plain model)."""
+    model.backbone.forward = torch.compile(model.backbone.forward)
+    return model
+
+
+def check_numbers(case: Case, split) -> str:
+    """Loss and logits of today's and the new model path on one un-augmented episode from the same weights."""
+    sampler = EpisodeSampler(split.labels, case.ways, case.shots, case.queries, seed=SEED + 1)
+    support_x, support_y, query_x, query_y, _ = next(iter(EpisodeDataset(sampler, split, with_classes=True)))
+    model = build_model(case)
+    glibc_default_heap()
+    before = model(support_x, support_y, query_x, query_y)
+    keep_freed_memory()
+    after = model(support_x, support_y, query_x, query_y)
+    same = torch.equal(before.logits, after.logits) and torch.equal(before.loss, after.loss)
+    difference = (before.logits - after.logits).abs().max().item()
+    return (f"un-augmented episode, same weights: loss {before.loss.item():.6f} vs {after.loss.item():.6f}, "
+            f"max |logit difference| {difference:.2e} ({'identical' if same else 'differ'})")
+
+
+def run_case(case: Case, args: argparse.Namespace) -> None:
+    split = load_splits("folder", None, args.data_root, case.image_size).train
+    sampler = EpisodeSampler(split.labels, case.ways, case.shots, case.queries, seed=SEED)
+
+    def stream():
+        return iter(EpisodeDataset(sampler, split, with_classes=True))
+
+    warm_up = next(iter(EpisodeDataset(EpisodeSampler(split.labels, case.ways, case.shots, case.queries, seed=SEED + 2),
+                                       split, with_classes=True)))
+    first = build_model(case)
+    paths = [StepPath("today", per_image_crop_flip_jitter, glibc_default_heap, first, stream),
+             StepPath("new", random_crop_flip_jitter, keep_freed_memory, copy.deepcopy(first), stream)]
+    if args.compile:
+        model = compiled(copy.deepcopy(first))
+        path = StepPath("new + compile", random_crop_flip_jitter, keep_freed_memory, model, stream)
+        started = time.perf_counter()
+        try:
+            path.heap()
+            path.warm(warm_up)
+            paths.append(path)
+            print(f"compiled in {time.perf_counter() - started:.0f} s")
+        except Exception as error:  # compilation needs a C++ compiler; the comparison goes on without it
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); left out", stacklevel=1)
+    images = case.ways * (case.shots + case.queries)
+    print(f"\n## {case.name}: {images} images a step, bf16 autocast, crop-flip-jitter, "
+          f"{torch.get_num_threads()} thread(s), {args.repeats} repeats x {args.steps} steps")
+    print(check_numbers(case, split))
+    for repeat in range(args.repeats):
+        for path in paths:
+            path.heap()
+            path.warm(warm_up)
+            for _ in range(args.steps):
+                path.step()
+    medians = {path.name: {part: 1000 * statistics.median(path.times[part]) for part in PARTS} for path in paths}
+    totals = {name: sum(parts.values()) for name, parts in medians.items()}
+    reference = totals["today"]
+    names = list(medians)
+    print("\n| part (ms, median) | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for part in PARTS:
+        print(f"| {part} | " + " | ".join(f"{medians[name][part]:.1f}" for name in names) + " |")
+    print("| **step** | " + " | ".join(f"**{totals[name]:.1f}**" for name in names) + " |")
+    print("| speed-up against today | " + " | ".join(f"{reference / totals[name]:.2f}x" for name in names) + " |")
+    print("| images / s | " + " | ".join(f"{1000 * images / totals[name]:.0f}" for name in names) + " |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default="/work/emoji/xd", help="an ImageFolder with train/ (the emoji set)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as the training run's --threads)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (the tables give medians)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps of each path per repeat")
+    parser.add_argument("--cases", nargs="+", choices=[case.backbone for case in CASES],
+                        default=[case.backbone for case in CASES])
+    parser.add_argument("--compile", action="store_true", help="add the new step with the backbone under torch.compile")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f} at the start")
+    for case in CASES:
+        if case.backbone in args.cases:
+            run_case(case, args)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other processes share this CPU: compare within a run)")
+
+
+if __name__ == "__main__":
+    main()
