@@ -20,7 +20,7 @@ from fewshot.evaluation.heads import build_head
 from fewshot.model.checkpoint import model_from_checkpoint
 from tests.support.tiny_runs import train_tiny
 
-HEADS = ["prototype", "simpleshot", ("simpleshot", {"norm": "L2N"}), "logistic", ("finetune", {"steps": 10}),
+HEADS = ["prototype", "simpleshot", ("simpleshot", {"norm": "L2N"}), "logistic", ("finetune", {"steps": 100}),
          ("finetune-backbone", {"steps": 2})]
 
 
@@ -58,7 +58,7 @@ def test_the_prototype_head_reproduces_the_evaluation_without_heads(report: dict
 
 def test_every_head_is_scored_and_paired_with_the_prototype_on_identical_episodes(report: dict) -> None:
     names = [h["head"] for h in report["heads"]]
-    assert names == ["prototype", "simpleshot", "simpleshot(norm=L2N)", "logistic", "finetune(steps=10)",
+    assert names == ["prototype", "simpleshot", "simpleshot(norm=L2N)", "logistic", "finetune(steps=100)",
                      "finetune-backbone(steps=2)"]
     reference = [np.array(r["per_episode"]) for r in report["heads"][0]["results"]]
     for head in report["heads"][1:]:
@@ -77,7 +77,7 @@ def test_every_head_is_scored_and_paired_with_the_prototype_on_identical_episode
 def test_the_same_seed_gives_the_same_numbers_whatever_heads_run_beside(report: dict, checkpoint: Path,
                                                                          splits: DatasetSplits) -> None:
     alone = evaluate_checkpoint(checkpoint, ways_shots=[(5, 2)], queries=3, episodes=8, progress=False, splits=splits,
-                                heads=[("finetune", {"steps": 10})])
+                                heads=[("finetune", {"steps": 100})])
     assert alone["heads"][1]["results"][0]["per_episode"] == report["heads"][4]["results"][1]["per_episode"]
 
 
@@ -154,14 +154,22 @@ def test_the_cli_refuses_bad_heads_and_arguments(argv: list[str], message: str, 
 def test_the_api_classifies_with_a_head(checkpoint: Path, splits: DatasetSplits) -> None:
     trained = load(checkpoint)
     test = splits.test
-    items = np.concatenate([np.flatnonzero(test.labels == c)[:4] for c in range(5)])
-    x, y = test.gather(items), test.labels[items].tolist()
-    support, query = list(range(0, len(items), 4)), [i for i in range(len(items)) if i % 4]
-    own = trained.classify(x[support], [y[i] for i in support], x[query])
-    assert trained.classify(x[support], [y[i] for i in support], x[query], head="prototype") == own
-    for head in ("simpleshot", "logistic", build_head("finetune-backbone", steps=1)):
-        labels = trained.classify(x[support], [y[i] for i in support], x[query], head=head)
-        assert np.mean(np.array(labels) == np.array([y[i] for i in query])) > 0.4
+    heads = ("simpleshot", "logistic", build_head("finetune-backbone", steps=1))
+    correct: dict[int, list[bool]] = {h: [] for h in range(len(heads))}
+    # Four 5-way 1-shot, 3-query episodes (60 queries a head): one episode alone is too noisy for a tiny model.
+    for first in range(0, 20, 5):
+        items = np.concatenate([np.flatnonzero(test.labels == c)[:4] for c in range(first, first + 5)])
+        x, y = test.gather(items), test.labels[items].tolist()
+        support, query = list(range(0, len(items), 4)), [i for i in range(len(items)) if i % 4]
+        truth = np.array([y[i] for i in query])
+        own = trained.classify(x[support], [y[i] for i in support], x[query])
+        assert trained.classify(x[support], [y[i] for i in support], x[query], head="prototype") == own
+        for h, head in enumerate(heads):
+            labels = trained.classify(x[support], [y[i] for i in support], x[query], head=head)
+            correct[h].extend((np.array(labels) == truth).tolist())
+    for h, head in enumerate(heads):
+        # chance is 0.2; 0.35 is three binomial standard deviations above it over 60 queries
+        assert np.mean(correct[h]) > 0.35, head
 
 
 def test_heads_give_the_same_numbers_embedding_each_episode_afresh(report: dict, checkpoint: Path,
