@@ -53,3 +53,12 @@ def trainable(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Float32 copies of ``tensors`` that autograd may use, even when made under ``torch.inference_mode``
     (call under ``torch.inference_mode(False)``)."""
     return tuple(t.detach().float().clone() for t in tensors)
+
+
+def prepared(support: torch.Tensor, query: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`trainable` copies of an episode's support and query embeddings, L2-normalised when `normalize` (the
+    start of every head that fits parameters by gradient descent; call under ``torch.inference_mode(False)``)."""
+    support, query = trainable(support, query)
+    if normalize:
+        support, query = F.normalize(support, dim=1), F.normalize(query, dim=1)
+    return support, query

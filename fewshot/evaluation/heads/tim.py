@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.evaluation.heads.base import Head, HeadContext, register_head
-from fewshot.evaluation.heads.common import choice, class_means, cosine, positive_float, positive_int, trainable
+from fewshot.evaluation.heads.common import choice, class_means, cosine, positive_float, positive_int, prepared
 
 #: How a query's logits come from the class weights: TIM's ``-temperature / 2 * ||z - w||^2``, or
 #: ``temperature * cos(z, w)`` (easyfsl's TIM).
@@ -123,9 +123,7 @@ class TIMBase(Head):
     def logits(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, ways: int,
                context: HeadContext) -> torch.Tensor:
         with torch.inference_mode(False), torch.enable_grad():  # the evaluator scores under no_grad
-            support, query = trainable(support, query)
-            if self.normalize:
-                support, query = F.normalize(support, dim=1), F.normalize(query, dim=1)
+            support, query = prepared(support, query, self.normalize)
             weights = self.fitted_weights(support, support_labels, query, ways)
             return self.scores(query, weights).detach()
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.evaluation.heads.base import Head, HeadContext, register_head
-from fewshot.evaluation.heads.common import choice, class_means, positive_float, positive_int, trainable
+from fewshot.evaluation.heads.common import choice, class_means, positive_float, positive_int, prepared
 
 #: The classifier's logits: the paper's ``temperature * (z . w + b)`` on L2-normalised embeddings with ``w`` started
 #: at the L2-normalised class means, or easyfsl's ``-temperature * ||z - w||`` with ``w`` started at the class means.
@@ -57,9 +57,7 @@ class TransductiveFinetuning(Head):
     def logits(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, ways: int,
                context: HeadContext) -> torch.Tensor:
         with torch.inference_mode(False), torch.enable_grad():  # the evaluator scores under no_grad
-            support, query = trainable(support, query)
-            if self.normalize:
-                support, query = F.normalize(support, dim=1), F.normalize(query, dim=1)
+            support, query = prepared(support, query, self.normalize)
             weights = class_means(support, support_labels, ways)
             if self.classifier == "linear":
                 weights = F.normalize(weights, dim=1)
