@@ -5,7 +5,7 @@ which, with the checkpoint's SHA-256, so any number can be reproduced exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,14 @@ from fewshot.data.identity import apply_split_record
 from fewshot.data.splits import ClassSplit, drop_small_classes
 from fewshot.runtime import current_world
 from fewshot.evaluation.embedding_metrics import embedding_metrics
+from fewshot.evaluation.base_mean import BaseClassMean
 from fewshot.evaluation.cache import SplitEmbeddings
 from fewshot.evaluation.views import compose_views
 from fewshot.evaluation.episodes import (Candidate, Ensemble, Scorer, episode_distribution, evaluation_episodes,
                                          metadataset_evaluation, score_episodes, within_parent_evaluation)
 from fewshot.evaluation.heads import build_head, head_label
 from fewshot.evaluation.settings import EVAL_SPLITS, EvaluationSettings, episode_list_path
-from fewshot.model.network import FewShotModel, embed_in_batches
+from fewshot.model.network import FewShotModel
 
 __all__ = ["EVAL_SPLITS", "BaseClassMean", "adapt_split", "check_novel", "checkpoint_base_split", "checkpoint_splits",
            "comparison_split", "evaluate_checkpoint"]
@@ -38,11 +39,6 @@ __all__ = ["EVAL_SPLITS", "BaseClassMean", "adapt_split", "check_novel", "checkp
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 #: Images converted at a time by `adapt_split` (bounds the float copy).
 ADAPT_CHUNK = 1024
-#: The base-class mean embedding (SimpleShot's centring) is the mean over a uniform sample of at most this many of
-#: the training classes' images, drawn without replacement by numpy's default_rng(BASE_MEAN_SEED): the same sample
-#: for every evaluation seed, so the centring is a property of the checkpoint.
-BASE_MEAN_IMAGES = 5000
-BASE_MEAN_SEED = 0
 
 
 def adapt_split(split: ClassSplit, in_channels: int, image_size: int,
@@ -192,33 +188,6 @@ def checkpoint_base_split(state: dict[str, Any], splits: DatasetSplits | None = 
                          "the checkpoint was trained on, so their mean embedding cannot be computed; point --data-root "
                          "(data_root=) at the run's data")
     return base
-
-
-class BaseClassMean:
-    """The mean embedding ``[d]`` of a model's base (training) classes, computed on first call and kept: the mean
-    over a uniform sample of at most `images` of their images (numpy default_rng(`seed`), without replacement),
-    embedded without test-time views. `base` is the base split, or a callable loading it (called on first use
-    only). `record` says what was computed (None before)."""
-
-    def __init__(self, model: FewShotModel, base: ClassSplit | Callable[[], ClassSplit],
-                 device: torch.device | str = "cpu", batch_size: int = 64, images: int = BASE_MEAN_IMAGES,
-                 seed: int = BASE_MEAN_SEED) -> None:
-        self.model, self.base, self.device, self.batch_size = model, base, torch.device(device), batch_size
-        self.images, self.seed = images, seed
-        self.mean: torch.Tensor | None = None
-        self.record: dict[str, Any] | None = None
-
-    def __call__(self) -> torch.Tensor:
-        if self.mean is None:
-            split = self.base if isinstance(self.base, ClassSplit) else self.base()
-            rng = np.random.default_rng(self.seed)
-            items = np.sort(rng.choice(len(split), size=min(self.images, len(split)), replace=False))
-            embeddings = embed_in_batches(self.model, items, self.batch_size, self.device,
-                                          load=lambda batch: split.to_float(split.gather(batch)))
-            self.mean = embeddings.mean(dim=0)
-            self.record = {"images": len(items), "of": len(split), "classes": split.num_classes, "seed": self.seed,
-                           "sampler": "numpy default_rng(seed).choice without replacement"}
-        return self.mean
 
 
 def with_recorded_split(state: dict[str, Any], scheme: str | None, splits: DatasetSplits) -> DatasetSplits:

@@ -37,7 +37,8 @@ from fewshot.evaluation.calibration import (
 from fewshot.evaluation.calibration import (
     calibrate as calibrate_model,
 )
-from fewshot.evaluation.checkpoints import BaseClassMean, checkpoint_base_split
+from fewshot.evaluation.base_mean import BaseClassMean
+from fewshot.evaluation.checkpoints import checkpoint_base_split
 from fewshot.evaluation.heads import Head, HeadContext, build_head, episode_generator
 from fewshot.files import absolute_path
 from fewshot.inference.clustering import Clustering, cluster_embeddings
