@@ -104,7 +104,7 @@ class DatasetInfo:
         background: the float value (0..1) of an empty pixel, what test-time shifts fill the uncovered
             border with; 0 (black, the value of zero padding) unless the dataset declares otherwise.
         training_defaults: episode sizes a training run takes when it is not given them, over the
-            generic ones (`fewshot.training.config.DATA_DEFAULTS`: `train_ways`, `queries`,
+            generic ones (`fewshot.training.settings.DATA_DEFAULTS`: `train_ways`, `queries`,
             `eval_queries`); the run still lowers each to what the loaded split holds.
     """
 

@@ -25,7 +25,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from fewshot.data.datasets import DatasetInfo, DatasetSplits, register_dataset
-from fewshot.data.images import is_os_artifact
+from fewshot.data.images import is_os_artifact, load_resized
+from fewshot.data.omniglot_memory import (
+    DEGREES_TO_TURNS,
+    LAKE_TRAIN_ROTATIONS,
+    check_copies_memory,
+    check_decoding_memory,
+    held_image_copies,
+    rotation_turns,
+)
 from fewshot.data.splits import ClassSplit
 from fewshot.data.storage import (
     cache_dir,
@@ -36,8 +44,6 @@ from fewshot.data.storage import (
     resolve_data_root,
     write_cache,
 )
-from fewshot.files import check_memory
-from fewshot.data.images import load_resized
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 PARTS = (BACKGROUND, EVALUATION)
@@ -49,7 +55,6 @@ VINYALS_SPLITS_URL = (
 VINYALS_SPLITS = ("train", "val", "test", "trainval")
 LAKE_SPLITS = ("background", "evaluation")
 SPLIT_NAMES = VINYALS_SPLITS + LAKE_SPLITS
-DEGREES_TO_TURNS = {0: 0, 90: 1, 180: 2, 270: 3}
 
 # Bump when the decoded pixels or the cache's contents change, so old caches are rebuilt.
 _CACHE_VERSION = 1
@@ -205,13 +210,13 @@ class OmniglotStore:
         `.../rotDDD/mirror`: a mirrored character is another character, as a rotated one is.
         """
         if name in LAKE_SPLITS:
-            turns = _turns(rotations if rotations is not None else (0,))
+            turns = rotation_turns(rotations if rotations is not None else (0,))
             chosen = np.flatnonzero(self.background == (name == "background"))
             classes = [(int(c), k) for c in chosen for k in turns]
         elif name in VINYALS_SPLITS:
             classes = self._read_vinyals(name)
             if rotations is not None:
-                turns = _turns(rotations)
+                turns = rotation_turns(rotations)
                 classes = [(c, k) for c in dict.fromkeys(c for c, _ in classes) for k in turns]
         else:
             raise ValueError(f"unknown Omniglot split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
@@ -278,13 +283,6 @@ class OmniglotStore:
         return f"OmniglotStore(images={shape}, characters={count}, cache_file={self.cache_file})"
 
 
-def _turns(rotations: Iterable[int]) -> list[int]:
-    degrees = list(rotations)
-    if not degrees or len(set(degrees)) != len(degrees) or any(d not in DEGREES_TO_TURNS for d in degrees):
-        raise ValueError(f"rotations must be distinct degrees from (0, 90, 180, 270), got {degrees!r}")
-    return [DEGREES_TO_TURNS[d] for d in degrees]
-
-
 def _locate_sources(root: str | Path | None, download: bool) -> list[_Source]:
     folder = resolve_data_root(root) / "omniglot"
     found: dict[str, _Source] = {}
@@ -341,11 +339,6 @@ def _cache_key(sources: list[_Source], image_size: int) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
-def _held_description(count: int, image_size: int, copies: int) -> str:
-    return (f"holding {count:,} Omniglot images at {image_size}x{image_size} px with the rotated and mirrored copies "
-            f"the splits make of them ({copies} times the decoded images)")
-
-
 def _build(sources: list[_Source], image_size: int, held_copies: int = 1) -> dict:
     characters: list[str] = []
     seen_characters: set[str] = set()
@@ -370,12 +363,7 @@ def _build(sources: list[_Source], image_size: int, held_copies: int = 1) -> dic
             drawer.append(int(match["drawer"]))
             image_ids.append(match["image_id"])
     # Estimated before allocating: a large --image-size would otherwise die mid-decode (or thrash) with no message.
-    decoded = len(image_ids) * image_size * image_size
-    check_memory(decoded, f"decoding {len(image_ids):,} Omniglot images at {image_size}x{image_size} px",
-                 "choose a smaller --image-size (Omniglot's default is 28)")
-    if held_copies > 1:  # the copies come later, when the splits are first read: refused now, not killed then
-        check_memory(held_copies * decoded, _held_description(len(image_ids), image_size, held_copies),
-                     "choose a smaller --image-size (Omniglot's default is 28)")
+    check_decoding_memory(len(image_ids), image_size, held_copies)
     images = torch.empty((len(image_ids), image_size, image_size), dtype=torch.uint8)
     with tqdm(total=len(image_ids), desc="Decoding Omniglot", unit="img", disable=None) as progress:
         start = 0
@@ -417,11 +405,8 @@ def load_omniglot(root: str | Path | None = None, image_size: int = 28, download
         payload = _build(sources, image_size, held_copies)
         payload["key"] = key
         write_cache(cache_file, payload, "Omniglot")  # the cache only saves time: a failure warns and loading goes on
-    elif held_copies > 1:  # the decoded images are held already: the copies still to come must fit beside them
-        decoded = payload["images"].numel()
-        check_memory((held_copies - 1) * decoded,
-                     _held_description(len(payload["images"]), image_size, held_copies),
-                     "choose a smaller --image-size (Omniglot's default is 28)")
+    else:
+        check_copies_memory(payload["images"], image_size, held_copies)
     return OmniglotStore(
         images=payload["images"],
         characters=payload["characters"].split("\n"),
@@ -439,33 +424,6 @@ def load_omniglot(root: str | Path | None = None, image_size: int = 28, download
 # Lake's protocol has no validation alphabets; hold out the last few background alphabets for
 # model selection so that the evaluation alphabets stay novel.
 LAKE_VAL_ALPHABETS = 5
-LAKE_TRAIN_ROTATIONS = (0, 90, 180, 270)
-
-
-def held_image_copies(scheme: str, rotations: tuple[int, ...] | None = None, mirrors: bool = False) -> int:
-    """The image memory a training run on Omniglot's `scheme` splits holds at once, in decoded images.
-
-    The decoded images (1); with `mirrors`, the images and their mirrors (`OmniglotStore.images_and_mirrors`,
-    2 more);
-    and for each split a run reads (train or trainval, val, test) whose classes include a quarter or three-quarter
-    turn, the copy that its `episodes.torch.TensorStore` makes of the images it reads stacked on their
-    quarter-turned copy (2 per image set: of the images, or of the images and their mirrors for a split with
-    mirrored classes). Vinyals' split files list all four turns of every character; the Lake scheme turns the
-    background alphabets (train, val) and not the evaluation ones (test).
-    """
-    def quarter_turned(degrees: Iterable[int]) -> bool:
-        return any(turns % 2 == 1 for turns in _turns(degrees))  # checked as the splits check them
-
-    mirrors = mirrors is True  # anything else is refused by name when the splits are made
-    if scheme == "vinyals":
-        turned = rotations is None or quarter_turned(rotations)
-        # (whether the split has a quarter turn, the image sets it reads) for train, val, test
-        reads = [(turned, 2 if mirrors else 1), (turned, 1), (turned, 1)]
-    else:
-        background = quarter_turned(rotations if rotations is not None else LAKE_TRAIN_ROTATIONS)
-        sets = 2 if mirrors else 1  # val is a subset of the background split, its images included
-        reads = [(background, sets), (background, sets), (quarter_turned(rotations or (0,)), 1)]
-    return 1 + 2 * int(mirrors) + sum(2 * sets for turned, sets in reads if turned)
 
 
 def load_splits_omniglot(root: str | Path | None, scheme: str, image_size: int,

@@ -26,7 +26,7 @@ from fewshot import metrics
 from fewshot.data.splits import ClassSplit
 from fewshot.runtime import World, all_reduce_sum, collective_device, current_world, shard
 from fewshot.evaluation.cache import SplitEmbeddings
-from fewshot.evaluation.heads import Head, HeadContext, build_head, episode_generator
+from fewshot.evaluation.heads import Head, HeadContext, build_head, episode_generator, episode_logits
 from fewshot.evaluation.settings import EvaluationSettings
 from fewshot.model.network import FewShotModel
 
@@ -168,11 +168,9 @@ class Candidate:
                        context: HeadContext | None) -> torch.Tensor:
         """``[n_query, ways]`` scores of an episode's embedded queries: this candidate's head's (given its `context`),
         or the learner's own rule without a head."""
-        if self.head is None:
-            return self.model.learner.episode_logits(support, support_labels, query, ways)
-        if context is None:
+        if self.head is not None and context is None:
             raise ValueError(f"the head of candidate {self.name!r} needs its context (Candidate.context)")
-        return self.head.logits(support, support_labels, query, ways, context)
+        return episode_logits(self.model.learner, support, support_labels, query, ways, self.head, context)
 
     def cache(self, settings: EvaluationSettings) -> SplitEmbeddings:
         """This candidate's `SplitEmbeddings` (made on first use, without test-time views)."""

@@ -39,7 +39,7 @@ from fewshot.evaluation.calibration import (
 )
 from fewshot.evaluation.base_mean import BaseClassMean
 from fewshot.evaluation.checkpoints import checkpoint_base_split
-from fewshot.evaluation.heads import Head, HeadContext, build_head, episode_generator
+from fewshot.evaluation.heads import Head, HeadContext, build_head, episode_generator, episode_logits
 from fewshot.files import absolute_path
 from fewshot.inference.clustering import Clustering, cluster_embeddings
 from fewshot.inference.exact import exact_search
@@ -172,12 +172,11 @@ class TrainedModel:
     def _logits(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int,
                 head: Head | None) -> torch.Tensor:
         """Scores [n_query, ways] of embedded queries: `head`'s, or the learner's own rule without one."""
-        if head is None:
-            return self.model.learner.episode_logits(support, support_y, query, ways)
-        if head.needs_images:
+        if head is not None and head.needs_images:
             raise ValueError("this head adapts the model on the support images, so it needs images, not embeddings "
                              "or folders: pass lists of images or tensors")
-        return head.logits(support, support_y, query, ways, self.head_context(head))
+        context = None if head is None else self.head_context(head)
+        return episode_logits(self.model.learner, support, support_y, query, ways, head, context)
 
     @torch.no_grad()
     def predict_proba(self, support: str | Path | Sequence[ImageLike] | torch.Tensor,

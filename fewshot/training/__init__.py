@@ -2,27 +2,35 @@
 
 from fewshot.training.augment import AUGMENTATIONS
 from fewshot.training.config import (
-    PRECISIONS,
-    SAMPLINGS,
-    SECTIONS,
-    DataSettings,
-    EpisodeSettings,
-    ModelSettings,
     NonFiniteLoss,
     NonFiniteParameters,
-    OptimisationSettings,
-    ProcessSettings,
-    RunSettings,
     TrainConfig,
     check_data,
     check_processes,
     check_settings,
     model_spec,
 )
-from fewshot.training.loop import STOP_SIGNALS, TrainingInterrupted, episode_generator, train, validation_interval
+from fewshot.training.loop import (
+    STOP_SIGNALS,
+    TrainingInterrupted,
+    train,
+    validation_interval,
+)
+from fewshot.training.rngs import episode_generator
 from fewshot.training.rundir import OutputError, RunInUse, RunLock
 from fewshot.training.runlog import MetricsLog, plot_curve, read_records
 from fewshot.training.schedules import SCHEDULES
+from fewshot.training.settings import (
+    PRECISIONS,
+    SAMPLINGS,
+    SECTIONS,
+    DataSettings,
+    EpisodeSettings,
+    ModelSettings,
+    OptimisationSettings,
+    ProcessSettings,
+    RunSettings,
+)
 
 __all__ = [
     "AUGMENTATIONS",

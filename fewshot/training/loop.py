@@ -10,17 +10,15 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import signal
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,55 +26,54 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from episodes.batches import ClassBalancedSampler
-from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
-from fewshot.training.augment import augment_episode
+from fewshot.data.datasets import DatasetSplits, load_splits
+from fewshot.data.identity import apply_split_record
+from fewshot.data.splits import ClassSplit
+from fewshot.evaluation import evaluate_checkpoint, evaluate_model, report_json
+from fewshot.evaluation.calibration import DEFAULT_FAR, calibrate_checkpoint
+from fewshot.files import absolute_path, atomic_write
+from fewshot.metrics.statistics import Interval, confidence_interval
 from fewshot.model.checkpoint import (
-    describe_names,
     file_sha256,
     load_backbone_state,
     load_checkpoint,
     load_model_state,
-    non_finite_tensors,
-    save_checkpoint,
 )
-from fewshot.data.datasets import DatasetSplits, load_splits
-from fewshot.data.identity import apply_split_record, split_record
-from fewshot.data.splits import ClassSplit
-from fewshot.files import absolute_path, atomic_write
-from fewshot.runtime import resolve_device
+from fewshot.model.network import FewShotModel, ModelSpec
 from fewshot.runtime import (
     RankFailure,
     World,
-    all_reduce_sum,
     barrier,
     broadcast_from_main,
-    collective_device,
     init_from_environment,
+    resolve_device,
 )
-from fewshot.evaluation import evaluate_checkpoint, evaluate_model, report_json
-from fewshot.metrics.statistics import Interval, confidence_interval
-from fewshot.model.network import FewShotModel, ModelSpec
 from fewshot.training.config import (
-    PRECISIONS,
     NonFiniteLoss,
-    NonFiniteParameters,
     TrainConfig,
     check_processes,
     check_settings,
     describe_data_defaults,
-    meta_dataset_sampler,
 )
-from fewshot.training.resume import checkpoint_state, recorded_split, restarted, resume_state
-from fewshot.training.rundir import (DROPPED_CLASSES_FILE, TENSORBOARD_DIR, RunLock, check_run_dir,
-                                     describe_write_error, dropped_classes_record, writing)
-from fewshot.training.runlog import MetricsLog, TensorBoardLog, plot_curve, require_tensorboard
-from fewshot.training.rngs import augment_generator, episode_generator
+from fewshot.training.passes import train_step, training_sampler
+from fewshot.training.resume import (
+    checkpoint_state,
+    recorded_split,
+    restarted,
+    resume_state,
+)
+from fewshot.training.rundir import (
+    DROPPED_CLASSES_FILE,
+    RunLock,
+    check_run_dir,
+    writing,
+)
+from fewshot.training.runfiles import RunFiles, checkpoint_note
+from fewshot.training.runlog import require_tensorboard
 from fewshot.training.schedules import make_scheduler
+from fewshot.training.settings import PRECISIONS
 from fewshot.training.steps import StepBatchNorm, keep_freed_memory
-from fewshot.evaluation.calibration import DEFAULT_FAR, calibrate_checkpoint
-
 
 #: Validation classes the end-of-run verification calibration uses (all of them when there are fewer).
 CALIBRATION_CLASSES = 200
@@ -235,192 +232,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             lock.release()
 
 
-class _NoLog:
-    """The metrics log of a rank other than 0: rank 0 alone writes the run directory."""
-
-    path = Path(os.devnull)
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def sync(self) -> None:
-        pass
-
-    def records(self) -> list[dict[str, Any]]:
-        return []
-
-    def close(self) -> None:
-        pass
-
-
-class _RunFiles:
-    """What a run writes to its directory (rank 0 only; the other ranks keep the bookkeeping), and what
-    it says about them when something fails."""
-
-    def __init__(self, run_dir: Path, main: bool, saved: dict[str, int], seconds_before: float, started: float) -> None:
-        self.run_dir = run_dir
-        self.main = main
-        self.saved = saved  # episode of each checkpoint of this run on disk, for the failure messages
-        self.seconds_before = seconds_before  # wall time of training and validation of earlier sessions
-        self.started = started  # time.perf_counter() when this session's training began
-        self.log: MetricsLog | _NoLog = _NoLog()
-        self.board: TensorBoardLog | None = None  # the TensorBoard mirror of the log, when the run asks for one
-
-    def intact(self) -> str:
-        """Which checkpoints a failure leaves, and how to go on from them."""
-        if "last.pt" in self.saved:
-            return (f"{self.run_dir / 'last.pt'} (episode {self.saved['last.pt']}) is intact: fix the cause and "
-                    "continue with --resume")
-        return "no last.pt was written yet, so there is nothing to resume: fix the cause and start over with --overwrite"
-
-    def start(self, config: TrainConfig, splits: DatasetSplits, resume_episode: int | None) -> None:
-        """Open the metrics log (read and checked before anything is written, so a bad log leaves the run as
-        it was), then write config.json and splits.json."""
-        if not self.main:
-            return
-        with writing(self.run_dir / "metrics.jsonl", self.intact()):
-            self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_episode)
-        if config.tensorboard:
-            board_dir = self.run_dir / TENSORBOARD_DIR
-            with writing(board_dir, self.intact()):
-                earlier = [] if resume_episode is None or board_dir.exists() else self.log.records()
-                self.board = TensorBoardLog(board_dir, resume_episode)
-                for record in earlier:  # a resumed run that turns the log on: its curves from the first episode
-                    self.board.write(record)
-        with writing(self.run_dir, self.intact()):
-            atomic_write(self.run_dir / "config.json",
-                         lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-            record = {"dataset": splits.dataset, "scheme": splits.scheme, "options": splits.options, **splits.class_lists()}
-            if splits.fingerprints:  # what identifies each class: its content (fewshot.data.identity)
-                record["fingerprints"] = split_record(splits)["fingerprints"]
-            atomic_write(self.run_dir / "splits.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
-            if splits.dropped_classes is not None:  # the classes min_images left out, never silently
-                dropped = dropped_classes_record(splits)
-                atomic_write(self.run_dir / DROPPED_CLASSES_FILE,
-                             lambda f: f.write(json.dumps(dropped, indent=1).encode()))
-
-    def write_log(self, record: dict[str, Any]) -> None:
-        with writing(self.log.path, self.intact()):
-            self.log.write(record)
-        if self.board is not None:
-            with writing(self.run_dir / TENSORBOARD_DIR, self.intact()):
-                self.board.write(record)
-
-    def seconds(self) -> float:
-        """Wall time of training and validation, summed over resumes."""
-        return self.seconds_before + time.perf_counter() - self.started
-
-    def save(self, name: str, episode: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-             state: Callable[[float], dict[str, Any]]) -> None:
-        """Write checkpoint `name` (`state(train_seconds)`) at `episode`, never with non-finite weights."""
-        bad = [*non_finite_tensors(model.state_dict(), "model"), *non_finite_tensors(optimizer.state_dict(), "optimizer")]
-        if bad:  # never replace a good checkpoint with one that can only score chance (every rank sees the same weights)
-            raise NonFiniteParameters(f"after episode {episode} the weights hold NaN or inf ({describe_names(bad)}); "
-                                      f"{name} was not written. {_checkpoint_note(self.run_dir, self.saved)} Train "
-                                      "again with a lower --lr (in another --output, or with --overwrite)")
-        path = self.run_dir / name
-        previous = f"the previous {name} (episode {self.saved[name]}) is unchanged; " if name in self.saved else ""
-        if self.main:
-            with writing(path, previous + self.intact()):
-                self.log.sync()
-                if self.board is not None:
-                    self.board.sync()
-                save_checkpoint(path, state(self.seconds()))
-        self.saved[name] = episode
-
-    def plot(self, config: TrainConfig) -> None:
-        """The learning curve from the log (a view of metrics.jsonl: training goes on without it)."""
-        if not self.main:
-            return
-        try:
-            plot_curve(self.log.records(), self.run_dir / "curve.png", config)
-        except OSError as error:
-            warnings.warn(f"could not write the learning curve: {describe_write_error(error, self.run_dir / 'curve.png')}",
-                          stacklevel=2)
-
-    def close(self, failing: bool) -> None:
-        """Close the logs; while an error is under way a failed flush must not mask it."""
-        if failing:
-            with contextlib.suppress(OSError):
-                self.log.close()
-            if self.board is not None:
-                with contextlib.suppress(OSError):
-                    self.board.close()
-        else:
-            with writing(self.log.path, self.intact()):
-                self.log.close()
-            if self.board is not None:
-                with writing(self.run_dir / TENSORBOARD_DIR, self.intact()):
-                    self.board.close()
-
-
-def _training_sampler(config: TrainConfig, train_split: ClassSplit) -> tuple[EpisodeSampler | ClassBalancedSampler, str]:
-    """The training episodes (or class-balanced batches) of the run and how the progress bar names them."""
-    if config.sampling == "balanced":  # P x M batches without queries (a P-way M-shot 0-query draw)
-        sampler = ClassBalancedSampler(train_split.labels, config.batch_classes, config.batch_images,
-                                       seed=config.seed, num_batches=config.episodes)
-        return sampler, f"{config.learner} {config.batch_classes} classes x {config.batch_images} images"
-    # A MetaDatasetSampler is an EpisodeSampler, so EpisodeDataset gathers its unequal shots as they are, and
-    # episode i is still a pure function of (seed, i): resume and processes see the same episodes.
-    if config.sampling == "meta-dataset":
-        sampler = meta_dataset_sampler(config, train_split, num_episodes=config.episodes)
-        low, high = sampler.ways_range
-        return sampler, f"{config.learner} Meta-Dataset {low}-{high}-way"
-    sampler = EpisodeSampler(train_split.labels, config.train_ways, config.shots, config.queries,
-                             seed=config.seed, num_episodes=config.episodes)
-    return sampler, f"{config.learner} {config.train_ways}-way {config.shots}-shot"
-
-
-def _train_step(first: int, config: TrainConfig, trainer: nn.Module, episode_stream: Any, device: torch.device,
-                world: World, stop_signal: int | None, batch_norm: StepBatchNorm | None,
-                intact: Callable[[], str]) -> tuple[torch.Tensor, float, Any]:
-    """The forward and backward passes of this rank's episodes of the step that starts at episode `first`
-    (gradients accumulated, not applied). Returns the step's totals summed over the ranks: loss sum,
-    accuracy sum, accuracy count, stop signal, non-finite losses, then one slot per episode of the step
-    holding its number (from 1), each filled exactly once; the last non-finite loss; the last output."""
-    per_step = config.episodes_per_step
-    local = per_step // world.size  # episodes each rank trains on per step
-    totals = torch.zeros(5 + per_step, dtype=torch.float64)
-    bad_loss = float("nan")
-    output = None
-    try:
-        for j in range(local):
-            index = first + world.rank + world.size * j  # the global episode number
-            totals[5 + index - first] += index + 1
-            episode = next(episode_stream)
-            support_x, support_y, query_x, query_y, classes = (t.to(device, non_blocking=True) for t in episode)
-            support_x, query_x = augment_episode(config.augment, support_x, query_x,
-                                                 augment_generator(config.seed, index))
-            # DDP all-reduces the gradients in the backward of the step's last local episode only.
-            sync = contextlib.nullcontext() if j == local - 1 or not world.distributed else trainer.no_sync()
-            with sync:
-                output = trainer(support_x, support_y, query_x, query_y,
-                                 generator=episode_generator(config.seed, index), classes=classes)
-                loss = output.loss
-                if not torch.isfinite(loss):
-                    totals[4] += 1
-                    bad_loss = loss.item()
-                    if not world.distributed:
-                        break
-                (loss / local if local > 1 else loss).backward()
-            if batch_norm is not None:
-                batch_norm.after_episode()
-            totals[0] += loss.item()
-            if len(query_y):
-                totals[1] += (output.logits.argmax(1) == query_y).float().mean().item()
-                totals[2] += 1
-        totals[3] = stop_signal or 0
-        if world.distributed:
-            totals = all_reduce_sum(totals.to(collective_device()), world, f"the step at episode {first + 1}").cpu()
-    except (RuntimeError, torch.distributed.DistError) as error:
-        if not world.distributed or not _is_collective_error(error):
-            raise
-        raise RankFailure(f"rank {world.rank} of {world.size}: another rank stopped during the step at episode "
-                          f"{first + 1} ({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
-                          f"{intact()}; torchrun --max-restarts restarts the job from it") from error
-    return totals, bad_loss, output
-
-
 def _calibrate(run_dir: Path, splits: DatasetSplits, seed: int, progress: bool) -> None:
     """The verification threshold, chosen on validation classes and stored in best.pt (before the test
     report, which records best.pt's sha256), so `fewshot.api.load(...).verify` needs no calibration later.
@@ -436,7 +247,7 @@ def _calibrate(run_dir: Path, splits: DatasetSplits, seed: int, progress: bool) 
 
 
 def _validation_step(done: int, best: dict[str, Any], model: FewShotModel, splits: DatasetSplits, config: TrainConfig,
-                     device: torch.device, files: _RunFiles, save: Callable[[str, int, dict[str, Any]], None],
+                     device: torch.device, files: RunFiles, save: Callable[[str, int, dict[str, Any]], None],
                      say: Callable[[str], None] | None) -> dict[str, Any]:
     """Validate after episode `done`, log it, save best.pt when the model is the best so far, redraw the
     curve. Returns the best {"episode", "accuracy"} after this validation. Trained on the validation
@@ -484,11 +295,11 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
         if best["episode"] is not None and (run_dir / "best.pt").is_file():
             saved["best.pt"] = int(best["episode"])
         del state
-    files = _RunFiles(run_dir, main, saved, seconds_before, started)
+    files = RunFiles(run_dir, main, saved, seconds_before, started)
     files.start(config, splits, start if resume else None)
 
     train_split = splits.get(config.train_split)
-    sampler, description = _training_sampler(config, train_split)
+    sampler, description = training_sampler(config, train_split)
     per_step = config.episodes_per_step
     local = per_step // world.size  # episodes each rank trains on per step
     if start % per_step:
@@ -552,14 +363,14 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
             optimizer.zero_grad(set_to_none=True)
             if batch_norm is not None:
                 batch_norm.begin()
-            totals, bad_loss, output = _train_step(first, config, trainer, episode_stream, device, world,
+            totals, bad_loss, output = train_step(first, config, trainer, episode_stream, device, world,
                                                    stop["signal"], batch_norm, files.intact)
             if totals[4]:
                 # Episodes are numbered from 1, as in metrics.jsonl; --resume refuses a changed --lr, so say what works.
                 where = (f"is {bad_loss} at episode {first + 1}" if per_step == 1 else
                          f"is not finite in the step of episodes {first + 1} to {first + per_step}")
                 raise NonFiniteLoss(f"loss {where}; stopped before that update. "
-                                    f"{_checkpoint_note(run_dir, saved)} Train again with a lower --lr (in another "
+                                    f"{checkpoint_note(run_dir, saved)} Train again with a lower --lr (in another "
                                     "--output, or with --overwrite)")
             agreed_stop = int(totals[3])
             if batch_norm is not None:
@@ -615,19 +426,3 @@ def _crossed(before: int, after: int, every: int) -> bool:
     """Whether a step from episode `before` to `after` passed a multiple of `every` (exactly `after % every == 0`
     for single-episode steps)."""
     return after // every > before // every
-
-
-def _is_collective_error(error: BaseException) -> bool:
-    """A failed collective (a peer gone, a timeout), as gloo and nccl report it."""
-    if isinstance(error, (RankFailure, torch.distributed.DistError)):
-        return True
-    text = str(error).lower()
-    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
-
-
-def _checkpoint_note(run_dir: Path, saved: dict[str, int]) -> str:
-    """The checkpoints this run has on disk (only those that exist), for a message about stopping."""
-    if not saved:
-        return "No checkpoint was written yet."
-    listed = ", ".join(f"{run_dir / name} (episode {episode})" for name, episode in sorted(saved.items(), reverse=True))
-    return f"The checkpoints so far hold finite weights: {listed}."

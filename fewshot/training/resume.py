@@ -2,9 +2,9 @@
 
 `checkpoint_state` is the dict that `last.pt` and `best.pt` hold. `resume_state` reads `last.pt` back
 and refuses settings that would change the run's numbers (the saved config is compared flat, with
-every default filled in, so runs saved by earlier versions resume). `recorded_split` reads back the
-class split the run recorded (splits.json, else last.pt), which a resume uses instead of the split the data
-would give now. `restarted` decides how a job that torchrun restarted goes on.
+every default filled in by `resolved_settings`, so runs saved by earlier versions resume).
+`recorded_split` reads back the class split the run recorded (splits.json, else last.pt), which a resume
+uses instead of the split the data would give now. `restarted` decides how a job that torchrun restarted goes on.
 """
 
 from __future__ import annotations
@@ -20,12 +20,31 @@ import torch
 
 from fewshot.data.datasets import DatasetSplits
 from fewshot.data.identity import NEW_CLASSES_OPTION, RECORDED_SPLITS, split_record
+from fewshot.learners import LEARNERS
 from fewshot.model.checkpoint import load_checkpoint
 from fewshot.model.network import ModelSpec
-from fewshot.training.config import TrainConfig, resolved_settings
+from fewshot.training.config import TrainConfig
+from fewshot.training.settings import upgrade_settings
 
 #: Resumable changes that keep the run going but not bit-exact (see `resume_state`).
 NUMERIC_CHANGES = ("threads", "device")
+
+
+def resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A saved or current config as a flat dict with every default filled in: settings added since a
+    run was saved take their defaults, `margin` / `miner` become learner arguments, and `metric` /
+    `normalize` left to the learner are made explicit, so that two configs compare equal exactly when
+    they train the same way."""
+    merged = {**TrainConfig().to_dict(), **upgrade_settings(settings)}
+    if merged["episodes_per_step"] is None:  # runs from before the setting, and single-process defaults
+        merged["episodes_per_step"] = 1
+    learner = LEARNERS.get(merged["learner"])
+    if learner is not None:
+        if merged["metric"] is None:
+            merged["metric"] = learner.default_distance
+        if merged["normalize"] is None:
+            merged["normalize"] = bool(learner.normalize)
+    return merged
 
 
 def checkpoint_state(config: TrainConfig, spec: ModelSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -23,7 +23,7 @@ from fewshot.distances import DISTANCES
 from fewshot.evaluation import EVAL_SPLITS
 from fewshot.learners import LEARNERS
 from fewshot.training import PRECISIONS, SAMPLINGS, TrainConfig
-from fewshot.training.config import TRAIN_SPLITS
+from fewshot.training.settings import TRAIN_SPLITS
 from fewshot.zeroshot.gbu import ATTRIBUTE_KEYS, GBU_DATASETS
 from fewshot.zeroshot.methods import FEATURE_NORMS, SCORES, ZeroShotConfig
 from tests.cli.test_folder import TINY

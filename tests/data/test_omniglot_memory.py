@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fewshot.files
-from fewshot.data.omniglot import held_image_copies, load_splits_omniglot
+from fewshot.data.omniglot import load_splits_omniglot
+from fewshot.data.omniglot_memory import held_image_copies
 
 SIZE = 100  # pixels: small enough to decode the miniature Omniglot quickly
 

@@ -613,7 +613,7 @@ TINY = dict(ways=5, shots=1, train_ways=5, queries=2, eval_queries=2, episodes=3
 def test_each_loss_trains_three_episodes_and_its_checkpoint_rebuilds(name, data_root, omniglot_splits, tmp_path,
                                                                      monkeypatch):
     # The learning curve (matplotlib) is most of a 3-episode run's time and is not under test here.
-    monkeypatch.setattr("fewshot.training.loop.plot_curve", lambda *args, **kwargs: None, raising=False)
+    monkeypatch.setattr("fewshot.training.runfiles.plot_curve", lambda *args, **kwargs: None, raising=False)
     config = TrainConfig(learner=name, data_root=str(data_root), output=str(tmp_path / "run"), **TINY)
     report = train(config, progress=False, splits=omniglot_splits)
     assert 0 <= report["results"][0]["accuracy"] <= 1

@@ -21,7 +21,8 @@ from fewshot.data import DATASETS, from_arrays, from_folder, load_splits
 from fewshot.data.datasets import register_dataset
 from fewshot.model.checkpoint import load_checkpoint
 from fewshot.training import TrainConfig, train
-from fewshot.training.config import DATA_DEFAULTS, SECTIONS, data_defaults, describe_data_defaults
+from fewshot.training.config import data_defaults, describe_data_defaults
+from fewshot.training.settings import DATA_DEFAULTS, SECTIONS
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 #: Small counts appended the way a user shortens a run (the lines' own values are checked as written).

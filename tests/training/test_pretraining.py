@@ -183,7 +183,7 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 @pytest.fixture(autouse=True)
 def no_curve(monkeypatch: pytest.MonkeyPatch) -> None:
     # The learning curve (matplotlib) is most of a tiny run's time and is not under test here.
-    monkeypatch.setattr("fewshot.training.loop.plot_curve", lambda *args, **kwargs: None)
+    monkeypatch.setattr("fewshot.training.runfiles.plot_curve", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Pat
     """Meta-Baseline's first command: CosFace on class-balanced batches of the training classes."""
     output = tmp_path_factory.mktemp("pretrain") / "pre"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("fewshot.training.loop.plot_curve", lambda *args, **kwargs: None)
+        patch.setattr("fewshot.training.runfiles.plot_curve", lambda *args, **kwargs: None)
         code, _, stderr = run_main(command(data_root, output, "--learner", "cosface", *BALANCED))
     assert code == 0, stderr
     return output

@@ -14,7 +14,7 @@ from fewshot.distances import DISTANCES
 from fewshot.learners import LEARNERS
 from fewshot.runtime import current_world, leave_process_group
 from fewshot.training import TrainConfig, TrainingInterrupted, train
-from fewshot.training.config import SETTING_SECTIONS
+from fewshot.training.settings import SETTING_SECTIONS
 
 #: Legacy flags -> the learner argument each sets.
 LEGACY_LOSS_FLAGS = {"margin": "--margin", "miner": "--miner"}

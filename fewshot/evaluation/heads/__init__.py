@@ -13,7 +13,8 @@ from fewshot.evaluation.heads import (  # noqa: F401  (imported to register)
     pt_map,
     transductive_finetuning,
 )
-from fewshot.evaluation.heads.base import (HEADS, Head, HeadContext, build_head, episode_generator, head_label,
-                                           register_head)
+from fewshot.evaluation.heads.base import (HEADS, Head, HeadContext, build_head, episode_generator, episode_logits,
+                                           head_label, register_head)
 
-__all__ = ["HEADS", "Head", "HeadContext", "build_head", "episode_generator", "head_label", "register_head"]
+__all__ = ["HEADS", "Head", "HeadContext", "build_head", "episode_generator", "episode_logits", "head_label",
+           "register_head"]

@@ -77,6 +77,17 @@ class Head:
         raise NotImplementedError
 
 
+def episode_logits(learner: Learner, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                   ways: int, head: Head | None, context: HeadContext | None) -> torch.Tensor:
+    """``[n_query, ways]`` scores of an episode's embedded queries: ``head``'s, given its ``context``, or without a
+    head the learner's own test-time rule (``Learner.episode_logits``, the numbers of an evaluation without heads)."""
+    if head is None:
+        return learner.episode_logits(support, support_labels, query, ways)
+    if context is None:
+        raise ValueError(f"head {type(head).__name__} needs its HeadContext, got None")
+    return head.logits(support, support_labels, query, ways, context)
+
+
 def episode_generator(seed: int, episode: int) -> torch.Generator:
     """The CPU generator of `HeadContext.generator` for episode number `episode` of an evaluation seeded `seed`: a
     pure function of the pair (mixed by numpy's SeedSequence), so a head's random draws do not depend on which
