@@ -45,8 +45,9 @@ from episodes.sampler import EpisodeSampler
 from episodes.torch import EpisodeDataset
 from fewshot.data import load_splits
 from fewshot.model.network import FewShotModel, ModelSpec
+from fewshot.backbones.fused_norm import fused_kernels, use_fused_kernels
 from fewshot.training.augment import CropFlipJitterRange, augment_generator, random_crop_flip_jitter
-from fewshot.training.steps import keep_freed_memory
+from fewshot.training.steps import keep_freed_memory, make_optimizer
 
 PARTS = ("data", "augment", "forward", "backward", "optimiser")
 SEED = 0
@@ -62,9 +63,16 @@ class Case:
     ways: int
     shots: int = 1
     queries: int = 4
+    precision: str = "bf16"
+
+    @property
+    def key(self) -> str:
+        return self.backbone if self.precision == "bf16" else f"{self.backbone}-{self.precision}"
 
 
-CASES = (Case("Conv-4 20-way 1-shot 64x64", "conv4", 64, 20), Case("ResNet-12 5-way 1-shot 84x84", "resnet12", 84, 5))
+CASES = (Case("Conv-4 20-way 1-shot 64x64, bf16", "conv4", 64, 20),
+         Case("ResNet-12 5-way 1-shot 84x84, bf16", "resnet12", 84, 5),
+         Case("ResNet-12 5-way 1-shot 84x84, fp32 (the default precision)", "resnet12", 84, 5, precision="fp32"))
 
 
 def per_image_crop_flip_jitter(images: torch.Tensor, generator: torch.Generator,
@@ -103,9 +111,12 @@ class StepPath:
     """One way of running the step: its augmentation, heap setting, model and optimiser, its episode stream."""
 
     def __init__(self, name: str, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-                 heap: Callable[[], object], model: FewShotModel, stream_factory: Callable[[], object]) -> None:
-        self.name, self.augment, self.heap, self.model = name, augment, heap, model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+                 heap: Callable[[], object], model: FewShotModel, stream_factory: Callable[[], object],
+                 new: bool) -> None:
+        self.name, self.augment, self.heap, self.model, self.new = name, augment, heap, model, new
+        # Today's optimiser was torch's default Adam; the new one is what `fewshot train` builds.
+        self.optimizer = (make_optimizer(model.parameters(), lr=1e-3, weight_decay=0.0, device=torch.device("cpu"))
+                          if new else torch.optim.Adam(model.parameters(), lr=1e-3))
         self.stream = stream_factory()
         self.episode = 0
         self.times: dict[str, list[float]] = {part: [] for part in PARTS}
@@ -113,7 +124,8 @@ class StepPath:
     def warm(self, episode: tuple[torch.Tensor, ...]) -> None:
         """Forward and backward on `episode`, untimed, no update: the allocator's steady state after a heap change."""
         support_x, support_y, query_x, query_y, _ = episode
-        self.model(support_x, support_y, query_x, query_y).loss.backward()
+        with use_fused_kernels(self.new):
+            self.model(support_x, support_y, query_x, query_y).loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> None:
@@ -125,9 +137,10 @@ class StepPath:
         support_x, query_x = both[:len(support_x)], both[len(support_x):]
         marks.append(time.perf_counter())
         self.optimizer.zero_grad(set_to_none=True)
-        output = self.model(support_x, support_y, query_x, query_y)
-        marks.append(time.perf_counter())
-        output.loss.backward()
+        with use_fused_kernels(self.new):
+            output = self.model(support_x, support_y, query_x, query_y)
+            marks.append(time.perf_counter())
+            output.loss.backward()
         marks.append(time.perf_counter())
         self.optimizer.step()
         marks.append(time.perf_counter())
@@ -136,10 +149,10 @@ class StepPath:
             self.times[part].append(end - start)
 
 
-def build_model(case: Case) -> FewShotModel:
+def build_model(case: Case, precision: str | None = None) -> FewShotModel:
     torch.manual_seed(SEED)
     model = FewShotModel(ModelSpec(backbone=case.backbone, in_channels=3, image_size=case.image_size))
-    model.compute_dtype = torch.bfloat16
+    model.compute_dtype = torch.bfloat16 if (precision or case.precision) == "bf16" else None
     return model
 
 
@@ -149,19 +162,34 @@ def compiled(model: FewShotModel) -> FewShotModel:
     return model
 
 
-def check_numbers(case: Case, split) -> str:
-    """Loss and logits of today's and the new model path on one un-augmented episode from the same weights."""
+def check_numbers(case: Case, split, episodes: int = 3) -> str:
+    """How far today's and the new step are from the same step in float32, on un-augmented episodes from the
+    same weights: the loss, and the cosine between each parameter's gradient and float32's (the new kernels
+    round as today's do, so in bf16 the two should be equally far from float32)."""
     sampler = EpisodeSampler(split.labels, case.ways, case.shots, case.queries, seed=SEED + 1)
-    support_x, support_y, query_x, query_y, _ = next(iter(EpisodeDataset(sampler, split, with_classes=True)))
-    model = build_model(case)
-    glibc_default_heap()
-    before = model(support_x, support_y, query_x, query_y)
-    keep_freed_memory()
-    after = model(support_x, support_y, query_x, query_y)
-    same = torch.equal(before.logits, after.logits) and torch.equal(before.loss, after.loss)
-    difference = (before.logits - after.logits).abs().max().item()
-    return (f"un-augmented episode, same weights: loss {before.loss.item():.6f} vs {after.loss.item():.6f}, "
-            f"max |logit difference| {difference:.2e} ({'identical' if same else 'differ'})")
+    stream = iter(EpisodeDataset(sampler, split, with_classes=True))
+    first = build_model(case)
+    lines = []
+    for _ in range(episodes):
+        support_x, support_y, query_x, query_y, _ = next(stream)
+        results = {}
+        for label, precision, new in (("float32 reference", "fp32", False), ("today", None, False), ("new", None, True)):
+            model = copy.deepcopy(first)
+            model.compute_dtype = torch.bfloat16 if (precision or case.precision) == "bf16" else None
+            with use_fused_kernels(new):
+                output = model(support_x, support_y, query_x, query_y)
+                output.loss.backward()
+            results[label] = (output.loss.item(), [p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        reference_loss, reference_grads = results["float32 reference"]
+        parts = [f"float32 loss {reference_loss:.4f}"]
+        for label in ("today", "new"):
+            loss, grads = results[label]
+            cosines = [torch.nn.functional.cosine_similarity(g, r, dim=0).item() for g, r in zip(grads, reference_grads)
+                       if r.norm() > 1e-6 * max(x.norm() for x in reference_grads)]
+            parts.append(f"{label} loss {loss:.4f} (gradient cosine to float32: median {statistics.median(cosines):.5f},"
+                         f" min {min(cosines):.5f})")
+        lines.append("; ".join(parts))
+    return "un-augmented episodes, same weights:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def run_case(case: Case, args: argparse.Namespace) -> None:
@@ -174,11 +202,11 @@ def run_case(case: Case, args: argparse.Namespace) -> None:
     warm_up = next(iter(EpisodeDataset(EpisodeSampler(split.labels, case.ways, case.shots, case.queries, seed=SEED + 2),
                                        split, with_classes=True)))
     first = build_model(case)
-    paths = [StepPath("today", per_image_crop_flip_jitter, glibc_default_heap, first, stream),
-             StepPath("new", random_crop_flip_jitter, keep_freed_memory, copy.deepcopy(first), stream)]
+    paths = [StepPath("today", per_image_crop_flip_jitter, glibc_default_heap, first, stream, new=False),
+             StepPath("new", random_crop_flip_jitter, keep_freed_memory, copy.deepcopy(first), stream, new=True)]
     if args.compile:
         model = compiled(copy.deepcopy(first))
-        path = StepPath("new + compile", random_crop_flip_jitter, keep_freed_memory, model, stream)
+        path = StepPath("new + compile", random_crop_flip_jitter, keep_freed_memory, model, stream, new=True)
         started = time.perf_counter()
         try:
             path.heap()
@@ -216,14 +244,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as the training run's --threads)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (the tables give medians)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps of each path per repeat")
-    parser.add_argument("--cases", nargs="+", choices=[case.backbone for case in CASES],
-                        default=[case.backbone for case in CASES])
+    parser.add_argument("--cases", nargs="+", choices=[case.key for case in CASES],
+                        default=[case.key for case in CASES])
     parser.add_argument("--compile", action="store_true", help="add the new step with the backbone under torch.compile")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f} at the start")
+    if fused_kernels() is None:
+        print("the fused kernels could not be built here: the new step runs PyTorch's separate kernels")
     for case in CASES:
-        if case.backbone in args.cases:
+        if case.key in args.cases:
             run_case(case, args)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other processes share this CPU: compare within a run)")
 

@@ -7,13 +7,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.backbones.base import BACKBONES, check_input_shape, check_widths
+from fewshot.backbones.fused_norm import norm_activation
 
 
-def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
+class ConvBlock(nn.Sequential):
+    """[3x3 conv, batch norm, (2x2 max-pool), ReLU] as a sequence of modules, whose batch norm, max-pool and ReLU
+    run as one fused operation where `norm_activation` can fuse them (on CPUs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm = self[0], self[1]
+        return norm_activation(conv(x), norm, slope=0.0, pool=isinstance(self[2], nn.MaxPool2d))
+
+
+def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> ConvBlock:
     """One Conv-4 block: [3x3 conv, batch norm, ReLU], then a 2x2 max-pool when `pool`."""
     # [conv, BN, ReLU, max-pool], computed with the pool before the ReLU: the two commute (ReLU is
-    # monotone), and the ReLU then touches a quarter of the values (1.2x faster bf16 training steps).
-    # Without the pool the block is [conv, BN, ReLU]; the parameter names stay the same either way.
+    # monotone), and the ReLU then touches a quarter of the values. The modules are listed in that order;
+    # the parameter names are the same with or without the pool.
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels),
@@ -21,7 +31,7 @@ def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Seq
     if pool:
         layers.append(nn.MaxPool2d(2))
     layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+    return ConvBlock(*layers)
 
 
 @BACKBONES.register("conv4")

@@ -73,7 +73,7 @@ from fewshot.training.runfiles import RunFiles, checkpoint_note
 from fewshot.training.runlog import require_tensorboard
 from fewshot.training.schedules import make_scheduler
 from fewshot.training.settings import PRECISIONS
-from fewshot.training.steps import StepBatchNorm, keep_freed_memory
+from fewshot.training.steps import StepBatchNorm, keep_freed_memory, make_optimizer
 
 #: Validation classes the end-of-run verification calibration uses (all of them when there are fewer).
 CALIBRATION_CLASSES = 200
@@ -277,8 +277,8 @@ def _train_locked(config: TrainConfig, resume: bool, progress: bool, splits: Dat
     """`train` once the run directory is locked and checked (by rank 0)."""
     main = world.is_main
     # A frozen backbone's parameters are left out (the optimizer state of a full run is unchanged).
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                 weight_decay=config.weight_decay)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                               weight_decay=config.weight_decay, device=device)
     scheduler = make_scheduler(optimizer, config.schedule, episodes=config.episodes, lr_step=config.lr_step,
                                lr_gamma=config.lr_gamma)
     start, best = 0, {"episode": None, "accuracy": -1.0}
