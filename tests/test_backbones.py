@@ -66,7 +66,8 @@ def test_custom_widths():
 
 
 def test_conv4_computes_conv_bn_relu_pool_blocks():
-    # The blocks pool before the ReLU for speed; the result must be the standard [conv, BN, ReLU, pool].
+    # The blocks pool before the ReLU for speed (and fuse batch norm, pool and ReLU on CPUs); the result must be
+    # the standard [conv, BN, ReLU, pool], up to float32 rounding of the batch statistics.
     torch.manual_seed(0)
     net = Conv4()
     net.train()
@@ -75,7 +76,7 @@ def test_conv4_computes_conv_bn_relu_pool_blocks():
     for conv, bn, *_ in net.encoder:
         x = F.max_pool2d(F.relu(F.batch_norm(F.conv2d(x, conv.weight, conv.bias, padding=1), None, None,
                                              bn.weight, bn.bias, training=True)), 2)
-    assert torch.allclose(net(images), x.flatten(1), atol=1e-6)
+    torch.testing.assert_close(net(images), x.flatten(1), rtol=1e-5, atol=1e-5)
 
 
 def test_resnet12_block_activates_before_pooling_in_effect():

@@ -17,6 +17,7 @@ results. ``FEWSHOT_FUSED_KERNELS=0`` in the environment, or `use_fused_kernels(F
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import threading
@@ -59,7 +60,15 @@ def fused_kernels() -> ModuleType | None:
     with _lock:
         if _kernels is not None or _load_failed:
             return _kernels
-        from torch.utils import cpp_extension  # deferred: it imports setuptools and probes the toolchain
+        # Deferred: it imports setuptools and probes the toolchain. Its note that no CUDA runtime exists is not
+        # news on a CPU, so its logger is quietened while it loads.
+        quiet = logging.getLogger("torch.utils.cpp_extension")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            from torch.utils import cpp_extension
+        finally:
+            quiet.setLevel(level)
 
         source = SOURCE.read_bytes()
         digest = hashlib.sha256(source + _cpu_signature().encode() + torch.__version__.encode()).hexdigest()[:16]
