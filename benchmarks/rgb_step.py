@@ -1,28 +1,34 @@
 """The colour training step, today's against the new, side by side in one run on this CPU.
 
     python -m benchmarks.rgb_step [--data-root /work/emoji/xd] [--threads 1] [--repeats 5] [--compile]
+                                  [--cases conv4 resnet12 resnet12-fp32]
 
-Two cases on the emoji colour set (`--dataset folder`, the `train/` classes), bf16 autocast
-(`--precision bf16`) and `--augment crop-flip-jitter`, as `fewshot train` runs them:
+Three cases on the emoji colour set (`--dataset folder`, the `train/` classes) with `--augment
+crop-flip-jitter`, as `fewshot train` runs them:
 
-- Conv-4, 20-way 1-shot 4-query episodes of 64x64 RGB images (100 images a step);
-- ResNet-12, 5-way 1-shot 4-query episodes of 84x84 RGB images (25 images; the emoji resized).
+- Conv-4, 20-way 1-shot 4-query episodes of 64x64 RGB images (100 images a step), bf16 autocast;
+- ResNet-12, 5-way 1-shot 4-query episodes of 84x84 RGB images (25 images; the emoji resized), bf16 autocast;
+- the same ResNet-12 step in float32, the default precision.
 
-"today" is the step as it ran before this benchmark's changes: the per-image torchvision v2
-crop-flip-jitter (a faithful copy below, `per_image_crop_flip_jitter`) and glibc's default heap
-(allocations above 32 MB mapped and unmapped every episode). "new" is the step `fewshot train` runs now:
-the batched `fewshot.training.augment.random_crop_flip_jitter` and `keep_freed_memory`. Both train
-their own copy of the same initial weights on the same episodes; each repeat times a few steps of one,
-then the other (interleaved, so that load from other processes falls on both), and the tables give
-medians over repeats. Each step is split into data (gather + to float), augmentation, forward,
-backward and the optimiser step. With `--compile` a third column runs the new step with the backbone
-under `torch.compile` (its compilation is not timed).
+"today" is the step as it ran before the colour issue's changes: the per-image torchvision v2
+crop-flip-jitter (a faithful copy below, `per_image_crop_flip_jitter`), glibc's default heap (allocations
+above 32 MB mapped and unmapped every episode), PyTorch's separate batch-norm, add, max-pool and ReLU
+kernels and its default Adam. "new" is the step `fewshot train` runs now: the batched
+`fewshot.training.augment.random_crop_flip_jitter`, `keep_freed_memory`, the fused batch-norm kernels
+(`fewshot.backbones.fused_norm`) and fused Adam (`fewshot.training.steps.make_optimizer`). Both train their
+own copy of the same initial weights on the same episodes; each repeat times a few steps of one, then the
+other (interleaved, so that load from other processes falls on both), and the tables give medians over
+repeats. Each step is split into data (gather + to float), augmentation, forward, backward and the
+optimiser step. With `--compile` a third column runs the new step with the backbone under `torch.compile`
+(its compilation is not timed).
 
-Numbers: the backbone computes exactly as before (the same kernels; only the allocator and the
-augmentation changed), so the same weights on the same un-augmented episode give the same loss and
-logits, which the run checks. The augmentation's implementation changed (the same parameter
-distributions, resampled in a batch), so augmented images differ by design: the numbers are compared
-without augmentation and the times with it.
+Numbers: the fused kernels round as the separate ones do, but they sum the batch statistics in another order
+(and, in bf16, a pooled maximum tied after rounding may then come from another tap), so the two steps agree
+within the precision's rounding, not bit for bit. The run checks it on un-augmented episodes from the same
+weights: the loss of each against the same step in float32 with PyTorch's kernels, and the cosine between
+each parameter's gradient and float32's. The augmentation's implementation changed too (the same parameter
+distributions, resampled in a batch), so augmented images differ by design: the numbers are compared without
+augmentation and the times with it.
 """
 
 from __future__ import annotations
@@ -216,7 +222,7 @@ def run_case(case: Case, args: argparse.Namespace) -> None:
         except Exception as error:  # compilation needs a C++ compiler; the comparison goes on without it
             warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); left out", stacklevel=1)
     images = case.ways * (case.shots + case.queries)
-    print(f"\n## {case.name}: {images} images a step, bf16 autocast, crop-flip-jitter, "
+    print(f"\n## {case.name}: {images} images a step, crop-flip-jitter, "
           f"{torch.get_num_threads()} thread(s), {args.repeats} repeats x {args.steps} steps")
     print(check_numbers(case, split))
     for repeat in range(args.repeats):

@@ -41,7 +41,7 @@ _enabled = os.environ.get("FEWSHOT_FUSED_KERNELS", "1") != "0"
 
 
 def _cpu_signature() -> str:
-    """What the compiled code depends on besides its source: it is built for this CPU (-march=native)."""
+    """What the compiled code depends on besides its source and flags: it is built for this CPU (-march=native)."""
     flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -71,11 +71,15 @@ def fused_kernels() -> ModuleType | None:
             quiet.setLevel(level)
 
         source = SOURCE.read_bytes()
-        digest = hashlib.sha256(source + _cpu_signature().encode() + torch.__version__.encode()).hexdigest()[:16]
+        flags = ["-O3", "-march=native", "-fopenmp"]
+        digest = hashlib.sha256(source + " ".join(flags).encode() + _cpu_signature().encode()
+                                + torch.__version__.encode()).hexdigest()[:16]
         try:
             _kernels = cpp_extension.load(
                 name=f"fewshot_fused_norm_{digest}", sources=[str(SOURCE)],
-                extra_cflags=["-O3", "-march=native"], verbose=False)
+                # OpenMP: at::parallel_for runs on PyTorch's own OpenMP threads (torch.set_num_threads) only in
+                # code compiled with it; the libgomp PyTorch ships is the one loaded.
+                extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as error:  # no compiler, no headers, a read-only cache: fall back to PyTorch's kernels
             _load_failed = True
             warnings.warn(f"the fused batch-norm kernels could not be built ({type(error).__name__}: {error}); "

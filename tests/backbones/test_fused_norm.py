@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -145,3 +148,25 @@ def test_a_training_step_of_the_backbones_matches(backbone, size, ways):
         assert cosine > 0.999, name
     for name, buffer in buffers.items():
         torch.testing.assert_close(fused_buffers[name], buffer, rtol=1e-4, atol=1e-6)
+
+
+def test_without_a_compiler_the_separate_operations_run(tmp_path):
+    """Where the kernels cannot be built, a warning says so once and Conv-4 trains on PyTorch's kernels."""
+    script = """
+import warnings, torch
+from fewshot.backbones.fused_norm import fused_kernels
+from fewshot.model.network import FewShotModel, ModelSpec
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert fused_kernels() is None
+    model = FewShotModel(ModelSpec(backbone="conv4", in_channels=1, image_size=28))
+    labels = torch.arange(3)
+    model(torch.rand(3, 1, 28, 28), labels, torch.rand(3, 1, 28, 28), labels).loss.backward()
+messages = [str(w.message) for w in caught if "fused batch-norm kernels could not be built" in str(w.message)]
+assert len(messages) == 1, messages
+print("fell back")
+"""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "build")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fell back" in result.stdout
