@@ -125,7 +125,7 @@ class RunSettings:
     checkpoint_every: int = 100
     output: str | None = None  # default: a new runs/<dataset>-<learner>-<ways>w<shots>s-<time> directory
     device: str = "auto"
-    precision: str = "fp32"  # "bf16": backbone under bfloat16 autocast (2x faster on CPUs with AVX512-BF16 or AMX)
+    precision: str = "fp32"  # "bf16": backbone under bfloat16 autocast (fast on CPUs with AVX512-BF16 or AMX)
     threads: int | None = None
     tensorboard: bool = False  # a TensorBoard log in RUN/tensorboard beside metrics.jsonl (needs the tensorboard package)
 
