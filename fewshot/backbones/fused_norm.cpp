@@ -120,40 +120,40 @@ template <typename F> void dispatch(const torch::Tensor& t, F f) {
   else TORCH_CHECK(false, "fused batch norm needs float32 or bfloat16 tensors, got ", t.scalar_type());
 }
 
-// Per-channel sums of x and x*x over the rows of x [rows, C], added chunk by chunk in a fixed order.
-template <typename T>
-void channel_sums(const T* x, int64_t rows, int64_t C, std::vector<double>& sum, std::vector<double>& squares) {
+// Sums over `rows` rows of `width` values each: add_row(r, sum, compensation) adds row r's values with
+// add_compensated. Rows are summed in fixed chunks (float, compensated) whose totals are added in chunk order in
+// double, so the result does not depend on the thread count.
+template <typename F> std::vector<double> ordered_sums(int64_t rows, int64_t width, F add_row) {
   const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
-  std::vector<double> partial(static_cast<size_t>(chunks) * 2 * C, 0.0);
+  std::vector<double> partial(static_cast<size_t>(chunks) * width, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(2 * C), compensation(2 * C);
+    std::vector<float> acc(width), compensation(width);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       std::fill(acc.begin(), acc.end(), 0.f);
       std::fill(compensation.begin(), compensation.end(), 0.f);
-      float* s = acc.data();
-      float* q = acc.data() + C;
-      float* sc = compensation.data();
-      float* qc = compensation.data() + C;
       const int64_t stop = std::min(rows, (chunk + 1) * kChunkRows);
-      for (int64_t r = chunk * kChunkRows; r < stop; ++r) {
-        const T* row = x + r * C;
-        over_channels(C, [&](int64_t c, auto lane) {
-          using V = decltype(lane);
-          const V v = load(row + c, V{});
-          add_compensated(s + c, sc + c, v);
-          add_compensated(q + c, qc + c, v * v);
-        });
-      }
-      double* out = partial.data() + chunk * 2 * C;
-      for (int64_t i = 0; i < 2 * C; ++i) out[i] = acc[i];
+      for (int64_t r = chunk * kChunkRows; r < stop; ++r) add_row(r, acc.data(), compensation.data());
+      double* out = partial.data() + chunk * width;
+      for (int64_t i = 0; i < width; ++i) out[i] = acc[i];
     }
   });
-  sum.assign(C, 0.0);
-  squares.assign(C, 0.0);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const double* in = partial.data() + chunk * 2 * C;
-    for (int64_t c = 0; c < C; ++c) { sum[c] += in[c]; squares[c] += in[C + c]; }
-  }
+  std::vector<double> total(width, 0.0);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t i = 0; i < width; ++i) total[i] += partial[chunk * width + i];
+  return total;
+}
+
+// Per-channel sums of x and x*x over the rows of x [rows, C]: [sum(x) (C values), sum(x*x) (C values)].
+template <typename T> std::vector<double> channel_sums(const T* x, int64_t rows, int64_t C) {
+  return ordered_sums(rows, 2 * C, [&](int64_t r, float* s, float* k) {
+    const T* row = x + r * C;
+    over_channels(C, [&](int64_t c, auto lane) {
+      using V = decltype(lane);
+      const V v = load(row + c, V{});
+      add_compensated(s + c, k + c, v);
+      add_compensated(s + C + c, k + C + c, v * v);
+    });
+  });
 }
 
 // y = act(round(round(a1 x1 + b1) [+ round(a2 x2 + b2)])), pooled 2x2 when `Pool` (the first maximum in scan
@@ -226,38 +226,21 @@ void backward_kernel(const T* grad, const T* out, const uint8_t* index, const T*
   const T* at1 = Pool ? raw1 : x1;
   const T* at2 = Pool ? raw2 : x2;
   // Pass A: sum(dz) and sum(dz * xhat) per channel (and per input).
-  const int64_t chunks = (pooled_rows + kChunkRows - 1) / kChunkRows;
   const int64_t width = Two ? 3 * C : 2 * C;
-  std::vector<double> partial(static_cast<size_t>(chunks) * width, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(width), compensation(width);
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(compensation.begin(), compensation.end(), 0.f);
-      float* s = acc.data();
-      float* k = compensation.data();
-      const int64_t stop = std::min(pooled_rows, (chunk + 1) * kChunkRows);
-      for (int64_t p = chunk * kChunkRows; p < stop; ++p) {
-        const int64_t o = p * C;
-        over_channels(C, [&](int64_t c, auto lane) {
-          using V = decltype(lane);
-          const V dz = activation_grad<T, V>(grad + o + c, out + o + c, slope);
-          add_compensated(s + c, k + c, dz);
-          const V xhat1 = (load(at1 + o + c, V{}) - load(mean1 + c, V{})) * load(invstd1 + c, V{});
-          add_compensated(s + C + c, k + C + c, dz * xhat1);
-          if constexpr (Two) {
-            const V xhat2 = (load(at2 + o + c, V{}) - load(mean2 + c, V{})) * load(invstd2 + c, V{});
-            add_compensated(s + 2 * C + c, k + 2 * C + c, dz * xhat2);
-          }
-        });
+  const std::vector<double> total = ordered_sums(pooled_rows, width, [&](int64_t p, float* s, float* k) {
+    const int64_t o = p * C;
+    over_channels(C, [&](int64_t c, auto lane) {
+      using V = decltype(lane);
+      const V dz = activation_grad<T, V>(grad + o + c, out + o + c, slope);
+      add_compensated(s + c, k + c, dz);
+      const V xhat1 = (load(at1 + o + c, V{}) - load(mean1 + c, V{})) * load(invstd1 + c, V{});
+      add_compensated(s + C + c, k + C + c, dz * xhat1);
+      if constexpr (Two) {
+        const V xhat2 = (load(at2 + o + c, V{}) - load(mean2 + c, V{})) * load(invstd2 + c, V{});
+        add_compensated(s + 2 * C + c, k + 2 * C + c, dz * xhat2);
       }
-      double* o = partial.data() + chunk * width;
-      for (int64_t i = 0; i < width; ++i) o[i] = acc[i];
-    }
+    });
   });
-  std::vector<double> total(width, 0.0);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    for (int64_t i = 0; i < width; ++i) total[i] += partial[chunk * width + i];
   // dx = a (dz - mean(dz) - xhat mean(dz xhat)) = a dz + k1 x + k0, with a = weight * invstd.
   std::vector<float> a1(C), k1a(C), k0a(C), a2(C), k1b(C), k0b(C);
   for (int64_t c = 0; c < C; ++c) {
@@ -314,15 +297,15 @@ template <typename F> void with_flags(bool two, bool pool, F f) {
 std::vector<torch::Tensor> batch_stats(torch::Tensor x) {
   const int64_t C = x.size(1), rows = x.numel() / C;
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "batch_stats needs a channels-last tensor");
-  std::vector<double> sum, squares;
-  dispatch(x, [&](auto tag) { channel_sums(data<decltype(tag)>(x), rows, C, sum, squares); });
+  std::vector<double> sums;
+  dispatch(x, [&](auto tag) { sums = channel_sums(data<decltype(tag)>(x), rows, C); });
   auto mean = torch::empty({C}, torch::kFloat32), var = torch::empty({C}, torch::kFloat32);
   float* m = mean.data_ptr<float>();
   float* v = var.data_ptr<float>();
   for (int64_t c = 0; c < C; ++c) {
-    const double average = sum[c] / rows;
+    const double average = sums[c] / rows;
     m[c] = static_cast<float>(average);
-    v[c] = static_cast<float>(std::max(0.0, squares[c] / rows - average * average));
+    v[c] = static_cast<float>(std::max(0.0, sums[C + c] / rows - average * average));
   }
   return {mean, var};
 }
